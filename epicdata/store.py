@@ -1,0 +1,413 @@
+"""The frame store: its on-disk format (the contract between ``preprocess`` and ``train``)
+and its reader.
+
+Layout::
+
+    <store>/manifest.json              written once by `epic-extract plan`
+    <store>/shards/shard-00000.lmdb    one LMDB file per shard (subdir=False)
+
+Keys inside a shard:
+
+- ``<video_id>/<frame:010d>`` -> JPEG bytes, frame numbers per :mod:`epicdata.frames`;
+- ``__meta__/shard`` -> JSON :class:`ShardMeta`;
+- ``__meta__/video/<video_id>`` -> JSON :class:`VideoMeta`;
+- ``__meta__/crc32/<video_id>`` -> little-endian uint32 CRC-32 of each stored frame, in
+  ascending frame order.
+
+Reserved keys start with ``__`` and can never collide with a video id (``PXX_YY``).
+A shard file at its final path is complete: writers publish by atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from epicdata.constants import CLAMP_TOLERANCE_FRAMES
+from epicdata.errors import StoreError
+
+STORE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARDS_DIR = "shards"
+SHARD_META_KEY = b"__meta__/shard"
+_VIDEO_META_PREFIX = b"__meta__/video/"
+_CHECKSUM_PREFIX = b"__meta__/crc32/"
+KEEP_MODES = ("segments", "all", "sampled")
+
+Range = tuple[int, int]
+
+
+def shard_filename(index: int) -> str:
+    return f"shard-{index:05d}.lmdb"
+
+
+def shard_path(store_root: str | Path, index: int) -> Path:
+    return Path(store_root) / SHARDS_DIR / shard_filename(index)
+
+
+def frame_key(video_id: str, frame: int) -> bytes:
+    return f"{video_id}/{frame:010d}".encode()
+
+
+def video_meta_key(video_id: str) -> bytes:
+    return _VIDEO_META_PREFIX + video_id.encode()
+
+
+def checksum_key(video_id: str) -> bytes:
+    return _CHECKSUM_PREFIX + video_id.encode()
+
+
+def frame_checksum(jpeg: bytes) -> int:
+    return zlib.crc32(jpeg) & 0xFFFFFFFF
+
+
+def pack_checksums(checksums: Sequence[int]) -> bytes:
+    return np.asarray(checksums, dtype="<u4").tobytes()
+
+
+def unpack_checksums(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<u4")
+
+
+def frames_in_ranges(ranges: Sequence[Range]) -> np.ndarray:
+    """All frame numbers of inclusive ranges, ascending (the order checksums are stored in)."""
+    if not ranges:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b + 1, dtype=np.int64) for a, b in ranges])
+
+
+def _ranges(value: Any) -> tuple[Range, ...] | None:
+    return None if value is None else tuple((int(a), int(b)) for a, b in value)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """How frames were made. ``jpeg_qscale`` is ffmpeg's ``-q:v`` (2 best .. 31 worst)."""
+
+    short_side: int
+    jpeg_qscale: int
+    keep: str
+    margin_frames: int
+    num_frames: tuple[int, ...]
+    frame_rate_rule: str = "R=60 for PXX_YY, R=50 for PXX_1YY; frame n at (n-1)/R"
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    """One video in the plan. ``keep_ranges`` None means every decoded frame."""
+
+    video_id: str
+    path: str | None
+    rate: int
+    native_fps: float
+    duration: float
+    width: int
+    height: int
+    expected_frames: int
+    planned_frames: int
+    max_annotated_frame: int
+    keep_ranges: tuple[Range, ...] | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlannedVideo:
+        data = dict(data)
+        data["keep_ranges"] = _ranges(data.get("keep_ranges"))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    videos: tuple[PlannedVideo, ...]
+
+    @property
+    def planned_frames(self) -> int:
+        return sum(v.planned_frames for v in self.videos)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``<store>/manifest.json``: parameters and the shard plan, written once by ``plan``."""
+
+    params: ExtractParams
+    shards: tuple[ShardPlan, ...]
+    splits: tuple[str, ...]
+    videos_root: str | None
+    format_version: int = STORE_FORMAT_VERSION
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        params = dict(data["params"])
+        params["num_frames"] = tuple(params.get("num_frames", ()))
+        return cls(
+            params=ExtractParams(**params),
+            shards=tuple(
+                ShardPlan(
+                    index=int(s["index"]),
+                    videos=tuple(PlannedVideo.from_dict(v) for v in s["videos"]),
+                )
+                for s in data["shards"]
+            ),
+            splits=tuple(data.get("splits", ())),
+            videos_root=data.get("videos_root"),
+            format_version=int(data["format_version"]),
+            created=data.get("created", ""),
+            extra=dict(data.get("extra", {})),
+        )
+
+    @classmethod
+    def load(cls, store_root: str | Path) -> Manifest:
+        path = Path(store_root) / MANIFEST_NAME
+        if not path.is_file():
+            raise StoreError(
+                f"{path} not found: {store_root} is not a frame store; create it with "
+                f"`epic-extract plan --store {store_root} ...`"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc}); re-run `epic-extract plan`") from None
+        version = data.get("format_version")
+        if version != STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"{path}: store format version {version}, this code reads version "
+                f"{STORE_FORMAT_VERSION}; re-plan and re-extract the store with this version"
+            )
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: malformed manifest ({exc!r})") from None
+
+    def save(self, store_root: str | Path) -> Path:
+        """Write atomically (temp file + rename)."""
+        path = Path(store_root) / MANIFEST_NAME
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    def video_to_shard(self) -> dict[str, int]:
+        return {v.video_id: s.index for s in self.shards for v in s.videos}
+
+    def planned_video(self, video_id: str) -> PlannedVideo:
+        for shard in self.shards:
+            for video in shard.videos:
+                if video.video_id == video_id:
+                    return video
+        raise StoreError(f"video {video_id} is not in the store's plan")
+
+
+# ----------------------------------------------------------------------------- shard metadata
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """What a shard holds of one video. ``stored_ranges`` are inclusive frame ranges."""
+
+    video_id: str
+    rate: int
+    native_fps: float
+    duration: float
+    decoded_frames: int
+    stored_frames: int
+    stored_ranges: tuple[Range, ...]
+    width: int
+    height: int
+    short_side: int
+    jpeg_qscale: int
+    source: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> VideoMeta:
+        data = json.loads(blob)
+        data["stored_ranges"] = _ranges(data["stored_ranges"])
+        return cls(**data)
+
+    @property
+    def last_stored_frame(self) -> int:
+        return self.stored_ranges[-1][1] if self.stored_ranges else 0
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    format_version: int
+    shard_index: int
+    video_ids: tuple[str, ...]
+    params: dict[str, Any]
+    total_frames: int
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ShardMeta:
+        data = json.loads(blob)
+        data["video_ids"] = tuple(data["video_ids"])
+        return cls(**data)
+
+
+def open_shard_readonly(path: str | Path) -> lmdb.Environment:
+    """Open a published shard for reading, per DESIGN.md (no lock, no readahead)."""
+    return lmdb.open(
+        str(path),
+        subdir=False,
+        readonly=True,
+        lock=False,
+        readahead=False,
+        meminit=False,
+        max_readers=2048,
+    )
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+def _in_ranges(frame: int, ranges: Sequence[Range]) -> bool:
+    return any(a <= frame <= b for a, b in ranges)
+
+
+def _describe_ranges(ranges: Sequence[Range], limit: int = 6) -> str:
+    text = ", ".join(f"{a}-{b}" for a, b in ranges[:limit])
+    return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
+
+
+class FrameStore:
+    """Read JPEG bytes of frames by (video id, frame number).
+
+    Shards are opened lazily in the process that reads them, so a FrameStore made in the
+    main process can be handed to DataLoader workers under ``fork`` or ``spawn``: a forked
+    child notices the pid change and opens its own environments; pickling drops them.
+
+    Requests past the last stored frame of a video by at most ``clamp_tolerance`` frames are
+    clamped to it (annotations may end a few frames past the decoder's last frame) and
+    counted in :attr:`clamp_count` (per process). Anything else outside the stored ranges is
+    an error naming the video, the frame and the stored ranges.
+    """
+
+    def __init__(self, root: str | Path, *, clamp_tolerance: int = CLAMP_TOLERANCE_FRAMES) -> None:
+        self.root = Path(root)
+        self.manifest = Manifest.load(self.root)
+        self.clamp_tolerance = clamp_tolerance
+        self._video_shard = self.manifest.video_to_shard()
+        self.clamp_count = 0
+        self._envs: dict[int, lmdb.Environment] = {}
+        self._meta: dict[str, VideoMeta] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_envs"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    @property
+    def video_ids(self) -> list[str]:
+        return sorted(self._video_shard)
+
+    def has_video(self, video_id: str) -> bool:
+        return video_id in self._video_shard
+
+    def _env(self, video_id: str) -> lmdb.Environment:
+        if os.getpid() != self._pid:
+            # Forked: the parent's environments must not be used here (LMDB forbids it).
+            self._envs = {}
+            self._pid = os.getpid()
+        try:
+            index = self._video_shard[video_id]
+        except KeyError:
+            raise StoreError(
+                f"video {video_id} is not in the store {self.root} "
+                f"(plan it with `epic-extract plan` and extract its shard)"
+            ) from None
+        env = self._envs.get(index)
+        if env is None:
+            path = shard_path(self.root, index)
+            if not path.is_file():
+                raise StoreError(
+                    f"shard {path.name} (holding {video_id}) is not published in {self.root}: "
+                    f"run `epic-extract run --store {self.root} --shard-index {index}`"
+                )
+            try:
+                env = open_shard_readonly(path)
+            except lmdb.Error as exc:
+                raise StoreError(
+                    f"shard {path} cannot be opened ({exc}); run `epic-check --store {self.root}`"
+                ) from None
+            self._envs[index] = env
+        return env
+
+    def video_meta(self, video_id: str) -> VideoMeta:
+        meta = self._meta.get(video_id)
+        if meta is None:
+            with self._env(video_id).begin() as txn:
+                blob = txn.get(video_meta_key(video_id))
+            if blob is None:
+                raise StoreError(
+                    f"shard {self._video_shard[video_id]} has no metadata for {video_id}; "
+                    f"run `epic-check --store {self.root}`"
+                )
+            meta = VideoMeta.from_bytes(blob)
+            self._meta[video_id] = meta
+        return meta
+
+    def resolve_frames(self, video_id: str, frames: Sequence[int]) -> list[int]:
+        """Map requested frame numbers to stored ones (clamping near the end, counted)."""
+        meta = self.video_meta(video_id)
+        last = meta.last_stored_frame
+        resolved = []
+        for frame in (int(f) for f in frames):
+            if _in_ranges(frame, meta.stored_ranges):
+                resolved.append(frame)
+            elif last == meta.decoded_frames and last < frame <= last + self.clamp_tolerance:
+                resolved.append(last)
+                self.clamp_count += 1
+            else:
+                raise StoreError(
+                    f"{video_id} frame {frame} is not in the store (stored ranges: "
+                    f"{_describe_ranges(meta.stored_ranges)}; decoded {meta.decoded_frames} "
+                    f"frames); re-plan with --keep covering this request"
+                )
+        return resolved
+
+    def read_frames(self, video_id: str, frames: Sequence[int]) -> list[bytes]:
+        """JPEG bytes of ``frames`` (1-based numbers) of ``video_id``, in request order."""
+        resolved = self.resolve_frames(video_id, frames)
+        out = []
+        with self._env(video_id).begin() as txn:
+            for frame in resolved:
+                blob = txn.get(frame_key(video_id, frame))
+                if blob is None:
+                    raise StoreError(
+                        f"{video_id} frame {frame} is listed as stored but its key is missing in "
+                        f"shard {self._video_shard[video_id]}; run `epic-check --store {self.root}`"
+                    )
+                out.append(blob)
+        return out
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            for env in self._envs.values():
+                env.close()
+        self._envs = {}
