@@ -232,9 +232,13 @@ def read_segments(
     (vocabulary sizes) enable the class-id range check.
     """
     path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: file not found")
     with open(path, newline="", encoding="utf-8") as handle:
-        first = handle.readline()
-    labelled = "verb_class" in first
+        header = [column.strip() for column in next(csv.reader(handle), [])]
+    # Any label column makes the file labelled, so a labelled file that lacks one of them
+    # is reported as missing that column instead of being read silently without labels.
+    labelled = any(column in LABEL_COLUMNS for column in header)
     rows = _Rows(path, LABELLED_COLUMNS if labelled else TIMESTAMP_COLUMNS)
     segments: list[Segment] = []
     seen: dict[str, int] = {}
@@ -283,6 +287,12 @@ def read_segments(
                     "all_noun_classes",
                     f"{row['all_noun_classes']!r} is not a list of integers",
                 ) from None
+            for value in all_noun_classes:
+                if value < 0 or (num_nouns is not None and value >= num_nouns):
+                    bound = f"0..{num_nouns - 1}" if num_nouns is not None else ">= 0"
+                    raise rows.error(
+                        line, "all_noun_classes", f"{value} is outside the vocabulary ({bound})"
+                    )
             labels = dict(
                 narration=row["narration"],
                 verb=row["verb"],

@@ -19,8 +19,9 @@ import re
 
 from epicdata.constants import EPIC55_FRAME_RATE, EXTENSION_FRAME_RATE
 
-VIDEO_ID_RE = re.compile(r"^P(\d{2})_(\d{2}|1\d{2})$")
-_TIMESTAMP_RE = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
+# \Z, not $: $ also matches before a trailing newline ("P01_01\n" is not an id).
+VIDEO_ID_RE = re.compile(r"^P(\d{2})_(\d{2}|1\d{2})\Z")
+_TIMESTAMP_RE = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)\Z")
 
 
 def is_video_id(video_id: str) -> bool:

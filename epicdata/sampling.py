@@ -19,7 +19,13 @@ def linspace_frames(start_frame: int, stop_frame: int, num_frames: int) -> np.nd
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    return np.linspace(start_frame, stop_frame - 1, num_frames, dtype=int).astype(np.int64)
+    if stop_frame < start_frame:
+        raise ValueError(f"empty segment [{start_frame}, {stop_frame}]")
+    frames = np.linspace(start_frame, stop_frame - 1, num_frames, dtype=int).astype(np.int64)
+    # For a one-frame segment (start == stop) the seed's formula runs back to start - 1,
+    # outside the segment (frame 0 when start is 1). The clip changes nothing for longer
+    # segments, whose linspace stays within [start_frame, stop_frame - 1].
+    return np.clip(frames, start_frame, stop_frame)
 
 
 def tsn_frames(
@@ -42,14 +48,20 @@ def tsn_frames(
     if length < 1:
         raise ValueError(f"empty segment [{start_frame}, {stop_frame}]")
     part = length / num_frames
-    starts = np.arange(num_frames) * part
+    index = np.arange(num_frames, dtype=np.int64)
+    starts = index * part
     if training:
         if rng is None:
             raise ValueError("tsn_frames(training=True) needs an explicit rng")
         offsets = starts + rng.random(num_frames) * part
     else:
         offsets = starts + part / 2
-    offsets = np.minimum(np.floor(offsets).astype(np.int64), length - 1)
+    # Part i covers [i * part, (i + 1) * part); in floats, starts + u * part can round up
+    # onto the next part's first frame when u is within an ulp of 1. Bound each offset by
+    # its part's first and last frame, computed exactly in integers.
+    first = index * length // num_frames
+    last = np.maximum(first, -(-(index + 1) * length // num_frames) - 1)
+    offsets = np.clip(np.floor(offsets).astype(np.int64), first, last)
     return start_frame + offsets
 
 
