@@ -370,6 +370,12 @@ def read_id_list(path: str | Path, column: str) -> list[str]:
     return [row[column].strip() for _, row in rows]
 
 
+def read_class_id_list(path: str | Path, column: str) -> frozenset[int]:
+    """Read a one-column list of class ids (``EPIC_100_tail_{verbs,nouns}.csv``)."""
+    rows = _Rows(Path(path), (column,))
+    return frozenset(rows.integer(line, row, column) for line, row in rows)
+
+
 # ----------------------------------------------------------------------------- the folder
 
 
@@ -421,11 +427,11 @@ class AnnotationDir:
 
     def tail_verbs(self) -> frozenset[int]:
         path = self.path(TAIL_VERBS_FILE, purpose="tail-class metrics")
-        return frozenset(int(v) for v in read_id_list(path, "verb"))
+        return read_class_id_list(path, "verb")
 
     def tail_nouns(self) -> frozenset[int]:
         path = self.path(TAIL_NOUNS_FILE, purpose="tail-class metrics")
-        return frozenset(int(v) for v in read_id_list(path, "noun"))
+        return read_class_id_list(path, "noun")
 
     def unseen_participants(self, split: str) -> frozenset[str]:
         if split not in UNSEEN_PARTICIPANTS_FILES:
