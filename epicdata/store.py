@@ -218,7 +218,10 @@ class Manifest:
 
 @dataclass(frozen=True)
 class VideoMeta:
-    """What a shard holds of one video. ``stored_ranges`` are inclusive frame ranges."""
+    """What a shard holds of one video. ``stored_ranges`` are inclusive frame ranges;
+    ``decoded_frames`` is the length of the stream re-timed to ``rate`` (the last frame number
+    the decoder made), ``native_frames`` the source pictures it was made from, ``width`` and
+    ``height`` the stored pictures' size in pixels, ``source`` the video file."""
 
     video_id: str
     rate: int
@@ -232,6 +235,7 @@ class VideoMeta:
     short_side: int
     jpeg_qscale: int
     source: str
+    native_frames: int = -1
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -276,6 +280,13 @@ def open_shard_readonly(path: str | Path) -> lmdb.Environment:
         meminit=False,
         max_readers=2048,
     )
+
+
+def shard_file_truncated(env: lmdb.Environment, path: str | Path) -> bool:
+    """True when the file is shorter than the pages LMDB says it holds: reading those pages
+    through the memory map would kill the process with SIGBUS instead of raising."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    return os.path.getsize(path) < needed
 
 
 # ----------------------------------------------------------------------------- reader
@@ -355,6 +366,12 @@ class FrameStore:
                 raise StoreError(
                     f"shard {path} cannot be opened ({exc}); run `epic-check --store {self.root}`"
                 ) from None
+            if shard_file_truncated(env, path):
+                env.close()
+                raise StoreError(
+                    f"shard {path} is truncated (shorter than LMDB's last page); run "
+                    f"`epic-check --store {self.root}` and re-extract shard {index}"
+                )
             self._envs[index] = env
         return env
 

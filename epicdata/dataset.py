@@ -1,0 +1,138 @@
+"""The torch Dataset of action segments read from the frame store.
+
+A sample is a dict::
+
+    frames        uint8 tensor (T, C, H, W), RGB, after the clip transform
+    verb, noun    int class ids (absent for the unlabelled test split)
+    narration_id  str
+    index         int, the segment's row in the split (to put outputs back in order)
+
+A frame that cannot be read or decoded is an error naming the narration id, the video, the
+frame and the shard: never a substitute sample.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.io import decode_jpeg
+
+from epicdata.annotations import SegmentTable
+from epicdata.errors import StoreError
+from epicdata.sampling import linspace_frames, tsn_frames
+from epicdata.store import FrameStore, shard_filename
+
+SAMPLINGS = ("linspace", "tsn")
+DECODERS = ("torchvision", "pil")
+
+#: (frames (T, C, H, W) uint8, generator) -> frames (T, C, h, w) uint8
+ClipTransform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
+
+
+def decode_torchvision(jpeg: bytes) -> torch.Tensor:
+    """JPEG bytes -> (C, H, W) uint8 RGB with libjpeg-turbo through torchvision."""
+    return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8))
+
+
+def decode_pil(jpeg: bytes) -> torch.Tensor:
+    """JPEG bytes -> (C, H, W) uint8 RGB with Pillow (or pillow-simd)."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1)  # (C, H, W)
+
+
+_DECODE = {"torchvision": decode_torchvision, "pil": decode_pil}
+
+
+class EpicActionDataset(Dataset):
+    """Segments of one split, ``num_frames`` frames each, from a :class:`FrameStore`.
+
+    ``sampling``: ``linspace`` (the seed's ``np.linspace(start, stop - 1, T)``, same frames
+    every epoch) or ``tsn`` (a random frame per part in training, part centres otherwise).
+    ``transform`` gets the decoded clip and a generator seeded by (seed, epoch, index), so
+    a sample's augmentation depends neither on the worker that loads it nor on resuming;
+    call :meth:`set_epoch` before each epoch (workers must not persist across epochs).
+    """
+
+    def __init__(
+        self,
+        store: FrameStore,
+        table: SegmentTable,
+        *,
+        num_frames: int,
+        sampling: str = "linspace",
+        training: bool = False,
+        transform: ClipTransform | None = None,
+        decoder: str = "torchvision",
+        seed: int = 0,
+    ) -> None:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
+        missing = sorted(set(table.video_ids) - set(store.video_ids))
+        if missing:
+            raise StoreError(
+                f"the {table.split} split needs {len(missing)} video(s) the store {store.root} "
+                f"does not hold ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
+                f"plan the store with --splits including {table.split}"
+            )
+        self.store = store
+        self.table = table
+        self.num_frames = num_frames
+        self.sampling = sampling
+        self.training = training
+        self.transform = transform
+        self.decode = _DECODE[decoder]
+        self.seed = seed
+        self.epoch = 0
+        self._shard_of = store.manifest.video_to_shard()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def frame_numbers(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(T,) int64 frame numbers the clip of segment ``index`` reads."""
+        start = int(self.table.start_frames[index])
+        stop = int(self.table.stop_frames[index])
+        if self.sampling == "linspace":
+            return linspace_frames(start, stop, self.num_frames)
+        return tsn_frames(start, stop, self.num_frames, training=self.training, rng=rng)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        narration_id = self.table.narration_ids[index]
+        video_id = self.table.video_ids[index]
+        frames = self.frame_numbers(index, rng)
+        try:
+            jpegs = self.store.read_frames(video_id, frames)
+        except StoreError as exc:
+            raise StoreError(f"segment {narration_id}: {exc}") from None
+        decoded = []
+        for frame, jpeg in zip(frames, jpegs, strict=True):
+            try:
+                decoded.append(self.decode(jpeg))
+            except (RuntimeError, OSError, ValueError) as exc:
+                shard = shard_filename(self._shard_of[video_id])
+                raise StoreError(
+                    f"segment {narration_id}: {video_id} frame {frame} in {shard} does not decode "
+                    f"({exc}); run `epic-check --store {self.store.root} --deep` and re-extract "
+                    f"that shard with `epic-extract run --force`"
+                ) from None
+        clip = torch.stack(decoded)  # (T, C, H, W) uint8
+        if self.transform is not None:
+            clip = self.transform(clip, rng)
+        sample: dict[str, Any] = {"frames": clip, "narration_id": narration_id, "index": index}
+        if self.table.labelled:
+            sample["verb"] = int(self.table.verb_classes[index])
+            sample["noun"] = int(self.table.noun_classes[index])
+        return sample

@@ -1,0 +1,441 @@
+"""`epic-extract run`: decode the videos of one shard and publish the shard.
+
+Videos are decoded in parallel, one ffmpeg process per video (decoding is the bottleneck and
+does not scale well inside one process), while this process's main thread writes the
+pictures into the shard. A bounded queue between them keeps memory small whatever the
+video length. Each video's counts are checked against its plan before the shard is
+published; a bad video fails the shard with a message naming it and quoting ffmpeg.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from epicdata.constants import CLAMP_TOLERANCE_FRAMES
+from epicdata.errors import EpicInputError, StoreError
+from epicdata.sampling import count_in_ranges, merge_ranges
+from epicdata.store import (
+    SHARD_META_KEY,
+    STORE_FORMAT_VERSION,
+    Manifest,
+    PlannedVideo,
+    Range,
+    ShardMeta,
+    ShardPlan,
+    VideoMeta,
+    checksum_key,
+    frame_checksum,
+    pack_checksums,
+    shard_path,
+    video_meta_key,
+)
+from preprocess.decode import DecodeStats, VideoDecodeError, decode_video
+from preprocess.plan import TAIL_FRAMES, estimate_bytes
+from preprocess.writer import (
+    ShardSpaceError,
+    ShardWriter,
+    remove_stale_temps,
+)
+
+log = logging.getLogger(__name__)
+
+#: Pictures per hand-over from a decode thread to the writer, and hand-overs in flight per
+#: decoder: bounds memory at about workers x 4 x 32 x 40 KB.
+BATCH_FRAMES = 32
+QUEUE_BATCHES_PER_WORKER = 4
+
+
+class BadVideoError(EpicInputError):
+    """One or more input videos of a shard are unusable; ``errors`` maps video id -> reason."""
+
+    def __init__(self, shard_index: int, errors: dict[str, str]) -> None:
+        self.errors = dict(sorted(errors.items()))
+        lines = "\n".join(f"  {video}: {why}" for video, why in self.errors.items())
+        super().__init__(
+            f"shard {shard_index} not published: {len(errors)} bad input video(s):\n{lines}"
+        )
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """Outcome of one video: frame counts, wall seconds and stored JPEG bytes."""
+
+    video_id: str
+    native_frames: int
+    decoded_frames: int
+    stored_frames: int
+    seconds: float
+    jpeg_bytes: int
+
+    @property
+    def frames_per_second(self) -> float:
+        """Re-timed frames decoded per wall second."""
+        return self.decoded_frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """Outcome of one shard: ``status`` is "published" or "skipped" (already published)."""
+
+    shard_index: int
+    path: Path
+    status: str
+    videos: tuple[VideoResult, ...]
+    seconds: float
+    bytes: int
+
+
+def default_workers() -> int:
+    """``$SLURM_CPUS_PER_TASK`` when set (the cores SLURM gave this task), else the CPUs this
+    process may run on."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return len(os.sched_getaffinity(0))
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free on the file system holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
+class _Video:
+    """Per-video state in the writer thread: stored frame ranges and checksums so far."""
+
+    def __init__(self, planned: PlannedVideo) -> None:
+        self.planned = planned
+        self.ranges: list[list[int]] = []
+        self.checksums: list[int] = []
+        self.jpeg_bytes = 0
+
+    def add(self, frame: int, jpeg: bytes) -> None:
+        if self.ranges and frame == self.ranges[-1][1] + 1:
+            self.ranges[-1][1] = frame
+        else:
+            self.ranges.append([frame, frame])
+        self.checksums.append(frame_checksum(jpeg))
+        self.jpeg_bytes += len(jpeg)
+
+
+def _tail_from(video: PlannedVideo) -> int:
+    return max(1, video.expected_frames - TAIL_FRAMES)
+
+
+def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) -> None:
+    """Raise VideoDecodeError when the decoded stream does not match the plan."""
+    where = video.path
+    decoded = stats.retimed_frames if stats.retimed_frames >= 0 else stats.last_frame
+    if abs(decoded - video.expected_frames) > CLAMP_TOLERANCE_FRAMES:
+        raise VideoDecodeError(
+            f"{where}: re-timed to {video.rate} fps it has {decoded} frames, but its duration "
+            f"{video.duration:.3f} s x {video.rate} = {video.expected_frames} "
+            f"(+-{CLAMP_TOLERANCE_FRAMES}); the file is truncated or its timestamps are broken"
+        )
+    expected_native = video.duration * video.native_fps
+    if (
+        stats.native_frames >= 0
+        and abs(stats.native_frames - expected_native) > CLAMP_TOLERANCE_FRAMES
+    ):
+        raise VideoDecodeError(
+            f"{where}: {stats.native_frames} source pictures decoded, but {video.duration:.3f} s "
+            f"at {video.native_fps:.3f} fps is {expected_native:.0f}: pictures are missing or "
+            f"damaged, and re-timing would silently repeat others; download it again"
+        )
+    if video.max_annotated_frame > decoded + CLAMP_TOLERANCE_FRAMES:
+        raise VideoDecodeError(
+            f"{where}: shorter than its annotations: {decoded} frames, a segment ends at "
+            f"{video.max_annotated_frame}; download it again"
+        )
+    if stats.last_frame != decoded:
+        raise RuntimeError(
+            f"{video.video_id}: last picture numbered {stats.last_frame}, ffmpeg made {decoded}"
+        )
+    wanted = [(1, decoded)] if video.keep_ranges is None else list(video.keep_ranges)
+    wanted.append((_tail_from(video), decoded))
+    expected_stored = merge_ranges((a, min(b, decoded)) for a, b in wanted if a <= decoded)
+    if stored != expected_stored:
+        raise RuntimeError(
+            f"{video.video_id}: stored ranges {stored[:4]}... differ from the planned "
+            f"{expected_stored[:4]}... ({count_in_ranges(stored)} vs "
+            f"{count_in_ranges(expected_stored)} frames)"
+        )
+
+
+def _decode_into_queue(
+    video: PlannedVideo,
+    *,
+    params: dict,
+    threads: int,
+    out: queue.Queue,
+    cancel: threading.Event,
+) -> None:
+    """Decode thread: put ("frames", id, batch) items, then ("done"|"failed", id, payload)."""
+
+    def put(item: tuple) -> bool:
+        while not cancel.is_set():
+            try:
+                out.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    stats = DecodeStats()
+    try:
+        if video.path is None or not Path(video.path).is_file():
+            raise VideoDecodeError(f"{video.path}: no such file (moved since `plan`?)")
+        batch: list[tuple[int, bytes]] = []
+        for frame, jpeg in decode_video(
+            path=video.path,
+            rate=video.rate,
+            short_side=params["short_side"],
+            jpeg_qscale=params["jpeg_qscale"],
+            width=video.width,
+            height=video.height,
+            keep_ranges=video.keep_ranges,
+            tail_from=_tail_from(video),
+            threads=threads,
+            stats=stats,
+            cancel=cancel,
+        ):
+            batch.append((frame, jpeg))
+            if len(batch) >= BATCH_FRAMES:
+                if not put(("frames", video.video_id, batch)):
+                    return
+                batch = []
+        if batch and not put(("frames", video.video_id, batch)):
+            return
+        put(("done", video.video_id, stats))
+    except Exception as exc:  # noqa: BLE001 - handed to the writer thread, which decides
+        put(("failed", video.video_id, exc))
+
+
+def _write_videos(
+    shard: ShardPlan,
+    writer: ShardWriter,
+    *,
+    params: dict,
+    workers: int,
+    on_frames: Callable[[int], None] | None,
+) -> tuple[list[VideoMeta], list[VideoResult], dict[str, str]]:
+    """Decode every video of ``shard`` into ``writer``. Returns (metadata, results, bad
+    videos by id -> reason)."""
+    videos = sorted(shard.videos, key=lambda v: (-v.duration * v.width * v.height, v.video_id))
+    concurrency = max(1, min(workers, len(videos)))
+    threads = max(1, workers // concurrency)
+    cancel = threading.Event()
+    out: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES_PER_WORKER * concurrency)
+    state = {v.video_id: _Video(v) for v in videos}
+    metas: list[VideoMeta] = []
+    results: list[VideoResult] = []
+    bad: dict[str, str] = {}
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="decode") as pool:
+        try:
+            for video in videos:
+                pool.submit(
+                    _decode_into_queue,
+                    video,
+                    params=params,
+                    threads=threads,
+                    out=out,
+                    cancel=cancel,
+                )
+            remaining = len(videos)
+            while remaining:
+                kind, video_id, payload = out.get()
+                current = state[video_id]
+                if kind == "frames":
+                    for frame, jpeg in payload:
+                        current.add(frame, jpeg)
+                    writer.put_frames(video_id, payload)
+                    if on_frames is not None:
+                        on_frames(len(payload))
+                    continue
+                remaining -= 1
+                if kind == "failed":
+                    if not isinstance(payload, EpicInputError):
+                        raise payload
+                    bad[video_id] = str(payload)
+                    log.error("%s: %s", video_id, payload)
+                    continue
+                meta, result = _finish_video(current, payload, params)
+                try:
+                    _check_counts(current.planned, payload, [tuple(r) for r in current.ranges])
+                except VideoDecodeError as exc:
+                    bad[video_id] = str(exc)
+                    log.error("%s: %s", video_id, exc)
+                    continue
+                writer.put(
+                    [
+                        (video_meta_key(video_id), meta.to_bytes()),
+                        (checksum_key(video_id), pack_checksums(current.checksums)),
+                    ]
+                )
+                metas.append(meta)
+                results.append(result)
+                log.info(
+                    "%s: %d frames stored of %d decoded in %.1f s (%.0f frames/s)",
+                    video_id,
+                    result.stored_frames,
+                    result.decoded_frames,
+                    result.seconds,
+                    result.frames_per_second,
+                )
+        finally:
+            cancel.set()
+    return sorted(metas, key=lambda m: m.video_id), results, bad
+
+
+def _finish_video(
+    current: _Video, stats: DecodeStats, params: dict
+) -> tuple[VideoMeta, VideoResult]:
+    video = current.planned
+    decoded = stats.retimed_frames if stats.retimed_frames >= 0 else stats.last_frame
+    meta = VideoMeta(
+        video_id=video.video_id,
+        rate=video.rate,
+        native_fps=video.native_fps,
+        duration=video.duration,
+        decoded_frames=decoded,
+        stored_frames=len(current.checksums),
+        stored_ranges=tuple((a, b) for a, b in current.ranges),
+        width=stats.width,
+        height=stats.height,
+        short_side=params["short_side"],
+        jpeg_qscale=params["jpeg_qscale"],
+        source=str(video.path),
+        native_frames=stats.native_frames,
+    )
+    result = VideoResult(
+        video_id=video.video_id,
+        native_frames=stats.native_frames,
+        decoded_frames=decoded,
+        stored_frames=meta.stored_frames,
+        seconds=stats.seconds,
+        jpeg_bytes=current.jpeg_bytes,
+    )
+    return meta, result
+
+
+def load_runnable_manifest(store_root: str | Path) -> Manifest:
+    """The store's manifest, refusing a sizing-only plan."""
+    manifest = Manifest.load(store_root)
+    if manifest.extra.get("sizing_only"):
+        raise StoreError(
+            f"{store_root}/manifest.json was planned from EPIC_100_video_info.csv to size the "
+            f"job; re-plan with `epic-extract plan --videos DIR ...` to extract frames"
+        )
+    return manifest
+
+
+def run_shard(
+    *,
+    store_root: str | Path,
+    shard_index: int,
+    workers: int | None = None,
+    tmp_dir: str | Path | None = None,
+    force: bool = False,
+    map_size: int | None = None,
+    on_frames: Callable[[int], None] | None = None,
+) -> ShardResult:
+    """Extract shard ``shard_index`` of the store at ``store_root`` and publish it.
+
+    ``workers``: ffmpeg processes (and cores) to use, default :func:`default_workers`.
+    ``tmp_dir``: scratch for the shard under construction, default ``$TMPDIR``.
+    ``force``: redo a shard that is already published (otherwise it is skipped).
+    ``map_size``: LMDB map size in bytes, default 4x the plan's estimate + 1 GiB.
+    ``on_frames``: called with the number of frames written, for progress bars.
+
+    Raises :class:`BadVideoError` (nothing published) when an input video is unusable and
+    :class:`ShardSpaceError` when scratch or the store runs out of space.
+    """
+    started = time.perf_counter()
+    store_root = Path(store_root)
+    manifest = load_runnable_manifest(store_root)
+    plans = {s.index: s for s in manifest.shards}
+    if shard_index not in plans:
+        raise StoreError(
+            f"shard index {shard_index} is not in the plan of {store_root} "
+            f"(0..{len(plans) - 1}); check --shard-index / the --array range"
+        )
+    shard = plans[shard_index]
+    final = shard_path(store_root, shard_index)
+    remove_stale_temps(store_root, shard_index)
+    if final.exists() and not force:
+        log.info(
+            "shard %d already published at %s: skipped (--force redoes it)", shard_index, final
+        )
+        return ShardResult(shard_index, final, "skipped", (), 0.0, final.stat().st_size)
+
+    workers = workers or default_workers()
+    estimate = estimate_bytes(shard.planned_frames, manifest.params.short_side)
+    map_size = map_size or 4 * estimate + (1 << 30)
+    tmp_root = Path(tmp_dir or tempfile.gettempdir())
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    free = free_bytes(tmp_root)
+    if free < estimate:
+        raise ShardSpaceError(
+            f"--tmp-dir {tmp_root} has {free:,} bytes free, shard {shard_index} needs about "
+            f"{estimate:,}: point --tmp-dir at a larger node-local disk"
+        )
+    params = asdict(manifest.params)
+    log.info(
+        "shard %d: %d videos, %d frames planned, %d workers, scratch %s",
+        shard_index,
+        len(shard.videos),
+        shard.planned_frames,
+        workers,
+        tmp_root,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix=f"epic-shard-{shard_index:05d}-", dir=tmp_root))
+    try:
+        writer = ShardWriter(workdir / final.name, map_size=map_size)
+        try:
+            metas, results, bad = _write_videos(
+                shard, writer, params=params, workers=workers, on_frames=on_frames
+            )
+            if bad:
+                raise BadVideoError(shard_index, bad)
+            shard_meta = ShardMeta(
+                format_version=STORE_FORMAT_VERSION,
+                shard_index=shard_index,
+                video_ids=tuple(m.video_id for m in metas),
+                params=params,
+                total_frames=sum(m.stored_frames for m in metas),
+            )
+            writer.put([(SHARD_META_KEY, shard_meta.to_bytes())])
+            problems = writer.verify(metas, expected_meta=shard_meta)
+            if problems:
+                raise RuntimeError(f"shard {shard_index} failed verification: {problems[:5]}")
+            path = writer.publish(store_root, shard_index)
+        finally:
+            writer.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    size = path.stat().st_size
+    seconds = time.perf_counter() - started
+    log.info(
+        "shard %d published: %s, %d frames, %.1f MB, %.1f s",
+        shard_index,
+        path,
+        shard_meta.total_frames,
+        size / 1e6,
+        seconds,
+    )
+    return ShardResult(shard_index, path, "published", tuple(results), seconds, size)
+
+
+def pending_shards(store_root: str | Path) -> list[int]:
+    """Indices of planned shards not yet published."""
+    manifest = Manifest.load(store_root)
+    return [s.index for s in manifest.shards if not shard_path(store_root, s.index).exists()]

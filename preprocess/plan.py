@@ -1,0 +1,300 @@
+"""`epic-extract plan`: decide which frames of which videos go into which shard.
+
+The plan is made once, before any decoding: it probes every video (or reads durations from
+``EPIC_100_video_info.csv``), computes the frame ranges to keep per video, balances videos
+into shards by frames to store and writes ``<store>/manifest.json``. Every problem with the
+inputs is reported together, before anything is written.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from epicdata.annotations import AnnotationDir, Segment, read_video_info
+from epicdata.constants import (
+    CLAMP_TOLERANCE_FRAMES,
+    DEFAULT_JPEG_QSCALE,
+    DEFAULT_SHORT_SIDE,
+)
+from epicdata.errors import EpicInputError, StoreError
+from epicdata.frames import expected_frame_count, frame_rate_for
+from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_keep
+from epicdata.store import (
+    KEEP_MODES,
+    SHARDS_DIR,
+    ExtractParams,
+    Manifest,
+    PlannedVideo,
+    Range,
+    ShardPlan,
+)
+from preprocess.probe import find_videos, probe_many
+
+log = logging.getLogger(__name__)
+
+#: Frames kept on each side of every annotated segment with ``keep="segments"`` (0.25 s at
+#: 60 fps): room for temporal jitter and for segments that end a few frames late.
+DEFAULT_MARGIN_FRAMES = 15
+#: Shard size when neither a shard count nor a target is given: about 3 GB and 10-15 minutes
+#: of a 8-core task, small enough that a failed task costs little to redo.
+DEFAULT_TARGET_SHARD_FRAMES = 100_000
+#: The writer always keeps the last frames of every video from here on (frames before the
+#: expected end), so the stored end is the decoder's end and readers can clamp to it.
+TAIL_FRAMES = 2 * CLAMP_TOLERANCE_FRAMES
+
+#: Bytes per stored frame in a compacted shard (JPEG + LMDB overflow-page rounding) at short
+#: side 256 and -q:v 4: bench/bench_extract.py on a 1920x1080 testsrc2 H.264 video (detailed,
+#: moving test pattern). Real kitchen footage is of the same order; scaled by area for other
+#: short sides.
+SHARD_BYTES_PER_FRAME_256 = 31_000
+#: Source pixels one core decodes (and re-times, scales, encodes) per second with
+#: `epic-extract run`: 1920x1080 H.264 at ~130 frames/s per core, bench/bench_extract.py on
+#: this project's 2-core build machine. Decoding every source frame is the cost whatever is
+#: kept (H.264 cannot skip), so core-hours scale with source pixels, not stored frames.
+DECODE_PIXELS_PER_CORE_SECOND = 1920 * 1080 * 130
+
+
+def _keep_ranges(
+    segments: Sequence[Segment],
+    *,
+    keep: str,
+    margin_frames: int,
+    num_frames: Sequence[int],
+    expected_frames: int,
+) -> tuple[Range, ...] | None:
+    """Inclusive frame ranges to store for one video (None = every decoded frame)."""
+    if keep == "all":
+        return None
+    ranges: list[Range] = []
+    if keep == "segments":
+        ranges = [(s.start_frame - margin_frames, s.stop_frame + margin_frames) for s in segments]
+    else:
+        for s in segments:
+            frames = sampled_frames_to_keep(s.start_frame, s.stop_frame, num_frames)
+            ranges.extend((int(f), int(f)) for f in frames)
+    ranges.append((expected_frames - TAIL_FRAMES, expected_frames))
+    clipped = [(max(1, a), min(b, expected_frames)) for a, b in ranges]
+    return tuple(merge_ranges((a, b) for a, b in clipped if a <= b))
+
+
+def _balance(videos: Sequence[PlannedVideo], num_shards: int) -> list[list[PlannedVideo]]:
+    """Greedy largest-first: each video goes to the shard with the fewest frames so far."""
+    heap = [(0, index) for index in range(num_shards)]
+    shards: list[list[PlannedVideo]] = [[] for _ in range(num_shards)]
+    for video in sorted(videos, key=lambda v: (-v.planned_frames, v.video_id)):
+        frames, index = heapq.heappop(heap)
+        shards[index].append(video)
+        heapq.heappush(heap, (frames + video.planned_frames, index))
+    return [sorted(s, key=lambda v: v.video_id) for s in shards]
+
+
+def estimate_bytes(planned_frames: int, short_side: int) -> int:
+    """Bytes of the published shards for ``planned_frames`` frames (see the constant)."""
+    return int(planned_frames * SHARD_BYTES_PER_FRAME_256 * (short_side / 256) ** 2)
+
+
+def estimate_core_hours(videos: Sequence[PlannedVideo]) -> float:
+    """Core-hours to decode every source frame of ``videos`` (see the constant)."""
+    pixels = sum(v.duration * v.native_fps * v.width * v.height for v in videos)
+    return pixels / DECODE_PIXELS_PER_CORE_SECOND / 3600
+
+
+def plan_store(
+    *,
+    store_root: str | Path,
+    annotations_dir: str | Path,
+    videos_root: str | Path | None = None,
+    video_info: str | Path | None = None,
+    splits: Sequence[str] = ("train", "validation", "test"),
+    shards: int | None = None,
+    target_shard_frames: int | None = None,
+    short_side: int = DEFAULT_SHORT_SIDE,
+    jpeg_qscale: int = DEFAULT_JPEG_QSCALE,
+    keep: str = "segments",
+    num_frames: Sequence[int] = (8,),
+    margin_frames: int = DEFAULT_MARGIN_FRAMES,
+    allow_missing: bool = False,
+) -> Manifest:
+    """Plan a store and write ``<store_root>/manifest.json``; returns the manifest.
+
+    Videos are those the annotation files of ``splits`` name. Exactly one of
+    ``videos_root`` (probe the files) and ``video_info`` (``EPIC_100_video_info.csv``
+    durations; a sizing-only plan that ``run`` refuses) must be given. ``keep`` is
+    ``segments`` (annotated segments +- ``margin_frames``), ``all`` or ``sampled`` (the
+    frames the deterministic samplers of the clip lengths ``num_frames`` read). Shards:
+    ``shards`` of them, or enough for ``target_shard_frames`` frames each (default
+    :data:`DEFAULT_TARGET_SHARD_FRAMES`). Missing, unreadable or too-short videos are all
+    reported in one :class:`EpicInputError` unless ``allow_missing`` drops them.
+    """
+    if (videos_root is None) == (video_info is None):
+        raise EpicInputError("give either --videos (probe the files) or --video-info CSV")
+    if keep not in KEEP_MODES:
+        raise EpicInputError(f"--keep {keep!r}: expected one of {', '.join(KEEP_MODES)}")
+    if keep == "sampled" and not num_frames:
+        raise EpicInputError("--keep sampled needs --num-frames (e.g. 8 or 8,16)")
+    if short_side < 2 or short_side % 2 or not 2 <= jpeg_qscale <= 31 or margin_frames < 0:
+        raise EpicInputError(
+            f"--short-side {short_side} must be even and >= 2, --quality {jpeg_qscale} in "
+            f"2..31, --margin-frames {margin_frames} >= 0"
+        )
+    store_root = Path(store_root)
+    published = sorted((store_root / SHARDS_DIR).glob("shard-*.lmdb"))
+    if published:
+        raise StoreError(
+            f"{store_root} already holds {len(published)} published shard(s); a new plan would "
+            f"not match them: plan into a new --store folder (or delete this store)"
+        )
+
+    annotations = AnnotationDir(annotations_dir)
+    by_video: dict[str, list[Segment]] = defaultdict(list)
+    for split in splits:
+        for segment in annotations.segments(split):
+            by_video[segment.video_id].append(segment)
+    if not by_video:
+        raise EpicInputError(f"no segments in splits {', '.join(splits)} of {annotations_dir}")
+
+    problems: dict[str, str] = {}
+    facts: dict[str, tuple[str | None, float, float, int, int]] = {}
+    if videos_root is not None:
+        found = find_videos(videos_root)
+        for video_id in sorted(set(by_video) - set(found)):
+            problems[video_id] = f"missing: no {video_id}.MP4 under {videos_root}"
+        probes, errors = probe_many(found[v] for v in sorted(by_video) if v in found)
+        problems.update(errors)
+        for video_id, p in probes.items():
+            facts[video_id] = (p.path, p.native_fps, p.duration, p.width, p.height)
+    else:
+        info = {v.video_id: v for v in read_video_info(video_info)}
+        for video_id in sorted(by_video):
+            if video_id not in info:
+                problems[video_id] = f"missing: not in {Path(video_info).name}"
+                continue
+            v = info[video_id]
+            facts[video_id] = (None, v.fps, v.duration, v.width, v.height)
+
+    planned: list[PlannedVideo] = []
+    for video_id, (path, native_fps, duration, width, height) in sorted(facts.items()):
+        rate = frame_rate_for(video_id)
+        expected = expected_frame_count(duration, rate)
+        segments = by_video[video_id]
+        last_annotated = max(s.stop_frame for s in segments)
+        if last_annotated > expected + CLAMP_TOLERANCE_FRAMES:
+            problems[video_id] = (
+                f"{path or video_id}: shorter than its annotations: {duration:.2f} s = "
+                f"{expected} frames at {rate} fps, but a segment ends at frame {last_annotated}; "
+                f"the file is probably truncated, download it again"
+            )
+            continue
+        ranges = _keep_ranges(
+            segments,
+            keep=keep,
+            margin_frames=margin_frames,
+            num_frames=num_frames,
+            expected_frames=expected,
+        )
+        planned.append(
+            PlannedVideo(
+                video_id=video_id,
+                path=path,
+                rate=rate,
+                native_fps=native_fps,
+                duration=duration,
+                width=width,
+                height=height,
+                expected_frames=expected,
+                planned_frames=expected if ranges is None else count_in_ranges(ranges),
+                max_annotated_frame=last_annotated,
+                keep_ranges=ranges,
+            )
+        )
+
+    if problems and not allow_missing:
+        lines = "\n".join(f"  {v}: {why}" for v, why in sorted(problems.items()))
+        raise EpicInputError(
+            f"{len(problems)} of {len(by_video)} videos cannot be planned:\n{lines}\n"
+            f"fix or download them, or pass --allow-missing to plan without them"
+        )
+    if not planned:
+        raise EpicInputError("no video can be planned: every annotated video has a problem")
+    for video_id, why in sorted(problems.items()):
+        log.warning("planning without %s (%s)", video_id, why)
+
+    total = sum(v.planned_frames for v in planned)
+    if shards is None:
+        target = target_shard_frames or DEFAULT_TARGET_SHARD_FRAMES
+        shards = math.ceil(total / target)
+    num_shards = max(1, min(int(shards), len(planned)))
+    manifest = Manifest(
+        params=ExtractParams(
+            short_side=short_side,
+            jpeg_qscale=jpeg_qscale,
+            keep=keep,
+            margin_frames=margin_frames if keep == "segments" else 0,
+            num_frames=tuple(num_frames) if keep == "sampled" else (),
+        ),
+        shards=tuple(
+            ShardPlan(index=i, videos=tuple(videos))
+            for i, videos in enumerate(_balance(planned, num_shards))
+        ),
+        splits=tuple(splits),
+        videos_root=None if videos_root is None else str(Path(videos_root).resolve()),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        extra={
+            "sizing_only": videos_root is None,
+            "excluded_videos": dict(sorted(problems.items())),
+            "estimated_bytes": estimate_bytes(total, short_side),
+            "estimated_core_hours": round(estimate_core_hours(planned), 2),
+        },
+    )
+    store_root.mkdir(parents=True, exist_ok=True)
+    manifest.save(store_root)
+    return manifest
+
+
+def plan_summary(manifest: Manifest, store_root: str | Path) -> str:
+    """Human summary of a plan: counts, estimates, the keep trade-off and the sbatch line."""
+    videos = [v for s in manifest.shards for v in s.videos]
+    frames = sum(v.planned_frames for v in videos)
+    all_frames = sum(v.expected_frames for v in videos)
+    per_shard = [s.planned_frames for s in manifest.shards]
+    params = manifest.params
+    est_bytes = manifest.extra["estimated_bytes"]
+    lines = [
+        f"planned {len(videos)} videos into {len(manifest.shards)} shards "
+        f"({min(per_shard):,}-{max(per_shard):,} frames each) in {store_root}",
+        f"frames to store: {frames:,} of {all_frames:,} ({frames / max(all_frames, 1):.1%}), "
+        f"keep={params.keep}, short side {params.short_side}, -q:v {params.jpeg_qscale}",
+        f"estimated size: {est_bytes / 1e9:,.1f} GB ({SHARD_BYTES_PER_FRAME_256:,} B/frame "
+        f"at 256 px); decoding: {manifest.extra['estimated_core_hours']:,.1f} core-hours",
+    ]
+    if params.keep == "sampled":
+        lines.append(
+            f"keep=sampled stores only the frames the deterministic samplers read for clip "
+            f"lengths {','.join(map(str, params.num_frames))}: small enough for a node's page "
+            f"cache, but training may not use random frame offsets or other clip lengths"
+        )
+    elif params.keep == "segments":
+        lines.append(
+            f"keep=segments stores annotated segments +-{params.margin_frames} frames: any "
+            f"sampler works on annotated segments; frames outside them are not stored"
+        )
+    excluded = manifest.extra.get("excluded_videos") or {}
+    if excluded:
+        lines.append(f"planned WITHOUT {len(excluded)} videos: {', '.join(sorted(excluded))}")
+    if manifest.extra.get("sizing_only"):
+        lines.append(
+            "sizing-only plan (from video_info.csv): re-plan with --videos to extract frames"
+        )
+    else:
+        last = len(manifest.shards) - 1
+        lines.append(
+            f"next: sbatch --array=0-{last} --export=ALL,STORE={Path(store_root).resolve()} "
+            f"slurm/extract.sbatch"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""Write one shard on local scratch, verify it, and publish it into the store atomically.
+
+A shard is built in ``--tmp-dir`` (node-local on clusters: many small random writes stay off
+the shared file system), in bounded transactions with keys sorted within each, then copied
+compacted to ``<store>/shards/.<name>.tmp-<pid>`` and renamed into place. A shard file at
+its final path is therefore complete and verified; a killed task leaves at most a temp file
+that the next run of the same index removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import lmdb
+
+from epicdata.errors import EpicInputError, StoreError
+from epicdata.store import (
+    SHARD_META_KEY,
+    ShardMeta,
+    VideoMeta,
+    checksum_key,
+    frame_checksum,
+    frame_key,
+    frames_in_ranges,
+    open_shard_readonly,
+    shard_path,
+    unpack_checksums,
+    video_meta_key,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bytes of JPEG data per write transaction: LMDB keeps a transaction's dirty pages in
+#: memory until commit, so this bounds the writer's memory.
+TXN_BYTES = 64 << 20
+
+
+class ShardSpaceError(EpicInputError):
+    """The scratch disk or the LMDB map is too small for a shard, or the store disk is full."""
+
+
+def _space_error(exc: BaseException, *, where: Path, map_size: int) -> ShardSpaceError | None:
+    """Translate an out-of-space failure into a clear error; None for anything else."""
+    if isinstance(exc, lmdb.MapFullError):
+        return ShardSpaceError(
+            f"shard {where.name}: LMDB map size {map_size:,} bytes is too small for this shard; "
+            f"pass a larger --map-size (the plan's estimate per frame was too low)"
+        )
+    free = shutil.disk_usage(where.parent).free if where.parent.exists() else 0
+    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    # LMDB reports a write cut short by a full disk as EIO ("Input/output error").
+    if no_space or "No space left" in str(exc) or free < 2 * TXN_BYTES:
+        return ShardSpaceError(
+            f"no space left writing {where} ({free:,} bytes free on that disk): point "
+            f"--tmp-dir at a larger node-local disk ($VSC_SCRATCH_NODE, $TMPDIR) or free space"
+        )
+    return None
+
+
+class ShardWriter:
+    """An LMDB shard being written at ``path`` (one file, ``subdir=False``)."""
+
+    def __init__(self, path: Path, *, map_size: int) -> None:
+        self.path = path
+        self.map_size = map_size
+        self._env = lmdb.open(
+            str(path), subdir=False, map_size=map_size, readahead=False, meminit=False, sync=False
+        )
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._pending_bytes = 0
+
+    def _guard(self, exc: BaseException) -> BaseException:
+        return _space_error(exc, where=self.path, map_size=self.map_size) or exc
+
+    def put_frames(self, video_id: str, frames: Iterable[tuple[int, bytes]]) -> None:
+        """Queue JPEGs (frame number, bytes); commits whenever :data:`TXN_BYTES` is reached."""
+        for frame, jpeg in frames:
+            self._pending.append((frame_key(video_id, frame), jpeg))
+            self._pending_bytes += len(jpeg)
+            if self._pending_bytes >= TXN_BYTES:
+                self.flush()
+
+    def put(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Write key/value pairs (metadata) in their own transaction."""
+        self._pending.extend(items)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        self._pending.sort(key=lambda item: item[0])
+        try:
+            with self._env.begin(write=True) as txn:
+                cursor = txn.cursor()
+                cursor.putmulti(self._pending, dupdata=False, overwrite=True)
+        except (lmdb.Error, OSError) as exc:
+            raise self._guard(exc) from exc
+        self._pending, self._pending_bytes = [], 0
+
+    def verify(self, videos: Sequence[VideoMeta], *, expected_meta: ShardMeta) -> list[str]:
+        """Problems found reading everything written back (empty when sound)."""
+        self.flush()
+        return verify_written(self._env, videos, expected_meta=expected_meta)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def publish(self, store_root: Path, index: int) -> Path:
+        """Sync, copy compacted into ``<store>/shards/`` under a temp name, rename into place."""
+        self.flush()
+        final = shard_path(store_root, index)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            self._env.sync(True)
+            self._env.copy(str(temp), compact=True)
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _check_copy(temp, expected_entries=self._env.stat()["entries"])
+            os.replace(temp, final)
+        except BaseException as exc:
+            temp.unlink(missing_ok=True)
+            if isinstance(exc, (lmdb.Error, OSError)):
+                raise (_space_error(exc, where=temp, map_size=self.map_size) or exc) from exc
+            raise
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+
+def _check_copy(path: Path, *, expected_entries: int) -> None:
+    env = open_shard_readonly(path)
+    try:
+        entries = env.stat()["entries"]
+    finally:
+        env.close()
+    if entries != expected_entries:
+        raise StoreError(
+            f"{path}: compacted copy holds {entries} keys, expected {expected_entries}"
+        )
+
+
+def remove_stale_temps(store_root: Path, index: int) -> list[Path]:
+    """Delete temp files a killed run of shard ``index`` left in ``<store>/shards/``."""
+    final = shard_path(store_root, index)
+    stale = sorted(final.parent.glob(f".{final.name}.tmp-*")) if final.parent.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def verify_written(
+    env: lmdb.Environment, videos: Sequence[VideoMeta], *, expected_meta: ShardMeta
+) -> list[str]:
+    """Read a written shard back: metadata, every stored frame key and its checksum.
+    Returns problems (empty when the shard is sound)."""
+    problems: list[str] = []
+    with env.begin(buffers=True) as txn:
+        blob = txn.get(SHARD_META_KEY)
+        if blob is None or bytes(blob) != expected_meta.to_bytes():
+            problems.append("shard metadata missing or different from what was written")
+        for meta in videos:
+            if txn.get(video_meta_key(meta.video_id)) is None:
+                problems.append(f"{meta.video_id}: metadata missing")
+            sums = txn.get(checksum_key(meta.video_id))
+            if sums is None:
+                problems.append(f"{meta.video_id}: checksums missing")
+                continue
+            sums = unpack_checksums(bytes(sums))
+            frames = frames_in_ranges(meta.stored_ranges)
+            if len(frames) != len(sums):
+                problems.append(f"{meta.video_id}: {len(sums)} checksums for {len(frames)} frames")
+                continue
+            for frame, expected in zip(frames, sums, strict=True):
+                jpeg = txn.get(frame_key(meta.video_id, int(frame)))
+                if jpeg is None or frame_checksum(jpeg) != expected:
+                    problems.append(f"{meta.video_id} frame {frame}: missing or corrupt")
+                    break
+    return problems

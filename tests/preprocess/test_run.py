@@ -1,0 +1,166 @@
+"""`epic-extract run`: publishes complete shards only, whatever goes wrong and when."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from epicdata.store import open_shard_readonly, shard_path
+from preprocess import extract as extract_module
+from preprocess.check import check_store
+from preprocess.cli import EXIT_BAD_VIDEO, EXIT_NO_SPACE, extract
+from preprocess.extract import run_shard
+from preprocess.writer import ShardSpaceError
+
+
+def _run(store: Path, tmp: Path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        extract, ["run", "--store", str(store), "--tmp-dir", str(tmp), *extra]
+    )
+    return result.exit_code, result.output
+
+
+def _items(path: Path) -> list[tuple[bytes, bytes]]:
+    env = open_shard_readonly(path)
+    try:
+        with env.begin() as txn:
+            return list(txn.cursor())
+    finally:
+        env.close()
+
+
+def test_run_then_check_is_clean(small_store: dict[str, Path]) -> None:
+    code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
+    assert code == 0, output
+    assert "shard 0: published" in output
+    report = check_store(
+        small_store["store"], annotations_dir=small_store["annotations"], deep=True
+    )
+    assert report.ok, report.problems
+    assert list(small_store["tmp"].iterdir()) == []  # scratch cleaned up
+
+
+def test_same_index_twice_publishes_one_identical_shard(small_store: dict[str, Path]) -> None:
+    store, tmp = small_store["store"], small_store["tmp"]
+    assert _run(store, tmp, "--shard-index", "0")[0] == 0
+    path = shard_path(store, 0)
+    first_bytes, first_items = path.read_bytes(), _items(path)
+    code, output = _run(store, tmp, "--shard-index", "0")
+    assert code == 0 and "skipped" in output
+    assert path.read_bytes() == first_bytes
+    code, output = _run(store, tmp, "--shard-index", "0", "--force")
+    assert code == 0 and "published" in output
+    assert _items(path) == first_items
+    assert sorted(p.name for p in path.parent.iterdir()) == ["shard-00000.lmdb"]
+
+
+def test_shard_index_from_slurm_array_task_id(small_store: dict[str, Path]) -> None:
+    result = CliRunner().invoke(
+        extract,
+        ["run", "--store", str(small_store["store"]), "--tmp-dir", str(small_store["tmp"])],
+        env={"SLURM_ARRAY_TASK_ID": "0"},
+    )
+    assert result.exit_code == 0, result.output
+    assert shard_path(small_store["store"], 0).is_file()
+
+
+def test_bad_video_fails_the_shard_naming_the_video(small_store: dict[str, Path]) -> None:
+    video = small_store["videos"] / "P01" / "videos" / "P01_101.MP4"
+    video.write_bytes(video.read_bytes()[:3000])  # damaged after planning: no moov atom
+    code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
+    assert code == EXIT_BAD_VIDEO
+    assert "P01_101" in output and "moov atom not found" in output
+    assert not shard_path(small_store["store"], 0).exists()
+    assert list(small_store["tmp"].iterdir()) == []
+
+
+def test_too_small_map_size_is_a_clear_error_and_publishes_nothing(
+    small_store: dict[str, Path],
+) -> None:
+    with pytest.raises(ShardSpaceError, match="map size 131,072 bytes is too small"):
+        run_shard(
+            store_root=small_store["store"],
+            shard_index=0,
+            tmp_dir=small_store["tmp"],
+            map_size=1 << 17,
+        )
+    code, output = _run(small_store["store"], small_store["tmp"], "--all", "--map-size", "131072")
+    assert code == EXIT_NO_SPACE and "--map-size" in output, output
+    assert not shard_path(small_store["store"], 0).exists()
+    assert list(small_store["tmp"].iterdir()) == []
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Path:
+    """A 64 KiB tmpfs: a scratch disk that fills up (needs root, as in CI containers)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=False
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_tmp_dir_too_small_for_the_estimate_is_refused_up_front(
+    small_store: dict[str, Path], tiny_tmpfs: Path
+) -> None:
+    code, output = _run(small_store["store"], tiny_tmpfs, "--shard-index", "0")
+    assert code == EXIT_NO_SPACE, output
+    assert f"--tmp-dir {tiny_tmpfs} has" in output and "larger node-local disk" in output
+    assert not shard_path(small_store["store"], 0).exists()
+
+
+def test_tmp_dir_filling_up_mid_shard_is_a_clear_error_and_publishes_nothing(
+    small_store: dict[str, Path], tiny_tmpfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pretend the up-front estimate fits, so the disk really fills while writing.
+    monkeypatch.setattr(extract_module, "free_bytes", lambda path: 1 << 40)
+    code, output = _run(small_store["store"], tiny_tmpfs, "--shard-index", "0")
+    assert code == EXIT_NO_SPACE, output
+    assert "no space left writing" in output and "--tmp-dir" in output
+    assert not shard_path(small_store["store"], 0).exists()
+    assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_sigkill_mid_shard_leaves_nothing_and_a_rerun_completes(
+    small_store: dict[str, Path], tmp_path: Path
+) -> None:
+    # An ffmpeg that finishes its video and then hangs: the run is killed after the first
+    # video is in the scratch shard and before the second one ends.
+    slow = tmp_path / "slow-ffmpeg"
+    slow.write_text('#!/bin/sh\nffmpeg "$@"\nstatus=$?\nsleep 60\nexit $status\n')
+    slow.chmod(0o755)
+    command = [sys.executable, "-m", "preprocess", "run", "--store", str(small_store["store"])]
+    command += ["--shard-index", "0", "--workers", "1", "--tmp-dir", str(small_store["tmp"])]
+    proc = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "EPIC_FFMPEG": str(slow)},
+        start_new_session=True,
+    )
+    try:
+        scratch = []
+        while not scratch:
+            assert proc.poll() is None, proc.stderr.read()
+            scratch = list(small_store["tmp"].glob("epic-shard-00000-*/shard-00000.lmdb"))
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not shard_path(small_store["store"], 0).exists()
+    code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
+    assert code == 0, output
+    assert check_store(small_store["store"]).ok

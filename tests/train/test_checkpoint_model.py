@@ -1,0 +1,131 @@
+"""Model shapes, weights loading, and checkpoints: plain data, atomic, strict resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from epicdata.errors import EpicInputError
+from train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, resume, save_checkpoint
+from train.config import TrainConfig
+from train.fit import build_optimizer, build_scheduler, make_scaler
+from train.model import FETCH_IMAGENET_COMMAND, ActionModel, build_model, load_backbone_weights
+
+
+def _parts(scheduler: str = "plateau"):
+    torch.manual_seed(0)
+    model = ActionModel(dropout=0.3)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=1e-4)
+    sched = build_scheduler(optimizer, kind=scheduler, epochs=3, factor=0.5, patience=3)
+    return model, optimizer, sched, make_scaler(False)
+
+
+def _state(model, optimizer, scheduler, scaler) -> dict:
+    cfg = TrainConfig(store="s", annotations="a", output_dir="o")
+    return {
+        "format_version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": 2,
+        "step": 0,
+        "best_metric": 12.5,
+        "config": cfg.to_dict(),
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
+
+
+def test_model_maps_clips_to_verb_and_noun_logits():
+    model = ActionModel(dropout=0.3).eval()
+    verb, noun = model(torch.randn(2, 3, 3, 32, 32))  # (B, T, C, H, W)
+    assert verb.shape == (2, 97) and noun.shape == (2, 300)
+
+
+def test_checkpoint_is_plain_data_and_resume_restores_everything(tmp_path):
+    model, optimizer, scheduler, scaler = _parts()
+    loss = sum(o.sum() for o in model(torch.randn(2, 2, 3, 32, 32)))
+    loss.backward()
+    optimizer.step()
+    scheduler.step(3.0)
+    path = save_checkpoint(_state(model, optimizer, scheduler, scaler), tmp_path / "last.pt")
+    assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed into place
+    state = torch.load(path, weights_only=True)  # plain data: no pickled code
+    assert state["config"]["batch_size"] == 32 and state["normalization"]["std"][0] == 0.229
+
+    fresh, fresh_opt, fresh_sched, fresh_scaler = _parts()
+    restored = resume(
+        path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched, scaler=fresh_scaler
+    )
+    assert restored["epoch"] == 2 and restored["best_metric"] == 12.5
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key]), key
+    assert fresh_sched.state_dict()["best"] == scheduler.state_dict()["best"]
+    assert fresh_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+
+
+def test_resume_refuses_leftover_or_missing_keys(tmp_path):
+    model, optimizer, scheduler, scaler = _parts()
+    state = _state(model, optimizer, scheduler, scaler)
+    leftover = dict(state, model={**state["model"], "extra_head.weight": torch.zeros(1)})
+    torch.save(leftover, tmp_path / "leftover.pt")
+    with pytest.raises(EpicInputError, match="extra_head"):
+        resume(
+            tmp_path / "leftover.pt",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+        )
+    missing = {k: v for k, v in state.items() if k != "scaler"}
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(EpicInputError, match="missing keys \\['scaler'\\]"):
+        load_checkpoint(tmp_path / "missing.pt")
+    _, _, cosine, _ = _parts("cosine")
+    save_checkpoint(state, tmp_path / "plateau.pt")
+    with pytest.raises(EpicInputError, match="same --scheduler"):
+        resume(
+            tmp_path / "plateau.pt",
+            model=model,
+            optimizer=optimizer,
+            scheduler=cosine,
+            scaler=scaler,
+        )
+
+
+def test_imagenet_weights_missing_names_the_login_node_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(EpicInputError) as excinfo:
+        build_model(
+            weights="imagenet", dropout=0.3, device=torch.device("cpu"), channels_last=False
+        )
+    message = str(excinfo.value)
+    assert FETCH_IMAGENET_COMMAND in message and str(tmp_path / "torch-home") in message
+
+
+def test_imagenet_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from train.model import imagenet_weights_path
+
+    torch.manual_seed(1)
+    reference = ActionModel().backbone
+    path = imagenet_weights_path()
+    path.parent.mkdir(parents=True)
+    # A torchvision-format state dict, fc included (the loader drops it).
+    state = {
+        **reference.state_dict(),
+        "fc.weight": torch.zeros(1000, 512),
+        "fc.bias": torch.zeros(1000),
+    }
+    torch.save(state, path)
+    model = ActionModel()
+    load_backbone_weights(model, "imagenet")
+    assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
+
+
+def test_weights_file_that_does_not_fit_is_a_clear_error(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(EpicInputError, match="does not match the ResNet-18"):
+        load_backbone_weights(ActionModel(), str(tmp_path / "bad.pth"))
+    with pytest.raises(EpicInputError, match="no such file"):
+        load_backbone_weights(ActionModel(), str(tmp_path / "absent.pth"))

@@ -1,0 +1,125 @@
+"""Checkpoints: plain data, complete, atomic, versioned; one strict resume function.
+
+A checkpoint is a dict of tensors and plain Python values, so ``torch.load(path,
+weights_only=True)`` reads it without running code::
+
+    format_version  int      CHECKPOINT_VERSION
+    model           dict     state of the model unwrapped from DDP / torch.compile
+    optimizer       dict
+    scheduler       dict
+    scaler          dict     GradScaler state ({} when disabled)
+    epoch           int      epochs completed (the next epoch to run)
+    step            int      batches of epoch ``epoch`` already trained (0 at epoch ends;
+                             > 0 after a signal: resume skips them, the data order of an
+                             epoch depends only on (seed, epoch))
+    best_metric     float    best validation action top-1 so far (-1 before any)
+    config          dict     TrainConfig.to_dict()
+    normalization   dict     {"mean": [3 floats], "std": [3 floats]} the model was trained with
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from epicdata.errors import EpicInputError
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = frozenset(
+    {
+        "format_version",
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step",
+        "best_metric",
+        "config",
+        "normalization",
+    }
+)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model under DDP (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``, so a
+    kill mid-write leaves the previous file intact."""
+    missing = CHECKPOINT_KEYS - set(state)
+    extra = set(state) - CHECKPOINT_KEYS
+    if missing or extra:
+        raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (``weights_only=True``) and check its format; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EpicInputError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: name it
+        raise EpicInputError(f"checkpoint {path} cannot be read ({exc})") from None
+    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION:
+        found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
+        raise EpicInputError(
+            f"checkpoint {path}: format version {found}, this code reads {CHECKPOINT_VERSION}"
+        )
+    missing = sorted(CHECKPOINT_KEYS - set(state))
+    extra = sorted(set(state) - CHECKPOINT_KEYS)
+    if missing or extra:
+        raise EpicInputError(
+            f"checkpoint {path}: missing keys {missing}, unexpected keys {extra}; "
+            "it was not written by this version of epic-train"
+        )
+    return state
+
+
+def resume(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+) -> dict[str, Any]:
+    """Restore everything from ``path`` strictly and return the checkpoint.
+
+    Refuses a checkpoint whose model state has leftover or missing keys, or whose
+    scheduler is of another kind, rather than continuing with a half-restored run.
+    """
+    state = load_checkpoint(path)
+    try:
+        unwrap_model(model).load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise EpicInputError(f"checkpoint {path}: model state does not match ({exc})") from None
+    expected = set(scheduler.state_dict())
+    if set(state["scheduler"]) != expected:
+        raise EpicInputError(
+            f"checkpoint {path}: its scheduler state has keys {sorted(state['scheduler'])}, "
+            f"this run's scheduler {sorted(expected)}; resume with the same --scheduler"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    return state

@@ -1,0 +1,208 @@
+"""One training epoch and one evaluation pass: the loop bodies, nothing else.
+
+Mixed precision has no branches here: ``torch.autocast(enabled=...)`` and a GradScaler
+with ``enabled=`` are no-ops when precision is full (CPU, or ``--amp off``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from train.distributed import DistInfo, any_rank, gather_to_main
+from train.transforms import DeviceAugment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings; ``scaler`` only for fp16 (bf16 has fp32's exponent range)."""
+
+    device_type: str
+    dtype: torch.dtype
+    enabled: bool
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float
+    verb_top1: float  # percent, argmax per head
+    noun_top1: float
+    action_top1: float  # both heads right
+    clips: int  # clips trained on, all ranks
+    seconds: float
+    data_wait: float  # fraction of the epoch spent waiting for the loader (rank 0)
+    steps: int  # optimizer steps done in this call
+    interrupted: bool  # stopped early on a signal, at a step boundary
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.cuda.amp.GradScaler,
+    augment: DeviceAugment,
+    generator: torch.Generator,
+    precision: Precision,
+    device: torch.device,
+    info: DistInfo,
+    max_steps: int,
+    stop_requested: Callable[[], bool],
+    log_every: int = 50,
+    header: str = "",
+) -> EpochStats:
+    """Train for at most ``max_steps`` batches; returns early (``interrupted``) when any rank
+    has a pending stop request, with every rank at the same step."""
+    model.train()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*B, verb, noun, action hits
+    clips = steps = 0
+    wait = 0.0
+    start = tick = time.perf_counter()
+    interrupted = False
+    for batch in loader:
+        wait += time.perf_counter() - tick
+        frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
+        verbs = batch["verb"].to(device, non_blocking=True)  # (B,)
+        nouns = batch["noun"].to(device, non_blocking=True)  # (B,)
+        clips_in = augment(frames, train=True, generator=generator)  # (B, T, C, H, W) float
+        with precision.autocast():
+            verb_logits, noun_logits = model(clips_in)  # (B, 97), (B, 300)
+            loss = F.cross_entropy(verb_logits, verbs) + F.cross_entropy(noun_logits, nouns)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        verb_hit = verb_logits.argmax(1) == verbs
+        noun_hit = noun_logits.argmax(1) == nouns
+        batch_size = len(verbs)
+        sums += torch.stack(
+            [
+                loss.detach().double() * batch_size,
+                verb_hit.sum().double(),
+                noun_hit.sum().double(),
+                (verb_hit & noun_hit).sum().double(),
+            ]
+        )
+        clips += batch_size
+        steps += 1
+        if log_every and steps % log_every == 0:
+            log.info(
+                "%s step %d/%d loss %.4f data-wait %.0f%%",
+                header,
+                steps,
+                max_steps,
+                loss.item(),
+                100 * wait / (time.perf_counter() - start),
+            )
+        if steps >= max_steps:
+            break
+        if any_rank(stop_requested(), info, device):
+            interrupted = True
+            break
+        tick = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if info.enabled:
+        torch.distributed.all_reduce(sums)
+        counts = torch.tensor([clips], device=device)
+        torch.distributed.all_reduce(counts)
+        clips = int(counts.item())
+    loss_sum, verb_hits, noun_hits, action_hits = sums.tolist()
+    total = max(clips, 1)
+    return EpochStats(
+        loss=loss_sum / total,
+        verb_top1=100 * verb_hits / total,
+        noun_top1=100 * noun_hits / total,
+        action_top1=100 * action_hits / total,
+        clips=clips,
+        seconds=seconds,
+        data_wait=wait / max(seconds, 1e-9),
+        steps=steps,
+        interrupted=interrupted,
+    )
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Outputs for the segments evaluated, in split order (rank 0 only)."""
+
+    indices: np.ndarray  # (N,) int64 rows of the split
+    verb_logits: np.ndarray  # (N, 97) float32
+    noun_logits: np.ndarray  # (N, 300) float32
+    loss: float  # mean verb + noun cross-entropy; NaN when unlabelled
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    augment: DeviceAugment,
+    precision: Precision,
+    device: torch.device,
+    info: DistInfo,
+    max_steps: int | None = None,
+) -> Predictions | None:
+    """Logits for every segment of ``loader`` (sharded across ranks without padding), gathered
+    on rank 0 in split order; None on other ranks.
+
+    ``model`` must be the bare model, not the DDP wrapper: ranks may run different numbers
+    of batches, and DDP's per-forward buffer broadcast would then deadlock.
+    """
+    model.eval()
+    indices, verb_out, noun_out = [], [], []
+    loss_sum = 0.0
+    labelled = False
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
+        with precision.autocast():
+            verb_logits, noun_logits = model(augment(frames, train=False))
+        verb_logits, noun_logits = verb_logits.float(), noun_logits.float()
+        labelled = "verb" in batch
+        if labelled:
+            verbs = batch["verb"].to(device)
+            nouns = batch["noun"].to(device)
+            loss = F.cross_entropy(verb_logits, verbs, reduction="sum") + F.cross_entropy(
+                noun_logits, nouns, reduction="sum"
+            )
+            loss_sum += loss.item()
+        indices.append(batch["index"].numpy())
+        verb_out.append(verb_logits.cpu().numpy())
+        noun_out.append(noun_logits.cpu().numpy())
+    local = (
+        np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        np.concatenate(verb_out) if verb_out else np.zeros((0, 0), np.float32),
+        np.concatenate(noun_out) if noun_out else np.zeros((0, 0), np.float32),
+        loss_sum,
+        labelled,
+    )
+    parts = gather_to_main(local, info)
+    if parts is None:
+        return None
+    parts = [p for p in parts if len(p[0])]
+    idx = np.concatenate([p[0] for p in parts])
+    order = np.argsort(idx, kind="stable")
+    labelled = any(p[4] for p in parts)
+    return Predictions(
+        indices=idx[order],
+        verb_logits=np.concatenate([p[1] for p in parts])[order],
+        noun_logits=np.concatenate([p[2] for p in parts])[order],
+        loss=sum(p[3] for p in parts) / len(idx) if labelled else float("nan"),
+    )

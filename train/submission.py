@@ -1,0 +1,153 @@
+"""Prediction files in the official evaluator's input format, and challenge submissions.
+
+Predictions (what ``epic-validate`` writes and reads; ``.pkl`` or ``.pt`` as the official
+evaluator accepts), raw logits, either the dict format::
+
+    {"verb_output": float32 (N, 97), "noun_output": float32 (N, 300), "narration_id": (N,) str}
+
+or the list format ``[{"verb_output": (97,), "noun_output": (300,), "narration_id": str}, ...]``.
+Both are pickles: load only files you trust (as with the official tools).
+
+Submission: ``test.json`` inside a zip, as the official ``create_submission.py`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from epicdata.annotations import SegmentTable
+from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
+from epicdata.errors import EpicInputError
+
+SUBMISSION_VERSION = "0.2"
+CHALLENGE = "action_recognition"
+
+
+def save_predictions(
+    path: str | Path, verb_logits: np.ndarray, noun_logits: np.ndarray, narration_ids: Sequence[str]
+) -> Path:
+    """Write the dict format (numpy arrays) with pickle, whatever the suffix (.pkl or .pt:
+    ``torch.load(weights_only=False)`` reads plain pickles too)."""
+    path = Path(path)
+    data = {
+        "verb_output": np.asarray(verb_logits, dtype=np.float32),
+        "noun_output": np.asarray(noun_logits, dtype=np.float32),
+        "narration_id": np.asarray(narration_ids, dtype=str),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        pickle.dump(data, handle, protocol=4)
+    tmp.replace(path)
+    return path
+
+
+def load_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a predictions file (dict or list format) -> (verb (N, 97), noun (N, 300), ids)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EpicInputError(f"--predictions {path}: no such file")
+    try:
+        if path.suffix == ".pkl":
+            with open(path, "rb") as handle:
+                data: Any = pickle.load(handle)
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unreadable file: name it
+        raise EpicInputError(f"--predictions {path}: cannot read it ({exc})") from None
+    if isinstance(data, list):
+        if not data:
+            raise EpicInputError(f"--predictions {path}: the list is empty")
+        data = {k: [entry[k] for entry in data] for k in data[0]}
+    missing = [k for k in ("verb_output", "noun_output", "narration_id") if k not in data]
+    if missing:
+        raise EpicInputError(f"--predictions {path}: missing entries {', '.join(missing)}")
+    verb = _as_array(data["verb_output"])
+    noun = _as_array(data["noun_output"])
+    ids = [str(i) for i in data["narration_id"]]
+    expected = {"verb_output": (verb, NUM_VERB_CLASSES), "noun_output": (noun, NUM_NOUN_CLASSES)}
+    for key, (array, classes) in expected.items():
+        if array.ndim != 2 or array.shape != (len(ids), classes):
+            raise EpicInputError(
+                f"--predictions {path}: {key} has shape {array.shape}, expected "
+                f"({len(ids)}, {classes}) for {len(ids)} narration ids"
+            )
+    return verb, noun, ids
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.float().numpy()
+    if isinstance(value, list):
+        value = [v.float().numpy() if isinstance(v, torch.Tensor) else v for v in value]
+    return np.asarray(value, dtype=np.float32)
+
+
+def align_to_split(
+    narration_ids: Sequence[str], table: SegmentTable, *, allow_partial: bool, source: str
+) -> np.ndarray:
+    """Rows of ``table`` for each narration id; refuses unknown or repeated ids, and a file
+    that does not cover the whole split unless ``allow_partial``."""
+    row_of = {nid: i for i, nid in enumerate(table.narration_ids)}
+    unknown = [nid for nid in narration_ids if nid not in row_of]
+    if unknown:
+        raise EpicInputError(
+            f"{source}: {len(unknown)} narration id(s) are not in the {table.split} split "
+            f"(e.g. {', '.join(unknown[:3])}); is this the right --split?"
+        )
+    rows = np.array([row_of[nid] for nid in narration_ids], dtype=np.int64)
+    if len(np.unique(rows)) != len(rows):
+        raise EpicInputError(f"{source}: some narration ids appear more than once")
+    missing = len(table) - len(rows)
+    if missing and not allow_partial:
+        raise EpicInputError(
+            f"{source}: covers {len(rows)} of the {len(table)} segments of the {table.split} "
+            f"split ({missing} missing); pass --allow-partial to score only those present"
+        )
+    return rows
+
+
+def make_submission(
+    verb_logits: np.ndarray,
+    noun_logits: np.ndarray,
+    narration_ids: Sequence[str],
+    *,
+    sls_pt: int,
+    sls_tl: int,
+    sls_td: int,
+) -> dict[str, Any]:
+    """The challenge's JSON: one ``{"verb": {"0": s, ...}, "noun": {...}}`` per narration id."""
+    results = {
+        str(nid): {
+            "verb": {str(c): float(s) for c, s in enumerate(verb)},
+            "noun": {str(c): float(s) for c, s in enumerate(noun)},
+        }
+        for nid, verb, noun in zip(
+            narration_ids, verb_logits.tolist(), noun_logits.tolist(), strict=True
+        )
+    }
+    return {
+        "version": SUBMISSION_VERSION,
+        "challenge": CHALLENGE,
+        "sls_pt": sls_pt,
+        "sls_tl": sls_tl,
+        "sls_td": sls_td,
+        "results": results,
+    }
+
+
+def write_submission_zip(submission: dict[str, Any], path: str | Path) -> Path:
+    """``test.json`` in a deflated zip, written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as archive:
+        archive.writestr("test.json", json.dumps(submission))
+    tmp.replace(path)
+    return path

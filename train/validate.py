@@ -1,0 +1,197 @@
+"""Score a checkpoint or a predictions file with the official EPIC-100 metrics, or turn it
+into a challenge submission (``--split test``).
+
+Writes into the output folder: ``predictions.pkl`` (from a checkpoint; the official
+evaluator's input format), ``metrics.json`` (labelled splits: official key names, percent),
+``submission.zip`` (test split: ``test.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from epicdata.annotations import AnnotationDir
+from epicdata.dataset import EpicActionDataset
+from epicdata.errors import EpicInputError
+from epicdata.store import FrameStore
+from train import distributed
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig
+from train.engine import evaluate
+from train.fit import build_loader, metric_sets, resolve_device, resolve_precision
+from train.metrics import compute_metrics, format_metrics_table
+from train.model import ActionModel
+from train.submission import (
+    align_to_split,
+    load_predictions,
+    make_submission,
+    save_predictions,
+    write_submission_zip,
+)
+from train.transforms import DeviceAugment, EvalClipTransform
+
+log = logging.getLogger(__name__)
+
+
+def predict(
+    checkpoint: str | Path,
+    *,
+    store: str | Path,
+    annotations: AnnotationDir,
+    split: str,
+    batch_size: int,
+    workers: int,
+    device_name: str,
+    limit_batches: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Logits of a checkpoint's model for every segment of ``split`` (rank 0; None elsewhere).
+
+    The clip length, sampling, crop size and normalisation come from the checkpoint.
+    """
+    state = load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    device = resolve_device(device_name)
+    info = distributed.init(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    model = ActionModel(dropout=cfg.dropout)
+    model.load_state_dict(state["model"], strict=True)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    norm = state["normalization"]
+    augment = DeviceAugment(norm["mean"], norm["std"]).to(device)
+    table = annotations.table(split)
+    dataset = EpicActionDataset(
+        FrameStore(store),
+        table,
+        num_frames=cfg.num_frames,
+        sampling=cfg.sampling,
+        transform=EvalClipTransform(cfg.crop_size),
+    )
+    loader = build_loader(
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        sampler=distributed.ShardSampler(len(dataset), rank=info.rank, world_size=info.world_size),
+        drop_last=False,
+        pin_memory=device.type == "cuda",
+    )
+    log.info("%s: %d segments of %s with %s", checkpoint, len(dataset), split, device)
+    preds = evaluate(
+        model,
+        loader,
+        augment=augment,
+        precision=resolve_precision(cfg.amp, device),
+        device=device,
+        info=info,
+        max_steps=limit_batches,
+    )
+    distributed.shutdown()
+    if preds is None:
+        return None
+    ids = [table.narration_ids[i] for i in preds.indices]
+    return preds.verb_logits, preds.noun_logits, ids
+
+
+def score(
+    verb_logits: np.ndarray,
+    noun_logits: np.ndarray,
+    narration_ids: list[str],
+    *,
+    annotations: AnnotationDir,
+    split: str,
+    output_dir: Path,
+    allow_partial: bool,
+    source: str,
+    sls: tuple[int | None, int | None, int | None],
+) -> dict[str, float] | None:
+    """Official metrics (labelled splits) into metrics.json, or the submission zip (test)."""
+    table = annotations.table(split)
+    rows = align_to_split(narration_ids, table, allow_partial=allow_partial, source=source)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not table.labelled:
+        if None in sls:
+            raise EpicInputError(
+                "--split test needs --sls-pt, --sls-tl and --sls-td (supervision levels, "
+                "https://github.com/epic-kitchens/sls; the seed's ImageNet ResNet-18 trained on "
+                "the train split: 1 3 3)"
+            )
+        submission = make_submission(
+            verb_logits, noun_logits, narration_ids, sls_pt=sls[0], sls_tl=sls[1], sls_td=sls[2]
+        )
+        path = write_submission_zip(submission, output_dir / "submission.zip")
+        log.info("wrote %s (%d segments)", path, len(narration_ids))
+        return None
+    metrics = compute_metrics(
+        verb_logits,
+        noun_logits,
+        table.verb_classes[rows],
+        table.noun_classes[rows],
+        [table.participant_ids[i] for i in rows],
+        **metric_sets(annotations, split),
+    )
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def validate(
+    *,
+    annotations: str | Path,
+    split: str,
+    output_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    store: str | Path | None = None,
+    predictions: str | Path | None = None,
+    batch_size: int = 32,
+    workers: int = 4,
+    device_name: str = "auto",
+    allow_partial: bool = False,
+    limit_batches: int | None = None,
+    sls: tuple[int | None, int | None, int | None] = (None, None, None),
+) -> dict[str, float] | None:
+    """Run a checkpoint over ``split`` (or read ``predictions``) and score or submit it."""
+    if (checkpoint is None) == (predictions is None):
+        raise EpicInputError("pass exactly one of --checkpoint and --predictions")
+    annotation_dir = AnnotationDir(annotations)
+    output_dir = Path(output_dir)
+    if checkpoint is not None:
+        if store is None:
+            raise EpicInputError("--checkpoint needs --store (the frame store to read clips from)")
+        out = predict(
+            checkpoint,
+            store=store,
+            annotations=annotation_dir,
+            split=split,
+            batch_size=batch_size,
+            workers=workers,
+            device_name=device_name,
+            limit_batches=limit_batches,
+        )
+        if out is None:  # not rank 0
+            return None
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_predictions(output_dir / "predictions.pkl", *out)
+        # A run over part of the split (--limit-batches) is partial by request.
+        allow_partial = allow_partial or limit_batches is not None
+        source = f"checkpoint {checkpoint}"
+    else:
+        out = load_predictions(predictions)
+        source = f"--predictions {predictions}"
+    metrics = score(
+        *out,
+        annotations=annotation_dir,
+        split=split,
+        output_dir=output_dir,
+        allow_partial=allow_partial,
+        source=source,
+        sls=sls,
+    )
+    if metrics is not None:
+        print(format_metrics_table(metrics))
+    return metrics
