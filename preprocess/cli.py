@@ -25,6 +25,7 @@ import click
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
 from epicdata.errors import EpicInputError
 from epicdata.store import KEEP_MODES
+from preprocess.plan import DEFAULT_MARGIN_FRAMES
 
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -148,7 +149,7 @@ def extract(verbose: bool) -> None:
 @click.option(
     "--margin-frames",
     type=click.IntRange(min=0),
-    default=15,
+    default=DEFAULT_MARGIN_FRAMES,
     show_default=True,
     help="Frames kept on each side of a segment with --keep segments.",
 )

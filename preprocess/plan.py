@@ -49,15 +49,15 @@ DEFAULT_TARGET_SHARD_FRAMES = 100_000
 TAIL_FRAMES = 2 * CLAMP_TOLERANCE_FRAMES
 
 #: Bytes per stored frame in a compacted shard (JPEG + LMDB overflow-page rounding) at short
-#: side 256 and -q:v 4: bench/bench_extract.py on a 1920x1080 testsrc2 H.264 video (detailed,
-#: moving test pattern). Real kitchen footage is of the same order; scaled by area for other
-#: short sides.
-SHARD_BYTES_PER_FRAME_256 = 31_000
-#: Source pixels one core decodes (and re-times, scales, encodes) per second with
-#: `epic-extract run`: 1920x1080 H.264 at ~130 frames/s per core, bench/bench_extract.py on
-#: this project's 2-core build machine. Decoding every source frame is the cost whatever is
-#: kept (H.264 cannot skip), so core-hours scale with source pixels, not stored frames.
-DECODE_PIXELS_PER_CORE_SECOND = 1920 * 1080 * 130
+#: side 256 and -q:v 4, measured by bench/bench_extract.py (docs/benchmarks.md) on a
+#: 1920x1080 testsrc2 H.264 video. Synthetic pictures compress well: expect real kitchen
+#: footage to need more, so treat estimates as a lower bound. Scaled by area for other sizes.
+SHARD_BYTES_PER_FRAME_256 = 12_400
+#: Source pixels one core decodes (re-times, scales, encodes) per second with
+#: `epic-extract run`: 389 M (1920x1080 at ~187 frames/s), bench/bench_extract.py with 1
+#: worker on the 2-core build machine. Every source frame is decoded whatever is kept
+#: (H.264 cannot skip), so core-hours scale with source pixels, not stored frames.
+DECODE_PIXELS_PER_CORE_SECOND = 389_000_000
 
 
 def _keep_ranges(

@@ -85,11 +85,12 @@ def test_2997_fps_video_under_an_epic55_id_yields_twice_its_native_frames(store:
     assert abs(meta.decoded_frames - 2 * meta.native_frames) <= 2
 
 
-def test_segments_store_holds_every_annotated_frame_and_little_else(store: Path) -> None:
+def test_store_holds_every_planned_frame_and_little_else(store: Path) -> None:
     frames_store = FrameStore(store)
-    if frames_store.manifest.params.keep != "segments":
-        pytest.skip("keep=all stores everything")
     meta = frames_store.video_meta("P02_01")
     stored = set(frames_in_ranges(meta.stored_ranges).tolist())
-    assert set(range(60, 175)) <= stored  # 1.0 s .. 2.9 s at R = 60
-    assert 1 not in stored and 30 not in stored
+    if frames_store.manifest.params.keep == "all":
+        assert stored == set(range(1, meta.decoded_frames + 1))
+    else:
+        assert set(range(60, 175)) <= stored  # the segment 1.0 s .. 2.9 s at R = 60
+        assert 1 not in stored and 30 not in stored

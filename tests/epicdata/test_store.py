@@ -1,0 +1,138 @@
+"""FrameStore: the right bytes for every requested frame, in DataLoader workers under fork
+and spawn; clear errors outside the stored ranges; clamping near the end, counted."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import lmdb
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from epicdata.errors import StoreError
+from epicdata.store import (
+    SHARD_META_KEY,
+    ExtractParams,
+    FrameStore,
+    Manifest,
+    PlannedVideo,
+    ShardMeta,
+    ShardPlan,
+    VideoMeta,
+    checksum_key,
+    frame_checksum,
+    frame_key,
+    frames_in_ranges,
+    pack_checksums,
+    shard_path,
+    video_meta_key,
+)
+
+# video id -> (stored ranges, decoded frames): two shards, one with a gap between ranges.
+VIDEOS = {"P01_01": (((1, 50), (80, 120)), 120), "P02_101": (((1, 60),), 60)}
+SHARD_OF = {"P01_01": 0, "P02_101": 1}
+
+
+def _payload(video_id: str, frame: int) -> bytes:
+    return f"{video_id}/{frame}".encode()
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store written with the format's own key and metadata functions (no ffmpeg)."""
+    root = tmp_path_factory.mktemp("store")
+    params = ExtractParams(
+        short_side=256, jpeg_qscale=4, keep="segments", margin_frames=0, num_frames=()
+    )
+    shards = []
+    for index in (0, 1):
+        planned = []
+        path = shard_path(root, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = lmdb.open(str(path), subdir=False, map_size=1 << 24)
+        with env.begin(write=True) as txn:
+            for video_id, (ranges, decoded) in VIDEOS.items():
+                if SHARD_OF[video_id] != index:
+                    continue
+                frames = frames_in_ranges(ranges)
+                for frame in frames:
+                    txn.put(frame_key(video_id, int(frame)), _payload(video_id, int(frame)))
+                sums = [frame_checksum(_payload(video_id, int(f))) for f in frames]
+                txn.put(checksum_key(video_id), pack_checksums(sums))
+                meta = VideoMeta(video_id, 60, 59.94, decoded / 60, decoded, len(frames), ranges,
+                                 456, 256, 256, 4, "synthetic")  # fmt: skip
+                txn.put(video_meta_key(video_id), meta.to_bytes())
+                planned.append(PlannedVideo(video_id, None, 60, 59.94, decoded / 60, 456, 256,
+                                            decoded, len(frames), decoded, ranges))  # fmt: skip
+            ids = tuple(v.video_id for v in planned)
+            txn.put(SHARD_META_KEY, ShardMeta(1, index, ids, {}, 0).to_bytes())
+        env.close()
+        shards.append(ShardPlan(index, tuple(planned)))
+    Manifest(params=params, shards=tuple(shards), splits=("test",), videos_root=None).save(root)
+    return root
+
+
+class _Frames(Dataset):
+    """Item i = the frames of request i, read in whichever process the loader uses."""
+
+    def __init__(self, store: FrameStore, requests: list[tuple[str, list[int]]]) -> None:
+        self.store, self.requests = store, requests
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, i: int) -> list[bytes]:
+        video_id, frames = self.requests[i]
+        return self.store.read_frames(video_id, frames)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_dataloader_workers_read_the_right_frames(store_root: Path, start_method: str) -> None:
+    store = FrameStore(store_root)
+    store.read_frames("P01_01", [1])  # the parent has opened a shard before forking
+    requests = [("P01_01", [1, 25, 50, 80, 120]), ("P02_101", [60, 1, 30])] * 4
+    loader = DataLoader(
+        _Frames(store, requests),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=multiprocessing.get_context(start_method),
+    )
+    got = list(loader)
+    assert got == [[_payload(v, f) for f in frames] for v, frames in requests]
+    assert torch.utils.data.get_worker_info() is None
+
+
+def test_frame_outside_stored_ranges_names_video_frame_and_ranges(store_root: Path) -> None:
+    store = FrameStore(store_root)
+    with pytest.raises(
+        StoreError, match=r"P01_01 frame 60 is not in the store \(stored ranges: 1-50, 80-120"
+    ):
+        store.read_frames("P01_01", [10, 60])
+    with pytest.raises(StoreError, match="P02_101 frame 90"):
+        store.read_frames("P02_101", [90])
+    with pytest.raises(StoreError, match="P09_01 is not in the store"):
+        store.read_frames("P09_01", [1])
+
+
+def test_requests_just_past_the_end_are_clamped_and_counted(store_root: Path) -> None:
+    store = FrameStore(store_root)
+    assert store.read_frames("P02_101", [59, 61, 75]) == [
+        _payload("P02_101", f) for f in (59, 60, 60)
+    ]
+    assert store.clamp_count == 2
+    assert store.video_ids == ["P01_01", "P02_101"]
+    assert store.video_meta("P01_01").stored_ranges == ((1, 50), (80, 120))
+
+
+def test_truncated_shard_is_an_error_not_a_crash(store_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_root, copy)
+    path = shard_path(copy, 1)
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size - 4096)
+    with pytest.raises(StoreError, match="is truncated"):
+        FrameStore(copy).read_frames("P02_101", [1])
