@@ -14,6 +14,7 @@ frame and the shard: never a substitute sample.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,13 +38,17 @@ ClipTransform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 
 def decode_torchvision(jpeg: bytes) -> torch.Tensor:
     """JPEG bytes -> (C, H, W) uint8 RGB with libjpeg-turbo through torchvision."""
-    return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8))
+    with warnings.catch_warnings():
+        # torchvision >= 0.29 announces decode_jpeg's move to TorchCodec on every call; it
+        # still works and is the fastest decoder here (``--decoder pil`` is the fallback).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8))
 
 
 def decode_pil(jpeg: bytes) -> torch.Tensor:
     """JPEG bytes -> (C, H, W) uint8 RGB with Pillow (or pillow-simd)."""
     with Image.open(io.BytesIO(jpeg)) as image:
-        array = np.asarray(image.convert("RGB"))
+        array = np.array(image.convert("RGB"))  # writable: torch shares its memory
     return torch.from_numpy(array).permute(2, 0, 1)  # (C, H, W)
 
 

@@ -29,7 +29,7 @@ import click
 
 from epicdata.errors import EpicInputError
 from train import distributed
-from train.config import AMP_MODES, SAMPLINGS, SCHEDULERS, TrainConfig, load_yaml_defaults
+from train.config import AMP_MODES, DECODERS, SAMPLINGS, SCHEDULERS, TrainConfig, load_yaml_defaults
 from train.fit import fit
 from train.validate import validate
 
@@ -49,6 +49,7 @@ _HELP = {
     "crop_size": "Crop side in pixels (seed: 224; small values for CPU demos).",
     "weights": "imagenet (torchvision cache in $TORCH_HOME), none, or a state-dict file.",
     "workers": "DataLoader worker processes per GPU (seed: 4).",
+    "decoder": "JPEG decoder in the workers: torchvision (libjpeg-turbo, fastest here) or pil.",
     "amp": "Mixed precision on CUDA: auto (bf16 if supported, else fp16 + scaler), bf16, fp16, off.",
     "device": "auto (cuda if available), cpu, cuda, cuda:N.",
     "seed": "Seed of initialisation, data order and augmentation.",
@@ -59,7 +60,7 @@ _HELP = {
     "limit_batches": "At most N batches per epoch, train and validation (smoke runs).",
     "deterministic": "Deterministic algorithms (slower on GPU; resume tests use it).",
 }
-_CHOICES = {"scheduler": SCHEDULERS, "sampling": SAMPLINGS, "amp": AMP_MODES}
+_CHOICES = {"scheduler": SCHEDULERS, "sampling": SAMPLINGS, "amp": AMP_MODES, "decoder": DECODERS}
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 _REQUIRED = ("store", "annotations", "output_dir")
 

@@ -18,6 +18,7 @@ from epicdata.errors import EpicInputError
 SCHEDULERS = ("plateau", "cosine")
 SAMPLINGS = ("linspace", "tsn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+DECODERS = ("torchvision", "pil")  # as epicdata.dataset.DECODERS
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     crop_size: int = 224
     weights: str = "imagenet"  # imagenet | none | PATH
     workers: int = 4
+    decoder: str = "torchvision"  # 1.7x Pillow's frames/s here (docs/benchmarks.md)
     amp: str = "auto"  # auto: bf16 where supported, else fp16 + scaler; off on CPU
     device: str = "auto"
     seed: int = 0
@@ -55,6 +57,7 @@ class TrainConfig:
             "scheduler": SCHEDULERS,
             "sampling": SAMPLINGS,
             "amp": AMP_MODES,
+            "decoder": DECODERS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -58,10 +58,16 @@ def init(device_kind: str) -> DistInfo:
                 )
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
-            torch.cuda.set_device(info.local_rank)
+            torch.cuda.set_device(local_device(info))
         dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
         log.info("rank %d/%d joined (%s)", info.rank, info.world_size, backend)
     return info
+
+
+def local_device(info: DistInfo) -> torch.device:
+    """This rank's GPU: its local rank, modulo the GPUs it can see (srun --gpus-per-task=1
+    shows each task one GPU, torchrun shows them all)."""
+    return torch.device("cuda", info.local_rank % torch.cuda.device_count())
 
 
 def shutdown() -> None:
@@ -123,13 +129,4 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
         return flag
     tensor = torch.tensor([int(flag)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
-def broadcast_bool(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """Rank 0's ``flag`` on every rank."""
-    if not info.enabled:
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
-    dist.broadcast(tensor, src=0)
     return bool(tensor.item())

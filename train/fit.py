@@ -175,7 +175,7 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
     device = resolve_device(cfg.device)
     info = distributed.init(device.type)
     if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+        device = distributed.local_device(info)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -191,6 +191,7 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
         sampling=cfg.sampling,
         training=True,
         transform=TrainClipTransform(cfg.crop_size),
+        decoder=cfg.decoder,
         seed=cfg.seed,
     )
     val_table = annotations.table(cfg.val_split)
@@ -200,6 +201,7 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
         transform=EvalClipTransform(cfg.crop_size),
+        decoder=cfg.decoder,
     )
     sets = metric_sets(annotations, cfg.val_split)
     train_sampler = distributed.ResumableDistributedSampler(

@@ -60,6 +60,7 @@ class RunLog:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            import matplotlib.ticker
         except ImportError:  # matplotlib is optional (extra "train")
             return
         epochs = [int(r["epoch"]) for r in self.rows]
@@ -81,6 +82,7 @@ class RunLog:
             ax_acc.plot(epochs, series(key), marker="o", label=label)
         ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy")
         for ax in (ax_loss, ax_acc):
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()

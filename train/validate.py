@@ -58,7 +58,7 @@ def predict(
     device = resolve_device(device_name)
     info = distributed.init(device.type)
     if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+        device = distributed.local_device(info)
     model = ActionModel(dropout=cfg.dropout)
     model.load_state_dict(state["model"], strict=True)
     model = model.to(device)
@@ -73,6 +73,7 @@ def predict(
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
         transform=EvalClipTransform(cfg.crop_size),
+        decoder=cfg.decoder,
     )
     loader = build_loader(
         dataset,
@@ -193,5 +194,6 @@ def validate(
         sls=sls,
     )
     if metrics is not None:
+        print(f"EPIC-100 {split} metrics (%), {len(out[2])} segments, from {source}")
         print(format_metrics_table(metrics))
     return metrics

@@ -56,13 +56,15 @@ def _oracle_metrics(verb, noun, verb_labels, noun_labels, participants, tail_v, 
     subsets = {
         "tail_verb": [v in tail_v for v in verb_labels],
         "tail_noun": [n in tail_n for n in noun_labels],
-        "tail_action": [v in tail_v or n in tail_n for v, n in zip(verb_labels, noun_labels)],
+        "tail_action": [
+            v in tail_v or n in tail_n for v, n in zip(verb_labels, noun_labels, strict=True)
+        ],
     }
     for task in ("verb", "noun", "action"):
         mask = subsets[f"tail_{task}"]
-        chosen = [h for h, m in zip(hits[task, 1], mask) if m]
+        chosen = [h for h, m in zip(hits[task, 1], mask, strict=True) if m]
         out[f"tail_{task}_accuracy_at_1"] = 100 * np.mean(chosen)
-        chosen = [h for h, p in zip(hits[task, 1], participants) if p in unseen]
+        chosen = [h for h, p in zip(hits[task, 1], participants, strict=True) if p in unseen]
         out[f"unseen_{task}_accuracy_at_1"] = 100 * np.mean(chosen)
     return out
 

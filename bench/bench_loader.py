@@ -1,0 +1,142 @@
+"""Data-loading throughput of the trainer: JPEG decoders, and clips/s per worker count.
+
+Usage::
+
+    python -m bench.bench_loader [--store DIR --annotations DIR] [--workers 0,1,2,4]
+                                 [--batches 12] [--num-frames 8] [--crop-size 224]
+
+Without ``--store``, generates the mini-EPIC (456x256 stored frames, as the real store) in a
+temporary folder. Measures (1) single-core decode rate of stored JPEGs with Pillow and with
+``torchvision.io.decode_jpeg``, (2) the training DataLoader (read + decode + per-clip crop
+and flip, uint8 out) in clips/s for each worker count and decoder. Writes its section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from bench.report import machine_line, markdown_table, write_section
+from epicdata.annotations import AnnotationDir
+from epicdata.dataset import DECODERS, EpicActionDataset, decode_pil, decode_torchvision
+from epicdata.store import FrameStore
+from train.transforms import TrainClipTransform
+
+
+def build_mini_store(root: Path) -> tuple[Path, Path]:
+    from epicdata.synthetic import make_mini_epic
+    from preprocess.extract import run_shard
+    from preprocess.plan import plan_store
+
+    mini = make_mini_epic(root / "mini")
+    manifest = plan_store(
+        store_root=root / "store",
+        annotations_dir=mini.annotations_dir,
+        videos_root=mini.videos_dir,
+        splits=("train",),
+        shards=2,
+    )
+    for shard in manifest.shards:
+        run_shard(store_root=root / "store", shard_index=shard.index)
+    return root / "store", mini.annotations_dir
+
+
+def decode_rates(store: FrameStore, table, count: int = 300) -> dict[str, float]:
+    """Frames/s on one core for each decoder, over the same JPEGs."""
+    jpegs: list[bytes] = []
+    for i in range(len(table)):
+        start, stop = int(table.start_frames[i]), int(table.stop_frames[i])
+        jpegs += store.read_frames(table.video_ids[i], range(start, min(stop, start + 8) + 1))
+        if len(jpegs) >= count:
+            break
+    torch.set_num_threads(1)
+    rates = {}
+    for name, decode in (("pil", decode_pil), ("torchvision", decode_torchvision)):
+        decode(jpegs[0])
+        start = time.perf_counter()
+        for jpeg in jpegs:
+            decode(jpeg)
+        rates[name] = len(jpegs) / (time.perf_counter() - start)
+    return rates
+
+
+def loader_rate(
+    dataset: EpicActionDataset, *, workers: int, batches: int, batch_size: int
+) -> float:
+    """Clips/s of the DataLoader alone (first batch excluded: worker start-up)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=RandomSampler(dataset, replacement=True, num_samples=batch_size * (batches + 1)),
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    clips = sum(len(batch["frames"]) for batch in iterator)
+    return clips / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path)
+    parser.add_argument("--annotations", type=Path)
+    parser.add_argument("--workers", default="0,1,2,4")
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-frames", type=int, default=8)
+    parser.add_argument("--crop-size", type=int, default=224)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.store is None:
+            args.store, args.annotations = build_mini_store(Path(tmp))
+        store = FrameStore(args.store)
+        table = AnnotationDir(args.annotations).table("train")
+        rates = decode_rates(store, table)
+        torch.set_num_threads(1)  # as in a DataLoader worker
+        rows = []
+        for workers in (int(w) for w in args.workers.split(",")):
+            row = [workers]
+            for decoder in DECODERS:
+                dataset = EpicActionDataset(
+                    store,
+                    table,
+                    num_frames=args.num_frames,
+                    training=True,
+                    transform=TrainClipTransform(args.crop_size),
+                    decoder=decoder,
+                )
+                rate = loader_rate(
+                    dataset, workers=workers, batches=args.batches, batch_size=args.batch_size
+                )
+                row.append(f"{rate:.1f}")
+            rows.append(row)
+    frame = store.read_frames(table.video_ids[0], [int(table.start_frames[0])])[0]
+    height, width = decode_pil(frame).shape[1:]
+    body = "\n\n".join(
+        [
+            machine_line(),
+            f"Stored JPEGs {width}x{height}; single-core decode: Pillow "
+            f"{rates['pil']:.0f} frames/s, torchvision.io.decode_jpeg "
+            f"{rates['torchvision']:.0f} frames/s (x{rates['torchvision'] / rates['pil']:.2f}).",
+            f"Training loader, {args.num_frames}-frame clips, crop {args.crop_size} + flip on "
+            f"uint8 in the workers, batch {args.batch_size}, {args.batches} batches "
+            "(`python -m bench.bench_loader`):",
+            markdown_table(
+                ["workers", *(f"clips/s ({d})" for d in DECODERS)],
+                rows,
+            ),
+        ]
+    )
+    write_section("loader", "Trainer data loading", body)
+
+
+if __name__ == "__main__":
+    main()
