@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORK ?= work/demo
 # The demo's training run: small enough for 2 CPU cores in a few minutes.
-DEMO_TRAIN_ARGS ?= --weights none --epochs 4 --crop-size 112 --num-frames 4 --batch-size 8 --num-workers 2 --lr 1e-3
+DEMO_TRAIN_ARGS ?= --weights none --epochs 4 --crop-size 112 --num-frames 4 --batch-size 8 --workers 2 --lr 1e-3
 
 .PHONY: demo test lint format ffmpeg clean
 

@@ -33,7 +33,7 @@ step "5/6 epic-train (CPU, short run)"
 
 step "6/6 epic-validate best.pt on the validation split"
 "$BIN/epic-validate" --checkpoint "$RUN/best.pt" --store "$STORE" --annotations "$MINI/annotations" \
-  --split validation --output-dir "$WORK/validation"
+  --split validation --output-dir "$WORK/validation" --workers 2
 
 printf '\nDemo finished: store in %s, run folder in %s, metrics in %s\n' \
   "$STORE" "$RUN" "$WORK/validation/metrics.json"
