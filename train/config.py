@@ -8,10 +8,11 @@ run folder and inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from epicdata.errors import EpicInputError
 
@@ -92,12 +93,6 @@ class TrainConfig:
 def load_yaml_defaults(path: str | Path) -> dict[str, Any]:
     """Read a YAML file of config defaults (field names with ``-`` or ``_``)."""
     try:
-        import yaml
-    except ImportError:
-        raise EpicInputError(
-            f"--config {path} needs PyYAML: pip install 'epic-kitchens-pipeline[train]'"
-        ) from None
-    try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise EpicInputError(f"--config {path}: cannot read it ({exc})") from None
@@ -112,9 +107,4 @@ def load_yaml_defaults(path: str | Path) -> dict[str, Any]:
 
 
 def _dump_yaml(data: dict[str, Any]) -> str:
-    try:
-        import yaml
-    except ImportError:
-        # JSON is valid YAML, so the file stays readable by --config either way.
-        return json.dumps(data, indent=1) + "\n"
     return yaml.safe_dump(data, sort_keys=False)

@@ -1,5 +1,5 @@
-"""Per-epoch records of a run (rank 0 only): summary.csv, latest_results.txt, TensorBoard
-(when installed) and curves.png (when matplotlib is installed)."""
+"""Per-epoch records of a run (rank 0 only): summary.csv, latest_results.txt, curves.png and
+TensorBoard (when installed)."""
 
 from __future__ import annotations
 
@@ -55,14 +55,13 @@ class RunLog:
         self._plot()
 
     def _plot(self) -> None:
-        try:
-            import matplotlib
+        # Imported here: pyplot is slow to import and only rank 0 plots.
+        import matplotlib
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            import matplotlib.ticker
-        except ImportError:  # matplotlib is optional (extra "train")
-            return
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+
         epochs = [int(r["epoch"]) for r in self.rows]
 
         def series(key: str) -> list[float]:
