@@ -138,3 +138,33 @@ def test_cli_yaml_defaults_dry_run_and_refusing_an_existing_run(
     assert result.exit_code != 0 and "--resume auto" in result.output
     result = CliRunner().invoke(train_main, args + ["--crop-size", "0"])
     assert result.exit_code != 0 and "crop_size=0: must be >= 1" in result.output
+
+
+def test_two_process_gloo_training_validates_exactly_the_validation_set(
+    mini_store, fast_options, tmp_path
+):
+    # DDP training end to end: DistributedSampler, gradient all-reduce, per-epoch validation
+    # gathered on rank 0. The epoch's validation metrics must be those of the saved weights
+    # over exactly the validation set, which a 1-process epic-validate recomputes.
+    run = tmp_path / "ddp"
+    args = _train_args(mini_store, run, fast_options, epochs=1)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*torchrun, "--no-python", *args], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 process(es)" in result.stderr
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1"]  # written once, by rank 0
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in state["model"])  # unwrapped model
+
+    check = [_cli("epic-validate"), "--checkpoint", run / "last.pt", "--store", mini_store.store]
+    check += ["--annotations", mini_store.annotations, "--split", "validation"]
+    check += ["--workers", "0", "--device", "cpu", "--output-dir", tmp_path / "check"]
+    result = subprocess.run([str(a) for a in check], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "check" / "metrics.json").read_text())
+    for key, value in metrics.items():
+        assert abs(float(rows[0][f"val_{key}"]) - value) < 1e-6, key
