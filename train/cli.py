@@ -80,7 +80,7 @@ def setup_logging(*, is_main: bool, log_file: Path | None = None) -> None:
     )
 
 
-def _config_options(command):
+def _config_options(command: click.Command) -> click.Command:
     """One option per TrainConfig field (default None = "not given", so YAML can set it)."""
     for field in reversed(fields(TrainConfig)):
         if field.name in _REQUIRED:
@@ -130,7 +130,15 @@ def _config_options(command):
     help="Build everything, run 2 train and 2 validation batches, write nothing.",
 )
 @_config_options
-def train_main(store, annotations, output_dir, config_file, resume, dry_run, **options) -> None:
+def train_main(
+    store: str,
+    annotations: str,
+    output_dir: str,
+    config_file: str | None,
+    resume: str | None,
+    dry_run: bool,
+    **options: object,
+) -> None:
     """Train the ResNet-18 action model on a frame store (defaults: the seed's recipe)."""
     info = distributed.discover()
     values = load_yaml_defaults(config_file) if config_file else {}
@@ -223,20 +231,20 @@ def train_main(store, annotations, output_dir, config_file, resume, dry_run, **o
     help="Submission: training-data supervision level (0-5).",
 )
 def validate_main(
-    checkpoint,
-    predictions,
-    store,
-    annotations,
-    split,
-    output_dir,
-    batch_size,
-    workers,
-    device,
-    allow_partial,
-    limit_batches,
-    sls_pt,
-    sls_tl,
-    sls_td,
+    checkpoint: str | None,
+    predictions: str | None,
+    store: str | None,
+    annotations: str,
+    split: str,
+    output_dir: str,
+    batch_size: int,
+    workers: int,
+    device: str,
+    allow_partial: bool,
+    limit_batches: int | None,
+    sls_pt: int | None,
+    sls_tl: int | None,
+    sls_td: int | None,
 ) -> None:
     """Official EPIC-100 metrics of a checkpoint or a predictions file, or a test submission."""
     setup_logging(is_main=distributed.discover().is_main)

@@ -82,7 +82,9 @@ class ResumableDistributedSampler(DistributedSampler):
     samples of this rank resumes exactly where the interrupted run stopped.
     """
 
-    def __init__(self, dataset, *, rank: int, world_size: int, seed: int) -> None:
+    def __init__(
+        self, dataset: torch.utils.data.Dataset, *, rank: int, world_size: int, seed: int
+    ) -> None:
         super().__init__(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )

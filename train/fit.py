@@ -85,7 +85,7 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
     return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16, enabled=True)
 
 
-def make_scaler(enabled: bool):
+def make_scaler(enabled: bool) -> torch.cuda.amp.GradScaler:
     """A GradScaler (torch.amp's from 2.3, torch.cuda.amp's before)."""
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler("cuda", enabled=enabled)
@@ -114,11 +114,15 @@ def build_loader(
     )
 
 
-def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float):
+def build_optimizer(
+    model: torch.nn.Module, *, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer, *, kind: str, epochs: int, factor: float, patience: int):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, *, kind: str, epochs: int, factor: float, patience: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
