@@ -4,17 +4,24 @@ Usage::
 
     python -m bench.bench_loader [--store DIR --annotations DIR] [--workers 0,1,2,4]
                                  [--batches 12] [--num-frames 8] [--crop-size 224]
+                                 [--simd-python VENV/bin/python]
 
 Without ``--store``, generates the mini-EPIC (456x256 stored frames, as the real store) in a
 temporary folder. Measures (1) single-core decode rate of stored JPEGs with Pillow and with
 ``torchvision.io.decode_jpeg``, (2) the training DataLoader (read + decode + per-clip crop
 and flip, uint8 out) in clips/s for each worker count and decoder. Writes its section of
-docs/benchmarks.md.
+docs/benchmarks.md. ``--simd-python`` names the interpreter of a second environment with
+pillow-simd in place of Pillow (the two cannot share one environment): it decodes and
+resizes the same JPEGs in the same run, so the table compares all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import pickle
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -47,23 +54,57 @@ def build_mini_store(root: Path) -> tuple[Path, Path]:
     return root / "store", mini.annotations_dir
 
 
-def decode_rates(store: FrameStore, table, count: int = 300) -> dict[str, float]:
-    """Frames/s on one core for each decoder, over the same JPEGs."""
+def sample_jpegs(store: FrameStore, table, count: int = 300) -> list[bytes]:
     jpegs: list[bytes] = []
     for i in range(len(table)):
         start, stop = int(table.start_frames[i]), int(table.stop_frames[i])
         jpegs += store.read_frames(table.video_ids[i], range(start, min(stop, start + 8) + 1))
         if len(jpegs) >= count:
             break
+    return jpegs
+
+
+def _rate(function, items: list) -> float:
+    function(items[0])
+    start = time.perf_counter()
+    for item in items:
+        function(item)
+    return len(items) / (time.perf_counter() - start)
+
+
+def decode_rates(jpegs: list[bytes]) -> dict[str, float]:
+    """Frames/s on one core for each decoder, over the same JPEGs."""
     torch.set_num_threads(1)
-    rates = {}
-    for name, decode in (("pil", decode_pil), ("torchvision", decode_torchvision)):
-        decode(jpegs[0])
-        start = time.perf_counter()
-        for jpeg in jpegs:
-            decode(jpeg)
-        rates[name] = len(jpegs) / (time.perf_counter() - start)
-    return rates
+    return {"pil": _rate(decode_pil, jpegs), "torchvision": _rate(decode_torchvision, jpegs)}
+
+
+def pil_rates(jpegs: list[bytes]) -> dict[str, object]:
+    """Pillow (or pillow-simd) decode and bilinear resize (short side 256 -> 224) rates."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs[:100]]
+    width, height = images[0].size
+    size = (round(width * 224 / height), 224)
+    return {
+        "version": Image.__version__,
+        "decode": _rate(decode_pil, jpegs),
+        "resize": _rate(lambda im: im.resize(size, Image.BILINEAR), images),
+    }
+
+
+def pil_rates_in(python: str, jpegs: list[bytes]) -> dict[str, object]:
+    """:func:`pil_rates` run by another interpreter (e.g. a pillow-simd environment)."""
+    with tempfile.NamedTemporaryFile(suffix=".pkl") as handle:
+        pickle.dump(jpegs, handle)
+        handle.flush()
+        out = subprocess.run(
+            [python, "-m", "bench.bench_loader", "--pil-rates-of", handle.name],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def loader_rate(
@@ -93,13 +134,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--simd-python", help="python of an environment with pillow-simd")
+    parser.add_argument("--pil-rates-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pil_rates_of:  # the child of --simd-python
+        torch.set_num_threads(1)
+        print(json.dumps(pil_rates(pickle.loads(args.pil_rates_of.read_bytes()))))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.store is None:
             args.store, args.annotations = build_mini_store(Path(tmp))
         store = FrameStore(args.store)
         table = AnnotationDir(args.annotations).table("train")
-        rates = decode_rates(store, table)
+        jpegs = sample_jpegs(store, table)
+        rates = decode_rates(jpegs)
+        pils = [pil_rates(jpegs)]
+        if args.simd_python:
+            pils.append(pil_rates_in(args.simd_python, jpegs))
         torch.set_num_threads(1)  # as in a DataLoader worker
         rows = []
         for workers in (int(w) for w in args.workers.split(",")):
@@ -126,9 +177,24 @@ def main() -> None:
             f"Stored JPEGs {width}x{height}; single-core decode: Pillow "
             f"{rates['pil']:.0f} frames/s, torchvision.io.decode_jpeg "
             f"{rates['torchvision']:.0f} frames/s (x{rates['torchvision'] / rates['pil']:.2f}).",
+            "Pillow builds on the same JPEGs, one core (decode to RGB; bilinear resize of the "
+            "decoded frame to short side 224):",
+            markdown_table(
+                ["PIL", "decode frames/s", "resize frames/s", "resize vs first row"],
+                [
+                    [
+                        # pillow-simd versions carry a .postN suffix; Pillow's never do.
+                        f"{'pillow-simd' if '.post' in p['version'] else 'Pillow'} {p['version']}",
+                        f"{p['decode']:.0f}",
+                        f"{p['resize']:.0f}",
+                        f"{p['resize'] / pils[0]['resize']:.2f}x",
+                    ]
+                    for p in pils
+                ],
+            ),
             f"Training loader, {args.num_frames}-frame clips, crop {args.crop_size} + flip on "
             f"uint8 in the workers, batch {args.batch_size}, {args.batches} batches "
-            "(`python -m bench.bench_loader`):",
+            "(`python -m bench.bench_loader --simd-python VENV/bin/python`):",
             markdown_table(
                 ["workers", *(f"clips/s ({d})" for d in DECODERS)],
                 rows,
