@@ -87,11 +87,11 @@ class CheckReport:
 
     @property
     def resubmit_command(self) -> str | None:
-        """The sbatch line that redoes the bad shards (FORCE=1 when some are published)."""
+        """The sbatch line that redoes the bad shards (EPIC_FORCE=1 when some are published)."""
         if not self.resubmit_indices:
             return None
         force = any(s.published for s in self.shards if s.problems)
-        export = f"ALL,STORE={self.store}" + (",FORCE=1" if force else "")
+        export = f"ALL,EPIC_STORE={self.store}" + (",EPIC_FORCE=1" if force else "")
         spec = ",".join(str(i) for i in self.resubmit_indices)
         return f"sbatch --array={spec} --export={export} slurm/extract.sbatch"
 

@@ -294,7 +294,7 @@ def plan_summary(manifest: Manifest, store_root: str | Path) -> str:
     else:
         last = len(manifest.shards) - 1
         lines.append(
-            f"next: sbatch --array=0-{last} --export=ALL,STORE={Path(store_root).resolve()} "
+            f"next: sbatch --array=0-{last} --export=ALL,EPIC_STORE={Path(store_root).resolve()} "
             f"slurm/extract.sbatch"
         )
     return "\n".join(lines)

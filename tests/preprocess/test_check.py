@@ -51,7 +51,7 @@ def test_flipped_byte_in_a_jpeg_is_reported_with_video_and_frame(store: dict[str
     code, output = _check("--store", str(store["store"]))
     assert code == 1
     assert "shard 0: P01_101 frame 40: checksum mismatch" in output
-    assert "--array=0" in output and "FORCE=1" in output
+    assert "--array=0" in output and "EPIC_FORCE=1" in output
 
 
 def test_truncated_shard_is_reported_without_crashing(store: dict[str, Path]) -> None:
@@ -66,7 +66,7 @@ def test_truncated_shard_is_reported_without_crashing(store: dict[str, Path]) ->
 def test_missing_shard_is_reported(small_store: dict[str, Path]) -> None:
     report = check_store(small_store["store"])
     assert report.resubmit_indices == [0] and "not published" in report.problems[0]
-    assert "FORCE" not in report.resubmit_command
+    assert "EPIC_FORCE" not in report.resubmit_command
 
 
 def test_csv_naming_a_video_not_in_the_plan_is_reported(
