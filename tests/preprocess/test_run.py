@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,7 @@ def test_sigkill_mid_shard_leaves_nothing_and_a_rerun_completes(
         while not scratch:
             assert proc.poll() is None, proc.stderr.read()
             scratch = list(small_store["tmp"].glob("epic-shard-00000-*/shard-00000.lmdb"))
+            time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
