@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_extract.py [--seconds 20] [--repeats 2] [--work DIR]
+    python -m bench.bench_extract [--seconds 20] [--repeats 2] [--work DIR]
 
 On a 1920x1080 H.264 video at 59.94 fps (ffmpeg's testsrc2 pattern, generated once), in
 the same run: frames/s and bytes of (a) ``ffmpeg -i X -vf fps=60,scale=-2:256 -q:v 4
@@ -149,7 +149,7 @@ def main() -> None:
     body = "\n".join([
         f"{machine_line()}. Source: {args.seconds:.0f} s of 1920x1080 H.264 (testsrc2, "
         f"libx264 veryfast crf 20) at 59.94 fps, re-timed to 60 fps, short side 256, "
-        f"-q:v 4; best of {args.repeats} (`python bench/bench_extract.py`).",
+        f"-q:v 4; best of {args.repeats} (`python -m bench.bench_extract`).",
         "",
         markdown_table(["method", "frames", "frames/s", "vs official", "MB", "size vs JPEG files"], rows),
         "",

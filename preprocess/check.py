@@ -209,7 +209,7 @@ def check_shard(
         return result, {}
     result.bytes = path.stat().st_size
     try:
-        env = open_shard_readonly(path)
+        env = open_shard_readonly(path, sequential=True)
     except lmdb.Error as exc:
         result.problems.append(
             f"{path.name} does not open as LMDB ({exc}): truncated or not a shard"
