@@ -186,8 +186,16 @@ def filter_graph(
 
 
 def ffmpeg_command(*, path: str | Path, graph: str, jpeg_qscale: int, threads: int) -> list[str]:
-    """The ffmpeg command line: video only, JPEGs to stdout, one decoder with ``threads``."""
-    stream = ffmpeg.input(str(path), threads=threads).output(
+    """The ffmpeg command line: video only, JPEGs to stdout, using about ``threads`` cores.
+
+    ``threads=1`` pins decoder, filters and encoder to one thread each: the right setting
+    when every core runs its own video. With more cores per video the decoder gets
+    ``threads + 1`` frame threads (ffmpeg's own choice for a whole machine: one thread is
+    usually waiting) and filters and encoder keep ffmpeg's defaults; pinning the encoder to
+    one thread there cost 13% (3.95 s vs 3.45 s for 20 s of 1080p on 2 cores).
+    """
+    single = threads == 1
+    stream = ffmpeg.input(str(path), threads=1 if single else threads + 1).output(
         "pipe:",
         map="0:v:0",
         vf=graph,
@@ -196,19 +204,19 @@ def ffmpeg_command(*, path: str | Path, graph: str, jpeg_qscale: int, threads: i
         an=None,
         sn=None,
         dn=None,
-        threads=1,
         # The pictures are numbered by position, never by timestamp; passthrough keeps
         # select's gaps from being refilled with duplicates, and -enc_time_base -1 avoids
         # image2pipe's "Invalid pts <= last" abort after a few hundred frames.
         fps_mode="passthrough",
         enc_time_base="-1",
         **{"q:v": jpeg_qscale},
+        **({"threads": 1} if single else {}),
     )
     args = ffmpeg.compile(stream, cmd=ffmpeg_path())
     # level+verbose: ffmpeg's closing counts (source pictures decoded, fps filter in/out)
     # are logged at verbose level; the level tag separates them from the errors we quote.
     log_args = ["-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+verbose"]
-    return [args[0], *log_args, "-filter_threads", str(threads), *args[1:]]
+    return [args[0], *log_args, *(["-filter_threads", "1"] if single else []), *args[1:]]
 
 
 @dataclass

@@ -118,9 +118,12 @@ class ShardWriter:
         temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:
             self._env.sync(True)
-            self._env.copy(str(temp), compact=True)
-            fd = os.open(temp, os.O_RDONLY)
+            # copyfd into a file we opened: env.copy(path) opens its target with O_DIRECT,
+            # which made publishing 3.5x slower here (0.40 s vs 0.11 s for 44 MB) and is
+            # slower still on parallel file systems; buffered writes + fsync are as durable.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
+                self._env.copyfd(fd, compact=True)
                 os.fsync(fd)
             finally:
                 os.close(fd)
