@@ -112,8 +112,14 @@ def resume(
         unwrap_model(model).load_state_dict(state["model"], strict=True)
     except RuntimeError as exc:
         raise EpicInputError(f"checkpoint {path}: model state does not match ({exc})") from None
-    expected = set(scheduler.state_dict())
-    if set(state["scheduler"]) != expected:
+
+    # Private attributes (``_last_lr``, ``_step_count``) appear only once a scheduler has
+    # stepped, depending on the torch version; the public ones tell its kind.
+    def public(keys: Any) -> set[str]:
+        return {k for k in keys if not k.startswith("_")}
+
+    expected = public(scheduler.state_dict())
+    if public(state["scheduler"]) != expected:
         raise EpicInputError(
             f"checkpoint {path}: its scheduler state has keys {sorted(state['scheduler'])}, "
             f"this run's scheduler {sorted(expected)}; resume with the same --scheduler"
