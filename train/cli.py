@@ -97,6 +97,14 @@ def _config_options(command: click.Command) -> click.Command:
     return command
 
 
+_annotations_option = click.option(
+    "--annotations",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of the EPIC-100 annotation CSVs.",
+)
+
+
 @click.command(context_settings={"max_content_width": 100})
 @click.option(
     "--store",
@@ -104,12 +112,7 @@ def _config_options(command: click.Command) -> click.Command:
     type=click.Path(exists=True, file_okay=False),
     help="Frame store folder (epic-extract).",
 )
-@click.option(
-    "--annotations",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of the EPIC-100 annotation CSVs.",
-)
+@_annotations_option
 @click.option(
     "--output-dir", required=True, type=click.Path(file_okay=False), help="Run folder (created)."
 )
@@ -169,12 +172,7 @@ def train_main(
     type=click.Path(exists=True, file_okay=False),
     help="Frame store (with --checkpoint).",
 )
-@click.option(
-    "--annotations",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of the EPIC-100 annotation CSVs.",
-)
+@_annotations_option
 @click.option(
     "--split",
     type=click.Choice(["validation", "test", "train"]),
