@@ -22,6 +22,11 @@ from train.transforms import DeviceAugment
 
 log = logging.getLogger(__name__)
 
+#: Under DDP the ranks agree on a pending stop request every this many steps: agreeing is
+#: an all-reduce plus a host-device sync, which every step would stall the GPU queue for.
+#: SLURM signals minutes before the limit, so a few steps of delay cost nothing.
+STOP_SYNC_STEPS = 20
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -110,7 +115,8 @@ def train_one_epoch(
             )
         if steps >= max_steps:
             break
-        if any_rank(stop_requested(), info, device):
+        sync_now = not info.enabled or steps % STOP_SYNC_STEPS == 0
+        if sync_now and any_rank(stop_requested(), info, device):
             interrupted = True
             break
         tick = time.perf_counter()
