@@ -55,6 +55,7 @@ from epicdata.annotations import (
     AnnotationDir,
 )
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
+from epicdata.cli import EpicCommand, example, preflight_output, start
 from epicdata.errors import EpicInputError
 from epicdata.ffmpeg_bin import ffmpeg_path, ffprobe_path
 from epicdata.frames import (
@@ -682,8 +683,9 @@ def make_mini_epic(
         )
         if stale:
             raise EpicInputError(
-                f"{videos_dir} holds videos this mini-EPIC would not write ({', '.join(stale[:3])}"
-                f"{', ...' if len(stale) > 3 else ''}): pass an empty --out folder"
+                "the folder holds videos this mini-EPIC would not write",
+                where=f"{videos_dir}: {', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}",
+                fix="pass an empty --out folder",
             )
     videos = []
     for index, planned in enumerate(plan):
@@ -789,7 +791,13 @@ def _summary(mini: MiniEpic) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def estimate_bytes(num_videos: int, size: tuple[int, int]) -> int:
+    """Upper estimate of what :func:`make_mini_epic` writes (measured: ~0.017 B per pixel
+    of a frame at 320x180, x4 for margin; up to 90 fps)."""
+    return int(num_videos * _DURATION_RANGE_S[1] * 90 * size[0] * size[1] * 0.04) + (1 << 20)
+
+
+@click.command(cls=EpicCommand, epilog=example("epic-synth --out work/mini-epic --videos 8"))
 @click.option(
     "--out",
     required=True,
@@ -799,7 +807,6 @@ def _summary(mini: MiniEpic) -> str:
 @click.option(
     "--seed",
     default=0,
-    show_default=True,
     type=click.IntRange(min=0),
     help="Seed of everything generated.",
 )
@@ -807,27 +814,31 @@ def _summary(mini: MiniEpic) -> str:
     "--videos",
     "num_videos",
     default=8,
-    show_default=True,
     type=click.IntRange(3, MAX_VIDEOS),
     help="Number of videos (split video-disjointly into train/validation/test).",
 )
 @click.option(
     "--size",
     default="320x180",
-    show_default=True,
     type=_SizeType(),
     metavar="WIDTHxHEIGHT",
     help="Frame size WIDTHxHEIGHT (even numbers), e.g. 1920x1080.",
 )
-def main(out: Path, seed: int, num_videos: int, size: tuple[int, int]) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(out: Path, seed: int, num_videos: int, size: tuple[int, int], verbose: bool) -> None:
     """Write a synthetic mini-EPIC (stamped H.264 videos + EPIC-100 annotation CSVs) to OUT."""
-    click.echo(
-        f"writing a mini-EPIC of {num_videos} videos at {size[0]}x{size[1]} (seed {seed}) into {out}"
+    start()
+    ffmpeg_path()
+    preflight_output(out, need_bytes=estimate_bytes(num_videos, size), option="--out")
+    log.info(
+        "writing a mini-EPIC of %d videos at %dx%d (seed %d) into %s",
+        num_videos,
+        size[0],
+        size[1],
+        seed,
+        out,
     )
-    try:
-        mini = make_mini_epic(out, seed=seed, num_videos=num_videos, size=size)
-    except EpicInputError as exc:
-        raise click.ClickException(str(exc)) from None
+    mini = make_mini_epic(out, seed=seed, num_videos=num_videos, size=size)
     click.echo(_summary(mini))
 
 

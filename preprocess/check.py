@@ -16,7 +16,7 @@ import io
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -310,9 +310,14 @@ def _check_annotations(
 
 
 def check_store(
-    store_root: str | Path, *, annotations_dir: str | Path | None = None, deep: bool = False
+    store_root: str | Path,
+    *,
+    annotations_dir: str | Path | None = None,
+    deep: bool = False,
+    on_shard: Callable[[], None] | None = None,
 ) -> CheckReport:
-    """Check every shard of the store at ``store_root`` (and the annotations, if given)."""
+    """Check every shard of the store at ``store_root`` (and the annotations, if given);
+    ``on_shard`` is called after each shard (progress)."""
     store_root = Path(store_root).resolve()
     manifest = Manifest.load(store_root)
     # Through JSON, as the shard stored them (tuples become lists).
@@ -324,6 +329,8 @@ def check_store(
         log.debug("shard %d: %d problems", plan.index, len(result.problems))
         report.shards.append(result)
         all_metas.update(metas)
+        if on_shard is not None:
+            on_shard()
     if annotations_dir is not None:
         report.store_problems.extend(_check_annotations(manifest, Path(annotations_dir), all_metas))
     return report

@@ -7,55 +7,26 @@ Usage::
     epic-extract run --store store --all                # every pending shard, here
     epic-check --store store --annotations annotations
 
-Exit codes: 0 success; 1 internal failure (a traceback: please report it); 2 bad usage or
-input (a message naming it); 3 a bad input video (shard not published); 4 out of space
-(scratch, map size or store disk; nothing published); ``epic-check``: 1 when problems found.
+Exit codes: docs/exit-codes.md (:class:`epicdata.errors.ExitCode`), shared by every command.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import sys
 from pathlib import Path
 
 import click
 
+from epicdata.cli import EpicCommand, EpicGroup, Progress, example, preflight_output, start
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
-from epicdata.errors import EpicInputError
+from epicdata.errors import ExitCode
 from epicdata.store import KEEP_MODES
-from preprocess.plan import DEFAULT_MARGIN_FRAMES
-
-EXIT_INTERNAL = 1
-EXIT_BAD_INPUT = 2
-EXIT_BAD_VIDEO = 3
-EXIT_NO_SPACE = 4
+from preprocess.plan import DEFAULT_MARGIN_FRAMES, DEFAULT_TARGET_SHARD_FRAMES
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-
-
-def _fail(exc: EpicInputError) -> None:
-    from preprocess.extract import BadVideoError
-    from preprocess.writer import ShardSpaceError
-
-    code = EXIT_BAD_INPUT
-    if isinstance(exc, BadVideoError):
-        code = EXIT_BAD_VIDEO
-    elif isinstance(exc, ShardSpaceError):
-        code = EXIT_NO_SPACE
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(code)
+#: What `plan` writes: manifest.json (a few MB for the whole of EPIC-100).
+PLAN_BYTES = 16 << 20
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -72,14 +43,26 @@ def _split_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@click.group()
+@click.group(
+    cls=EpicGroup,
+    epilog=example(
+        "epic-extract plan --videos EPIC-KITCHENS --annotations annotations --store store"
+    ),
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def extract(verbose: bool) -> None:
-    """Build an EPIC-KITCHENS frame store: plan it once, then run one task per shard."""
-    _setup_logging(verbose)
+    """Build an EPIC-KITCHENS frame store: plan it once, then run one task per shard.
+
+    ffmpeg and ffprobe come from $EPIC_FFMPEG / $EPIC_FFPROBE, else from PATH.
+    """
 
 
-@extract.command()
+@extract.command(
+    epilog=example(
+        "epic-extract plan --videos EPIC-KITCHENS --annotations annotations --store store "
+        "--keep sampled --num-frames 8"
+    )
+)
 @click.option(
     "--videos",
     "videos_root",
@@ -91,6 +74,8 @@ def extract(verbose: bool) -> None:
     "annotations_dir",
     type=_EXISTING_DIR,
     required=True,
+    envvar="EPIC_ANNOTATIONS",
+    show_envvar=True,
     help="Folder with the EPIC_100_*.csv files.",
 )
 @click.option(
@@ -98,6 +83,8 @@ def extract(verbose: bool) -> None:
     "store_root",
     type=_DIR,
     required=True,
+    envvar="EPIC_STORE",
+    show_envvar=True,
     help="Store folder to create (manifest.json, shards/).",
 )
 @click.option(
@@ -110,12 +97,14 @@ def extract(verbose: bool) -> None:
 @click.option(
     "--shards",
     type=click.IntRange(min=1),
-    help="Number of shards (default: enough for --target-shard-frames each).",
+    show_default="enough for --target-shard-frames each",
+    help="Number of shards.",
 )
 @click.option(
     "--target-shard-frames",
     type=click.IntRange(min=1),
-    help="Frames per shard when --shards is not given [default: 100000].",
+    default=DEFAULT_TARGET_SHARD_FRAMES,
+    help="Frames per shard when --shards is not given.",
 )
 @click.option(
     "--short-side",
@@ -156,6 +145,7 @@ def extract(verbose: bool) -> None:
 @click.option(
     "--video-info",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    show_default="probe the --videos",
     help="EPIC_100_video_info.csv: plan from durations, without videos (sizing only).",
 )
 @click.option(
@@ -167,22 +157,29 @@ def plan(**options: object) -> None:
     """Probe the videos, balance them into shards and write <store>/manifest.json."""
     from preprocess.plan import plan_store, plan_summary
 
-    try:
-        manifest = plan_store(**options)
-    except EpicInputError as exc:
-        _fail(exc)
+    start()
+    preflight_output(options["store_root"], need_bytes=PLAN_BYTES, option="--store")
+    manifest = plan_store(**options)
     click.echo(plan_summary(manifest, options["store_root"]))
 
 
-@extract.command()
+@extract.command(epilog=example("SLURM_ARRAY_TASK_ID=3 epic-extract run --store store"))
 @click.option(
-    "--store", "store_root", type=_EXISTING_DIR, required=True, help="Store folder made by `plan`."
+    "--store",
+    "store_root",
+    type=_EXISTING_DIR,
+    required=True,
+    envvar="EPIC_STORE",
+    show_envvar=True,
+    help="Store folder made by `plan`.",
 )
 @click.option(
     "--shard-index",
     type=click.IntRange(min=0),
     envvar="SLURM_ARRAY_TASK_ID",
-    help="Shard to extract [env: SLURM_ARRAY_TASK_ID].",
+    show_envvar=True,
+    show_default="none: give it or --all",
+    help="Shard to extract.",
 )
 @click.option(
     "--all",
@@ -193,19 +190,29 @@ def plan(**options: object) -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    help="ffmpeg processes in parallel [default: $SLURM_CPUS_PER_TASK, else the CPU count].",
+    show_default="$SLURM_CPUS_PER_TASK, else the CPU count",
+    help="Cores to use (ffmpeg processes in parallel).",
 )
 @click.option(
     "--tmp-dir",
     type=_DIR,
     envvar="TMPDIR",
-    help="Node-local scratch for the shard being written [env: TMPDIR].",
+    show_envvar=True,
+    show_default="the system's temp folder",
+    help="Node-local scratch for the shard being written.",
 )
-@click.option("--force", is_flag=True, help="Redo shards that are already published.")
+@click.option(
+    "--force",
+    is_flag=True,
+    envvar="EPIC_FORCE",
+    show_envvar=True,
+    help="Redo shards that are already published.",
+)
 @click.option(
     "--map-size",
     type=click.IntRange(min=1 << 16),
-    help="LMDB map size in bytes [default: 4x the estimate + 1 GiB].",
+    show_default="4x the estimate + 1 GiB",
+    help="LMDB map size in bytes.",
 )
 def run(
     store_root: Path,
@@ -217,70 +224,86 @@ def run(
     map_size: int | None,
 ) -> None:
     """Decode the videos of one shard (or all) and publish the shard into the store."""
-    from epicdata.store import Manifest
-    from preprocess.extract import pending_shards, run_shard
+    from preprocess.extract import load_runnable_manifest, pending_shards, preflight_run, run_shard
 
     if run_all == (shard_index is not None):
         raise click.UsageError(
             "give exactly one of --shard-index N (or SLURM_ARRAY_TASK_ID) and --all"
         )
-    try:
-        manifest = Manifest.load(store_root)
-        if run_all:
-            indices = [s.index for s in manifest.shards] if force else pending_shards(store_root)
-        else:
-            indices = [shard_index]
-        planned = {s.index: s.planned_frames for s in manifest.shards}
-        for index in indices:
-            # A progress bar only on a terminal; batch logs get the per-video lines.
-            bar = (
-                click.progressbar(
-                    length=planned.get(index, 0), label=f"shard {index}", file=sys.stderr
-                )
-                if sys.stderr.isatty()
-                else contextlib.nullcontext()
+    start()
+    manifest = load_runnable_manifest(store_root)
+    if run_all:
+        indices = [s.index for s in manifest.shards] if force else pending_shards(store_root)
+    else:
+        indices = [shard_index]
+    preflight_run(manifest, store_root=store_root, indices=indices, tmp_dir=tmp_dir, force=force)
+    planned = {s.index: s.planned_frames for s in manifest.shards}
+    for index in indices:
+        with Progress(planned.get(index), label=f"shard {index}", unit="frames") as progress:
+            result = run_shard(
+                store_root=store_root,
+                shard_index=index,
+                workers=workers,
+                tmp_dir=tmp_dir,
+                force=force,
+                map_size=map_size,
+                on_frames=progress.update,
             )
-            with bar as progress:
-                result = run_shard(
-                    store_root=store_root,
-                    shard_index=index,
-                    workers=workers,
-                    tmp_dir=tmp_dir,
-                    force=force,
-                    map_size=map_size,
-                    on_frames=progress.update if progress is not None else None,
-                )
-            click.echo(
-                f"shard {result.shard_index}: {result.status} {result.path} "
-                f"({len(result.videos)} videos, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
-            )
-    except EpicInputError as exc:
-        _fail(exc)
+        click.echo(
+            f"shard {result.shard_index}: {result.status} {result.path} "
+            f"({len(result.videos)} videos, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
+        )
 
 
-@click.command()
+@click.command(
+    cls=EpicCommand,
+    epilog=example("epic-check --store store --annotations annotations"),
+)
 @click.option(
-    "--store", "store_root", type=_EXISTING_DIR, required=True, help="Store folder to check."
+    "--store",
+    "store_root",
+    type=_EXISTING_DIR,
+    required=True,
+    envvar="EPIC_STORE",
+    show_envvar=True,
+    help="Store folder to check.",
 )
 @click.option(
     "--annotations",
     "annotations_dir",
     type=_EXISTING_DIR,
+    envvar="EPIC_ANNOTATIONS",
+    show_envvar=True,
+    show_default="no annotation check",
     help="Also check that every annotated segment of the store's splits is stored.",
 )
-@click.option("--deep", is_flag=True, help="Also decode every JPEG and check its size (CPU-bound).")
+@click.option(
+    "--deep",
+    is_flag=True,
+    envvar="EPIC_DEEP",
+    show_envvar=True,
+    help="Also decode every JPEG and check its size (CPU-bound).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def check(
     store_root: Path, annotations_dir: Path | None, deep: bool, as_json: bool, verbose: bool
-) -> None:
-    """Verify a frame store; prints a table, the problems and the --array spec to resubmit."""
+) -> int:
+    """Verify a frame store; prints a table, the problems and the --array spec to resubmit.
+
+    Exits 5 when the store is incomplete or damaged (docs/exit-codes.md).
+    """
+    from epicdata.store import Manifest
     from preprocess.check import check_store, format_report
 
-    _setup_logging(verbose)
-    try:
-        report = check_store(store_root, annotations_dir=annotations_dir, deep=deep)
-    except EpicInputError as exc:
-        _fail(exc)
+    start()
+    shards = len(Manifest.load(store_root).shards)
+    with Progress(shards, label="epic-check", unit="shards") as progress:
+        report = check_store(
+            store_root,
+            annotations_dir=annotations_dir,
+            deep=deep,
+            on_shard=lambda: progress.update(1),
+        )
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
-    sys.exit(0 if report.ok else 1)
+    return ExitCode.OK if report.ok else ExitCode.STORE_INCOMPLETE

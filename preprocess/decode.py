@@ -26,7 +26,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from epicdata.errors import EpicInputError
+from epicdata.errors import BadSourceError
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.store import Range
 
@@ -56,7 +56,7 @@ _SOF_MARKERS = frozenset(
 )
 
 
-class VideoDecodeError(EpicInputError):
+class VideoDecodeError(BadSourceError):
     """ffmpeg failed on a video or produced a stream that does not match the plan."""
 
 

@@ -16,16 +16,19 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from epicdata.cli import preflight_output
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
-from epicdata.errors import EpicInputError, StoreError
+from epicdata.errors import BadSourceError, StoreError
+from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.sampling import count_in_ranges, merge_ranges
 from epicdata.store import (
     SHARD_META_KEY,
+    SHARDS_DIR,
     STORE_FORMAT_VERSION,
     Manifest,
     PlannedVideo,
@@ -42,7 +45,6 @@ from epicdata.store import (
 from preprocess.decode import DecodeStats, VideoDecodeError, decode_video
 from preprocess.plan import TAIL_FRAMES, estimate_bytes
 from preprocess.writer import (
-    ShardSpaceError,
     ShardWriter,
     remove_stale_temps,
 )
@@ -55,14 +57,17 @@ BATCH_FRAMES = 32
 QUEUE_BATCHES_PER_WORKER = 4
 
 
-class BadVideoError(EpicInputError):
+class BadVideoError(BadSourceError):
     """One or more input videos of a shard are unusable; ``errors`` maps video id -> reason."""
 
     def __init__(self, shard_index: int, errors: dict[str, str]) -> None:
         self.errors = dict(sorted(errors.items()))
         lines = "\n".join(f"  {video}: {why}" for video, why in self.errors.items())
         super().__init__(
-            f"shard {shard_index} not published: {len(errors)} bad input video(s):\n{lines}"
+            f"shard {shard_index} not published: {len(errors)} bad input video(s)",
+            where=", ".join(self.errors),
+            fix="check them with ffprobe, download them again and resubmit this index",
+            details=lines,
         )
 
 
@@ -102,11 +107,6 @@ def default_workers() -> int:
     if slurm.isdigit() and int(slurm) > 0:
         return int(slurm)
     return len(os.sched_getaffinity(0))
-
-
-def free_bytes(path: Path) -> int:
-    """Bytes free on the file system holding ``path``."""
-    return shutil.disk_usage(path).free
 
 
 class _Video:
@@ -263,7 +263,9 @@ def _write_videos(
                     continue
                 remaining -= 1
                 if kind == "failed":
-                    if not isinstance(payload, EpicInputError):
+                    # Only a bad file is the video's fault; anything else (ffmpeg missing,
+                    # a bug) stops the shard as what it is.
+                    if not isinstance(payload, BadSourceError):
                         raise payload
                     bad[video_id] = str(payload)
                     log.error("%s: %s", video_id, payload)
@@ -357,7 +359,7 @@ def run_shard(
     ``on_frames``: called with the number of frames written, for progress bars.
 
     Raises :class:`BadVideoError` (nothing published) when an input video is unusable and
-    :class:`ShardSpaceError` when scratch or the store runs out of space.
+    :class:`~epicdata.errors.OutOfSpaceError` when scratch or the store runs out of space.
     """
     started = time.perf_counter()
     store_root = Path(store_root)
@@ -380,14 +382,10 @@ def run_shard(
     workers = workers or default_workers()
     estimate = estimate_bytes(shard.planned_frames, manifest.params.short_side)
     map_size = map_size or 4 * estimate + (1 << 30)
-    tmp_root = Path(tmp_dir or tempfile.gettempdir())
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    free = free_bytes(tmp_root)
-    if free < estimate:
-        raise ShardSpaceError(
-            f"--tmp-dir {tmp_root} has {free:,} bytes free, shard {shard_index} needs about "
-            f"{estimate:,}: point --tmp-dir at a larger node-local disk"
-        )
+    tmp_root = scratch_root(tmp_dir)
+    preflight_run(
+        manifest, store_root=store_root, indices=[shard_index], tmp_dir=tmp_dir, force=force
+    )
     params = asdict(manifest.params)
     log.info(
         "shard %d: %d videos, %d frames planned, %d workers, scratch %s",
@@ -433,6 +431,35 @@ def run_shard(
         seconds,
     )
     return ShardResult(shard_index, path, "published", tuple(results), seconds, size)
+
+
+def scratch_root(tmp_dir: str | Path | None) -> Path:
+    """Where shards are built: ``tmp_dir``, else the system's temp folder ($TMPDIR)."""
+    return Path(tmp_dir or tempfile.gettempdir())
+
+
+def preflight_run(
+    manifest: Manifest,
+    *,
+    store_root: str | Path,
+    indices: Sequence[int],
+    tmp_dir: str | Path | None,
+    force: bool,
+) -> None:
+    """Fail in a second, before any decoding, when ffmpeg is missing, or scratch or the
+    store cannot be written or has no room: scratch for the largest shard of ``indices``,
+    the store's disk for all of them (already published ones are skipped unless ``force``)."""
+    ffmpeg_path()
+    todo = [
+        s
+        for s in manifest.shards
+        if s.index in set(indices) and (force or not shard_path(store_root, s.index).exists())
+    ]
+    if not todo:
+        return
+    sizes = [estimate_bytes(s.planned_frames, manifest.params.short_side) for s in todo]
+    preflight_output(scratch_root(tmp_dir), need_bytes=max(sizes), option="--tmp-dir")
+    preflight_output(Path(store_root) / SHARDS_DIR, need_bytes=sum(sizes), option="--store")
 
 
 def pending_shards(store_root: str | Path) -> list[int]:

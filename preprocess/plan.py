@@ -22,7 +22,7 @@ from epicdata.constants import (
     DEFAULT_JPEG_QSCALE,
     DEFAULT_SHORT_SIDE,
 )
-from epicdata.errors import EpicInputError, StoreError
+from epicdata.errors import BadSourceError, EpicInputError, StoreError
 from epicdata.frames import expected_frame_count, frame_rate_for
 from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_keep
 from epicdata.store import (
@@ -216,9 +216,11 @@ def plan_store(
 
     if problems and not allow_missing:
         lines = "\n".join(f"  {v}: {why}" for v, why in sorted(problems.items()))
-        raise EpicInputError(
-            f"{len(problems)} of {len(by_video)} videos cannot be planned:\n{lines}\n"
-            f"fix or download them, or pass --allow-missing to plan without them"
+        raise BadSourceError(
+            f"{len(problems)} of {len(by_video)} videos cannot be planned",
+            where=videos_root or video_info,
+            fix="fix or download them, or pass --allow-missing to plan without them",
+            details=lines,
         )
     if not planned:
         raise EpicInputError("no video can be planned: every annotated video has a problem")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from epicdata.errors import EpicInputError
+from epicdata.errors import BadSourceError, EpicInputError
 from epicdata.ffmpeg_bin import ffprobe_path
 from epicdata.frames import is_video_id
 
@@ -36,7 +36,7 @@ class VideoProbe:
     codec: str
 
 
-class ProbeError(EpicInputError):
+class ProbeError(BadSourceError):
     """A video ffprobe cannot read; the message names the file and ffprobe's reason."""
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import lmdb
 
-from epicdata.errors import EpicInputError, StoreError
+from epicdata.errors import OutOfSpaceError, StoreError
 from epicdata.store import (
     SHARD_META_KEY,
     ShardMeta,
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TXN_BYTES = 64 << 20
 
 
-class ShardSpaceError(EpicInputError):
+class ShardSpaceError(OutOfSpaceError):
     """The scratch disk or the LMDB map is too small for a shard, or the store disk is full."""
 
 

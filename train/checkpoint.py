@@ -56,6 +56,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def checkpoint_bytes_estimate(model: nn.Module) -> int:
+    """Bytes of one checkpoint of ``model`` trained with AdamW: fp32 weights and the two
+    moment buffers, plus a little for everything else."""
+    params = sum(p.numel() for p in model.parameters())
+    return 3 * 4 * params + (1 << 20)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``, so a
     kill mid-write leaves the previous file intact."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from epicdata.cli import Progress
 from train.distributed import DistInfo, any_rank, gather_to_main
 from train.transforms import DeviceAugment
 
@@ -77,6 +78,7 @@ def train_one_epoch(
     wait = 0.0
     start = tick = time.perf_counter()
     interrupted = False
+    progress = Progress(max_steps, label=header or "train", unit="batches")
     for batch in loader:
         wait += time.perf_counter() - tick
         frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
@@ -104,6 +106,7 @@ def train_one_epoch(
         )
         clips += batch_size
         steps += 1
+        progress.update()
         if log_every and steps % log_every == 0:
             log.info(
                 "%s step %d/%d loss %.4f data-wait %.0f%%",
@@ -120,6 +123,7 @@ def train_one_epoch(
             interrupted = True
             break
         tick = time.perf_counter()
+    progress.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -171,6 +175,8 @@ def evaluate(
     of batches, and DDP's per-forward buffer broadcast would then deadlock.
     """
     model.eval()
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    progress = Progress(total, label="validation", unit="batches")
     indices, verb_out, noun_out = [], [], []
     loss_sum = 0.0
     labelled = False
@@ -192,6 +198,8 @@ def evaluate(
         indices.append(batch["index"].numpy())
         verb_out.append(verb_logits.cpu().numpy())
         noun_out.append(noun_logits.cpu().numpy())
+        progress.update()
+    progress.close()
     local = (
         np.concatenate(indices) if indices else np.zeros(0, np.int64),
         np.concatenate(verb_out) if verb_out else np.zeros((0, 0), np.float32),

@@ -25,24 +25,30 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from epicdata.annotations import AnnotationDir
+from epicdata.cli import preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.dataset import EpicActionDataset
-from epicdata.errors import EpicInputError
+from epicdata.errors import EnvironmentProblem, EpicInputError, ExitCode
 from epicdata.store import FrameStore
 from train import distributed
-from train.checkpoint import CHECKPOINT_VERSION, resume, save_checkpoint, unwrap_model
+from train.checkpoint import (
+    CHECKPOINT_VERSION,
+    checkpoint_bytes_estimate,
+    resume,
+    save_checkpoint,
+    unwrap_model,
+)
 from train.config import TrainConfig
 from train.engine import Precision, evaluate, train_one_epoch
 from train.metrics import compute_metrics
-from train.model import build_model
+from train.model import ActionModel, build_model
 from train.runlog import RunLog
 from train.transforms import DeviceAugment, EvalClipTransform, TrainClipTransform
 
 log = logging.getLogger(__name__)
 
-#: Exit code after a checkpoint on SIGUSR1/SIGTERM: the slurm scripts requeue on it
-#: (EX_TEMPFAIL from sysexits.h: "try again later").
-EXIT_REQUEUE = 75
+#: Exit code after a checkpoint on SIGUSR1/SIGTERM: the slurm scripts requeue on it.
+EXIT_REQUEUE = int(ExitCode.REQUEUE)
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 SELECTION_METRIC = "all_action_accuracy_at_1"
 
@@ -70,7 +76,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise EpicInputError(f"--device {name}: CUDA is not available on this node")
+        raise EnvironmentProblem(
+            "CUDA is not available on this node",
+            where=f"--device {name}",
+            fix="run on a GPU node (check the job's GPU request and `nvidia-smi`) or pass --device cpu",
+        )
     return device
 
 
@@ -151,12 +161,20 @@ def _seed_epoch(seed: int, epoch: int, step: int, rank: int, generator: torch.Ge
     generator.manual_seed((value + 1) % 2**63)
 
 
+def run_folder_bytes(cfg: TrainConfig) -> int:
+    """What a run writes at most: last.pt, best.pt, every kept epoch_NNN.pt, and one
+    checkpoint's temp file while it is replaced; logs and plots are small."""
+    checkpoint = checkpoint_bytes_estimate(ActionModel(dropout=cfg.dropout))
+    return checkpoint * (3 + cfg.epochs // cfg.checkpoint_every) + (16 << 20)
+
+
 def find_resume(run_dir: Path, resume_arg: str | None) -> Path | None:
     if resume_arg is None:
         if (run_dir / "last.pt").exists():
             raise EpicInputError(
-                f"{run_dir} already holds a run (last.pt): pass --resume auto to continue it, "
-                "or choose a new --output-dir"
+                "the run folder already holds a run",
+                where=run_dir / "last.pt",
+                fix="pass --resume auto to continue it, or choose a new --output-dir",
             )
         return None
     if resume_arg == "auto":
@@ -185,6 +203,8 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
     torch.backends.cudnn.benchmark = not cfg.deterministic
     run_dir = Path(cfg.output_dir)
     checkpoint_path = find_resume(run_dir, resume_from)
+    if info.is_main and not dry_run:
+        preflight_output(run_dir, need_bytes=run_folder_bytes(cfg), option="--output-dir")
 
     annotations = AnnotationDir(cfg.annotations)
     store = FrameStore(cfg.store)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from epicdata.annotations import AnnotationDir
+from epicdata.cli import preflight_output
+from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.dataset import EpicActionDataset
 from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
@@ -24,7 +27,7 @@ from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.engine import evaluate
 from train.fit import build_loader, metric_sets, resolve_device, resolve_precision
-from train.metrics import compute_metrics, format_metrics_table
+from train.metrics import compute_metrics
 from train.model import ActionModel
 from train.submission import (
     align_to_split,
@@ -141,6 +144,15 @@ def score(
     return metrics
 
 
+@dataclass(frozen=True)
+class ValidationResult:
+    """What was scored: ``metrics`` (None for the test split, which writes a submission)."""
+
+    metrics: dict[str, float] | None
+    segments: int
+    source: str
+
+
 def validate(
     *,
     annotations: str | Path,
@@ -155,15 +167,29 @@ def validate(
     allow_partial: bool = False,
     limit_batches: int | None = None,
     sls: tuple[int | None, int | None, int | None] = (None, None, None),
-) -> dict[str, float] | None:
-    """Run a checkpoint over ``split`` (or read ``predictions``) and score or submit it."""
+) -> ValidationResult | None:
+    """Run a checkpoint over ``split`` (or read ``predictions``) and score or submit it.
+    Returns None on ranks other than 0."""
     if (checkpoint is None) == (predictions is None):
-        raise EpicInputError("pass exactly one of --checkpoint and --predictions")
+        raise EpicInputError(
+            "nothing to score",
+            where="epic-validate",
+            fix="pass exactly one of --checkpoint and --predictions",
+        )
     annotation_dir = AnnotationDir(annotations)
     output_dir = Path(output_dir)
+    segments = len(annotation_dir.table(split))
+    if distributed.discover().is_main:
+        # predictions.pkl: float32 verb and noun scores per segment, ids, pickle overhead.
+        need = segments * (NUM_VERB_CLASSES + NUM_NOUN_CLASSES) * 4 * 2 + (1 << 20)
+        preflight_output(output_dir, need_bytes=need, option="--output-dir")
     if checkpoint is not None:
         if store is None:
-            raise EpicInputError("--checkpoint needs --store (the frame store to read clips from)")
+            raise EpicInputError(
+                "--checkpoint needs --store",
+                where="epic-validate",
+                fix="pass the frame store to read clips from",
+            )
         out = predict(
             checkpoint,
             store=store,
@@ -193,7 +219,4 @@ def validate(
         source=source,
         sls=sls,
     )
-    if metrics is not None:
-        print(f"EPIC-100 {split} metrics (%), {len(out[2])} segments, from {source}")
-        print(format_metrics_table(metrics))
-    return metrics
+    return ValidationResult(metrics=metrics, segments=len(out[2]), source=source)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from epicdata.errors import ExitCode
 from epicdata.store import frame_key, open_shard_readonly, shard_path
 from preprocess.check import check_store
 from preprocess.cli import check
@@ -22,7 +23,7 @@ def store(small_store: dict[str, Path]) -> dict[str, Path]:
 
 def _check(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(check, list(args))
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def test_clean_store_passes_with_table_and_json(store: dict[str, Path]) -> None:
@@ -49,7 +50,7 @@ def test_flipped_byte_in_a_jpeg_is_reported_with_video_and_frame(store: dict[str
     data[offset + len(jpeg) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     code, output = _check("--store", str(store["store"]))
-    assert code == 1
+    assert code == ExitCode.STORE_INCOMPLETE
     assert "shard 0: P01_101 frame 40: checksum mismatch" in output
     assert "--array=0" in output and "EPIC_FORCE=1" in output
 
@@ -74,7 +75,7 @@ def test_csv_naming_a_video_not_in_the_plan_is_reported(
 ) -> None:
     epic_files.write_test_split(tmp_path / "other", [("P01_01", 0.2, 1.5), ("P09_01", 0.0, 1.0)])
     code, output = _check("--store", str(store["store"]), "--annotations", str(tmp_path / "other"))
-    assert code == 1
+    assert code == ExitCode.STORE_INCOMPLETE
     assert "names video P09_01, which is not in the store's plan" in output
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from epicdata.errors import ExitCode
 from epicdata.store import MANIFEST_NAME, Manifest
-from preprocess.cli import EXIT_BAD_INPUT, extract
+from preprocess.cli import extract
 
 
 def _plan(*args: str) -> tuple[int, str]:
@@ -45,7 +46,7 @@ def test_missing_empty_and_truncated_videos_are_all_reported_before_writing(
         "test",
     ]
     code, output = _plan(*args)
-    assert code == EXIT_BAD_INPUT
+    assert code == ExitCode.BAD_SOURCE
     assert "3 of 4 videos cannot be planned" in output
     assert "P01_02.MP4: empty file" in output
     assert "P01_03.MP4: ffprobe cannot read it" in output and "moov atom not found" in output
@@ -66,7 +67,7 @@ def test_video_shorter_than_its_annotations_is_refused(tmp_path: Path, epic_file
         "--videos", str(tmp_path / "videos"), "--annotations", str(tmp_path / "ann"),
         "--store", str(tmp_path / "store"), "--splits", "test",
     )  # fmt: skip
-    assert code == EXIT_BAD_INPUT
+    assert code == ExitCode.BAD_SOURCE
     assert "P01_01.MP4: shorter than its annotations" in output and "frame 180" in output
 
 
@@ -135,7 +136,7 @@ def test_plan_refuses_a_store_with_published_shards(tmp_path: Path) -> None:
         "--videos", str(tmp_path), "--annotations", str(tmp_path / "ann"),
         "--store", str(tmp_path / "store"),
     )  # fmt: skip
-    assert code == EXIT_BAD_INPUT and "already holds 1 published shard" in output
+    assert code == ExitCode.BAD_INPUT and "already holds 1 published shard" in output
 
 
 @pytest.mark.parametrize("both", [True, False])
@@ -155,4 +156,4 @@ def test_exactly_one_source_of_durations(tmp_path: Path, both: bool, epic_files)
         )
         args += ["--videos", str(tmp_path), "--video-info", str(tmp_path / "info.csv")]
     code, output = _plan(*args)
-    assert code == EXIT_BAD_INPUT and "either --videos" in output
+    assert code == ExitCode.BAD_INPUT and "either --videos" in output

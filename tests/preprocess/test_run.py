@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from epicdata.errors import ExitCode
 from epicdata.store import open_shard_readonly, shard_path
 from preprocess import extract as extract_module
 from preprocess.check import check_store
-from preprocess.cli import EXIT_BAD_VIDEO, EXIT_NO_SPACE, extract
+from preprocess.cli import extract
 from preprocess.extract import run_shard
 from preprocess.writer import ShardSpaceError
 
@@ -75,7 +76,7 @@ def test_bad_video_fails_the_shard_naming_the_video(small_store: dict[str, Path]
     video = small_store["videos"] / "P01" / "videos" / "P01_101.MP4"
     video.write_bytes(video.read_bytes()[:3000])  # damaged after planning: no moov atom
     code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
-    assert code == EXIT_BAD_VIDEO
+    assert code == ExitCode.BAD_SOURCE
     assert "P01_101" in output and "moov atom not found" in output
     assert not shard_path(small_store["store"], 0).exists()
     assert list(small_store["tmp"].iterdir()) == []
@@ -92,7 +93,7 @@ def test_too_small_map_size_is_a_clear_error_and_publishes_nothing(
             map_size=1 << 17,
         )
     code, output = _run(small_store["store"], small_store["tmp"], "--all", "--map-size", "131072")
-    assert code == EXIT_NO_SPACE and "--map-size" in output, output
+    assert code == ExitCode.NO_SPACE and "--map-size" in output, output
     assert not shard_path(small_store["store"], 0).exists()
     assert list(small_store["tmp"].iterdir()) == []
 
@@ -117,8 +118,10 @@ def test_tmp_dir_too_small_for_the_estimate_is_refused_up_front(
     small_store: dict[str, Path], tiny_tmpfs: Path
 ) -> None:
     code, output = _run(small_store["store"], tiny_tmpfs, "--shard-index", "0")
-    assert code == EXIT_NO_SPACE, output
-    assert f"--tmp-dir {tiny_tmpfs} has" in output and "larger node-local disk" in output
+    assert code == ExitCode.NO_SPACE, output
+    first = next(line for line in output.splitlines() if line.startswith("error:"))
+    assert first.startswith(f"error: not enough space for --tmp-dir ({tiny_tmpfs}: needs about")
+    assert "free" in first
     assert not shard_path(small_store["store"], 0).exists()
 
 
@@ -126,9 +129,9 @@ def test_tmp_dir_filling_up_mid_shard_is_a_clear_error_and_publishes_nothing(
     small_store: dict[str, Path], tiny_tmpfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pretend the up-front estimate fits, so the disk really fills while writing.
-    monkeypatch.setattr(extract_module, "free_bytes", lambda path: 1 << 40)
+    monkeypatch.setattr(extract_module, "preflight_output", lambda *args, **kwargs: None)
     code, output = _run(small_store["store"], tiny_tmpfs, "--shard-index", "0")
-    assert code == EXIT_NO_SPACE, output
+    assert code == ExitCode.NO_SPACE, output
     assert "no space left writing" in output and "--tmp-dir" in output
     assert not shard_path(small_store["store"], 0).exists()
     assert list(tiny_tmpfs.iterdir()) == []

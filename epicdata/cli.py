@@ -1,0 +1,407 @@
+"""What every command line shares: exit codes and error lines, one logging setup, the run
+header, progress with an ETA, preflight checks of output folders, and help conventions.
+
+Commands are built with ``@click.command(cls=EpicCommand)`` (or ``EpicGroup``); their
+bodies parse, call :func:`start` (logging + run header), run :func:`preflight_output` for
+each folder they will write, and call plain library functions that raise
+:class:`~epicdata.errors.EpicInputError` subclasses for conditions they can name.
+:class:`EpicCommand` turns those into ``error: ...`` lines and exit codes; anything else is
+a bug, printed with its traceback and a line saying so. docs/exit-codes.md is the table.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from epicdata.errors import (
+    EnvironmentProblem,
+    EpicInputError,
+    ExitCode,
+    FFmpegNotFoundError,
+    OutOfSpaceError,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT = "epic-kitchens-pipeline"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: With the date: job logs span days and requeues.
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: At most one progress line per this many seconds in a log file or SLURM output.
+PROGRESS_LOG_INTERVAL_S = 30.0
+#: A terminal bar is redrawn at most this often.
+PROGRESS_DRAW_INTERVAL_S = 0.2
+
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "help_option_names": ["-h", "--help"],
+    "show_default": True,
+    "max_content_width": 100,
+}
+
+
+# ----------------------------------------------------------------------------- help
+
+
+def example(*command_lines: str) -> str:
+    """A help epilog: one example invocation, kept as written (no rewrapping)."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in command_lines)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def error_text(exc: BaseException) -> str:
+    """``error: <first line>`` then the details, indented."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    details = [line if line.startswith(" ") else f"  {line}" for line in lines[1:]]
+    return "\n".join([f"error: {lines[0]}", *details])
+
+
+def _os_error(exc: OSError) -> EpicInputError | None:
+    """The named form of an OS error that is about the user's disks, else None."""
+    where = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpaceError(
+            "no space left on the disk",
+            where=f"writing {where}: {exc.strerror}",
+            fix="free space or point the option at a larger disk; nothing finished was lost",
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return EnvironmentProblem(
+            "cannot write",
+            where=f"{where}: {exc.strerror}",
+            fix="choose a writable folder or fix its permissions (`lsattr -d` shows immutable)",
+        )
+    return None
+
+
+def _report(text: str) -> None:
+    click.echo(text, err=True)
+    # Run folders keep a log file: the reason a run stopped belongs in it too.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(f"{datetime.now().strftime(LOG_DATE_FORMAT)} {text}\n")
+            handler.flush()
+
+
+def _guarded(ctx: click.Context, invoke: Callable[[], Any]) -> Any:
+    try:
+        code = invoke()
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except EpicInputError as exc:
+        _report(error_text(exc))
+        ctx.exit(int(exc.exit_code))
+    except OSError as exc:
+        named = _os_error(exc)
+        if named is None:
+            raise _internal(ctx, exc) from None
+        _report(error_text(named))
+        ctx.exit(int(named.exit_code))
+    except KeyboardInterrupt:
+        _report("error: interrupted (Ctrl-C): nothing half-written was published; run it again")
+        ctx.exit(int(ExitCode.INTERRUPTED))
+    except Exception as exc:
+        raise _internal(ctx, exc) from None
+    if isinstance(code, int) and code != ExitCode.OK:
+        ctx.exit(code)
+    return code
+
+
+def _internal(ctx: click.Context, exc: BaseException) -> click.exceptions.Exit:
+    _report("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    _report(
+        f"error: internal error in {ctx.command_path} ({type(exc).__name__}: {exc}): this is a "
+        f"bug in {PROJECT}; please report it with this log"
+    )
+    return click.exceptions.Exit(int(ExitCode.INTERNAL))
+
+
+class EpicCommand(click.Command):
+    """A command with the shared help settings whose errors become exit codes: an
+    :class:`EpicInputError` its own code, an int returned by the body the exit code."""
+
+    def __init__(self, *args: Any, context_settings: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            *args, context_settings={**CONTEXT_SETTINGS, **(context_settings or {})}, **kwargs
+        )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _guarded(ctx, lambda: super(EpicCommand, self).invoke(ctx))
+
+
+class EpicGroup(click.Group):
+    """A command group whose subcommands are :class:`EpicCommand` s."""
+
+    command_class = EpicCommand
+
+    def __init__(self, *args: Any, context_settings: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            *args, context_settings={**CONTEXT_SETTINGS, **(context_settings or {})}, **kwargs
+        )
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+_active_bar: Progress | None = None
+
+
+class _StreamHandler(logging.StreamHandler):
+    """Writes a record on its own line when a progress bar is drawn on the same terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = _active_bar
+        if bar is not None and bar.stream is self.stream:
+            bar.clear()
+            super().emit(record)
+            bar.draw()
+        else:
+            super().emit(record)
+
+
+def setup_logging(
+    *, verbose: bool = False, is_main: bool = True, log_file: str | Path | None = None
+) -> None:
+    """The one logging setup: dated lines on stderr (and ``log_file``); INFO on the main
+    process (DEBUG with ``verbose``), WARNING on the other ranks."""
+    handlers: list[logging.Handler] = [_StreamHandler(sys.stderr)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    level = (logging.DEBUG if verbose else logging.INFO) if is_main else logging.WARNING
+    logging.basicConfig(
+        level=level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT, handlers=handlers, force=True
+    )
+
+
+@functools.cache
+def ffmpeg_version() -> str:
+    """``ffmpeg -version``'s version, or why there is none."""
+    from epicdata.ffmpeg_bin import ffmpeg_path
+
+    try:
+        path = ffmpeg_path()
+        out = subprocess.run(
+            [path, "-version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
+    except (FFmpegNotFoundError, OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({str(exc).splitlines()[0][:80]})"
+    words = out.split()
+    return words[2] if len(words) > 2 and words[:2] == ["ffmpeg", "version"] else "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def run_header(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> str:
+    """One line for the top of a job log: when, where (host, SLURM ids), with what versions,
+    and the command line."""
+    env = os.environ if environ is None else environ
+    argv = sys.argv if argv is None else argv
+    parts = [
+        f"start {datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"host {socket.gethostname()}",
+    ]
+    if env.get("SLURM_JOB_ID"):
+        slurm = f"slurm job {env['SLURM_JOB_ID']}"
+        if env.get("SLURM_ARRAY_JOB_ID"):
+            slurm += f" array {env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '?')}"
+        slurm += f" restart {env.get('SLURM_RESTART_COUNT', '0')}"
+        parts.append(slurm)
+    parts.append(
+        f"python {platform.python_version()}, torch {_version('torch')}, "
+        f"ffmpeg {ffmpeg_version()}, lmdb {_version('lmdb')}, {PROJECT} {_version(PROJECT)}"
+    )
+    parts.append("command: " + shlex.join([Path(argv[0]).name, *argv[1:]]))
+    return " | ".join(parts)
+
+
+def start(
+    *, verbose: bool | None = None, is_main: bool = True, log_file: str | Path | None = None
+) -> None:
+    """Configure logging and log the run header: the first thing a command that works does.
+
+    ``verbose`` None: the ``-v/--verbose`` flag of the running command or its group.
+    """
+    if verbose is None:
+        ctx = click.get_current_context(silent=True)
+        verbose = ctx is not None and any(c.params.get("verbose") for c in (ctx, ctx.find_root()))
+    setup_logging(verbose=verbose, is_main=is_main, log_file=log_file)
+    log.info("%s", run_header())
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class Progress:
+    """Progress of ``total`` units with rate and ETA: a bar redrawn in place on a terminal,
+    one plain log line at most every ``interval_s`` seconds otherwise (log files and SLURM
+    output get no carriage returns). Silent where INFO is not logged (ranks other than 0).
+
+    ``clock`` is injectable for tests; ``note`` (a callable) adds text such as videos done.
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        *,
+        label: str,
+        unit: str,
+        interval_s: float = PROGRESS_LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        stream: IO[str] | None = None,
+        logger: logging.Logger | None = None,
+        note: Callable[[], str] | None = None,
+    ) -> None:
+        self.total = total
+        self.label = label
+        self.unit = unit
+        self.interval_s = interval_s
+        self.clock = clock
+        self.stream = stream if stream is not None else sys.stderr
+        self.logger = logger or log
+        self.note = note
+        self.done = 0
+        self.enabled = self.logger.isEnabledFor(logging.INFO)
+        self.tty = self.enabled and _isatty(self.stream)
+        self.started = self.last = clock()
+        self._drawn = False
+        if self.tty:
+            _set_active_bar(self)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def line(self) -> str:
+        """``label: done/total unit (pct), rate unit/s, ETA h:mm:ss``."""
+        elapsed = self.clock() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        text = f"{self.label}: {self.done:,}"
+        if self.total:
+            text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.1f}%)"
+        else:
+            text += f" {self.unit}"
+        text += f", {rate:,.1f} {self.unit}/s, elapsed {_duration(elapsed)}"
+        if self.total and rate > 0:
+            text += f", ETA {_duration(max(0, self.total - self.done) / rate)}"
+        if self.note is not None:
+            text += f", {self.note()}"
+        return text
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
+        self.done += n
+        if not self.enabled:
+            return
+        now = self.clock()
+        if self.tty:
+            if now - self.last >= PROGRESS_DRAW_INTERVAL_S:
+                self.last = now
+                self.draw()
+        elif now - self.last >= self.interval_s:
+            self.last = now
+            self.logger.info("%s", self.line())
+
+    def draw(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.line())
+            self.stream.flush()
+            self._drawn = True
+
+    def clear(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if _active_bar is self:
+            _set_active_bar(None)
+        if self.tty and self._drawn:
+            self.draw()
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def _set_active_bar(bar: Progress | None) -> None:
+    global _active_bar
+    _active_bar = bar
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- preflight
+
+
+def format_bytes(n: float) -> str:
+    """``1.2 GB (1,234,567,890 bytes)``: readable and exact."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit} ({int(n):,} bytes)"
+    return f"{int(n):,} bytes"
+
+
+def preflight_output(path: str | Path, *, need_bytes: int, option: str) -> Path:
+    """Before expensive work: make sure folder ``path`` (created if missing) is writable and
+    its disk has ``need_bytes`` free (an estimate of what the command will write).
+
+    Raises :class:`EnvironmentProblem` (exit 2) naming the path when it cannot be written,
+    :class:`OutOfSpaceError` (exit 4) with the bytes needed and free when it is too small.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".epic-preflight-"):
+            pass
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"cannot write {option}",
+            where=f"{path}: {exc.strerror or exc}",
+            fix="choose a writable folder, or fix its permissions (`lsattr -d` shows immutable)",
+        ) from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise OutOfSpaceError(
+            f"not enough space for {option}",
+            where=f"{path}: needs about {format_bytes(need_bytes)}, {format_bytes(free)} free",
+            fix="free space there or choose a folder on a larger disk",
+        )
+    return path
