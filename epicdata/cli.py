@@ -71,9 +71,19 @@ def example(*command_lines: str) -> str:
 
 def error_text(exc: BaseException) -> str:
     """``error: <first line>`` then the details, indented."""
-    lines = str(exc).splitlines() or [type(exc).__name__]
+    lines = _message(exc).splitlines() or [type(exc).__name__]
     details = [line if line.startswith(" ") else f"  {line}" for line in lines[1:]]
     return "\n".join([f"error: {lines[0]}", *details])
+
+
+def _message(exc: BaseException) -> str:
+    """The error's own message, also when a DataLoader worker raised it: torch re-raises it
+    in the main process with the worker's traceback in front of the original line."""
+    text = str(exc)
+    marker = f"{type(exc).__module__}.{type(exc).__name__}: "
+    if text.startswith("Caught ") and marker in text:
+        return text.split(marker, 1)[1].rstrip()
+    return text
 
 
 def _os_error(exc: OSError) -> EpicInputError | None:
@@ -379,6 +389,11 @@ def format_bytes(n: float) -> str:
     return f"{int(n):,} bytes"
 
 
+def free_bytes(path: str | Path) -> int:
+    """Bytes free for this user on the file system holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
 def preflight_output(path: str | Path, *, need_bytes: int, option: str) -> Path:
     """Before expensive work: make sure folder ``path`` (created if missing) is writable and
     its disk has ``need_bytes`` free (an estimate of what the command will write).
@@ -397,7 +412,7 @@ def preflight_output(path: str | Path, *, need_bytes: int, option: str) -> Path:
             where=f"{path}: {exc.strerror or exc}",
             fix="choose a writable folder, or fix its permissions (`lsattr -d` shows immutable)",
         ) from None
-    free = shutil.disk_usage(path).free
+    free = free_bytes(path)
     if free < need_bytes:
         raise OutOfSpaceError(
             f"not enough space for {option}",

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from torchvision.io import decode_jpeg
 
 from epicdata.annotations import SegmentTable
-from epicdata.errors import StoreError
+from epicdata.errors import StoreError, StoreIncompleteError
 from epicdata.sampling import linspace_frames, tsn_frames
 from epicdata.store import FrameStore, shard_filename
 
@@ -121,14 +121,14 @@ class EpicActionDataset(Dataset):
         try:
             jpegs = self.store.read_frames(video_id, frames)
         except StoreError as exc:
-            raise StoreError(f"segment {narration_id}: {exc}") from None
+            raise type(exc)(f"segment {narration_id}: {exc}") from None
         decoded = []
         for frame, jpeg in zip(frames, jpegs, strict=True):
             try:
                 decoded.append(self.decode(jpeg))
             except (RuntimeError, OSError, ValueError) as exc:
                 shard = shard_filename(self._shard_of[video_id])
-                raise StoreError(
+                raise StoreIncompleteError(
                     f"segment {narration_id}: {video_id} frame {frame} in {shard} does not decode "
                     f"({exc}); run `epic-check --store {self.store.root} --deep` and re-extract "
                     f"that shard with `epic-extract run --force`"

@@ -32,7 +32,7 @@ import lmdb
 import numpy as np
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
-from epicdata.errors import StoreError
+from epicdata.errors import StoreError, StoreIncompleteError
 
 STORE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -362,19 +362,19 @@ class FrameStore:
         if env is None:
             path = shard_path(self.root, index)
             if not path.is_file():
-                raise StoreError(
+                raise StoreIncompleteError(
                     f"shard {path.name} (holding {video_id}) is not published in {self.root}: "
                     f"run `epic-extract run --store {self.root} --shard-index {index}`"
                 )
             try:
                 env = open_shard_readonly(path)
             except lmdb.Error as exc:
-                raise StoreError(
+                raise StoreIncompleteError(
                     f"shard {path} cannot be opened ({exc}); run `epic-check --store {self.root}`"
                 ) from None
             if shard_file_truncated(env, path):
                 env.close()
-                raise StoreError(
+                raise StoreIncompleteError(
                     f"shard {path} is truncated (shorter than LMDB's last page); run "
                     f"`epic-check --store {self.root}` and re-extract shard {index}"
                 )
@@ -387,7 +387,7 @@ class FrameStore:
             with self._env(video_id).begin() as txn:
                 blob = txn.get(video_meta_key(video_id))
             if blob is None:
-                raise StoreError(
+                raise StoreIncompleteError(
                     f"shard {self._video_shard[video_id]} has no metadata for {video_id}; "
                     f"run `epic-check --store {self.root}`"
                 )
@@ -422,7 +422,7 @@ class FrameStore:
             for frame in resolved:
                 blob = txn.get(frame_key(video_id, frame))
                 if blob is None:
-                    raise StoreError(
+                    raise StoreIncompleteError(
                         f"{video_id} frame {frame} is listed as stored but its key is missing in "
                         f"shard {self._video_shard[video_id]}; run `epic-check --store {self.root}`"
                     )

@@ -1,12 +1,20 @@
-"""Fixtures shared by every test package: a generated mini-EPIC and the real annotations."""
+"""Fixtures shared by every test package: a generated mini-EPIC, the real annotations, tiny
+stamped videos in the EPIC layout with annotation folders that have the real headers (so
+every test builds exactly the store it needs), and disks that fill up or refuse writes."""
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from epicdata.synthetic import MiniEpic, make_mini_epic
+from epicdata.annotations import SPLIT_FILES, TIMESTAMP_COLUMNS
+from epicdata.frames import format_timestamp, frame_rate_for, start_frame_at, stop_frame_at
+from epicdata.synthetic import MiniEpic, SyntheticVideo, make_mini_epic, make_video
 
 #: ../shared/epic100 next to the repository: the official EPIC-100 annotation files.
 REAL_ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "epic100"
@@ -24,3 +32,122 @@ def real_annotations() -> Path:
     if not REAL_ANNOTATIONS.is_dir():
         pytest.skip("../shared/epic100 not present (real EPIC-100 annotation files)")
     return REAL_ANNOTATIONS
+
+
+#: Small and short: the decode cost of a whole test module stays around a second.
+SIZE = (192, 108)
+
+
+class EpicFiles:
+    """Writers of EPIC-layout inputs, handed to tests by the ``epic_files`` fixture."""
+
+    @staticmethod
+    def video_path(videos_root: Path, video_id: str) -> Path:
+        return videos_root / video_id[:3] / "videos" / f"{video_id}.MP4"
+
+    @staticmethod
+    def write_test_split(folder: Path, rows: Sequence[tuple[str, float, float]]) -> Path:
+        """``EPIC_100_test_timestamps.csv`` (real header), one segment per (video id,
+        start s, stop s); frame numbers by the rule of epicdata.frames."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / SPLIT_FILES["test"]
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(TIMESTAMP_COLUMNS)
+            for i, (video_id, start, stop) in enumerate(rows):
+                rate = frame_rate_for(video_id)
+                start_ts, stop_ts = format_timestamp(start), format_timestamp(stop)
+                writer.writerow(
+                    [
+                        f"{video_id}_{i}",
+                        video_id[:3],
+                        video_id,
+                        start_ts,
+                        start_ts,
+                        stop_ts,
+                        start_frame_at(start, rate),
+                        stop_frame_at(stop, rate),
+                    ]
+                )
+        return path
+
+    @staticmethod
+    def make_videos(
+        videos_root: Path, specs: Sequence[tuple[str, str, float]], *, audio: bool = False
+    ) -> dict[str, SyntheticVideo]:
+        """Stamped videos (video id, native fps, seconds) under ``videos_root``, EPIC layout."""
+        out = {}
+        for video_id, fps, duration in specs:
+            path = EpicFiles.video_path(videos_root, video_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out[video_id] = make_video(path, fps=fps, duration=duration, size=SIZE, audio=audio)
+        return out
+
+
+@pytest.fixture(scope="session")
+def epic_files() -> type[EpicFiles]:
+    return EpicFiles
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> dict[str, Path]:
+    """Two 2-second videos with segments over most of them, planned into one shard (not run)."""
+    from preprocess.plan import plan_store
+
+    videos, annotations, store = tmp_path / "videos", tmp_path / "ann", tmp_path / "store"
+    EpicFiles.make_videos(videos, [("P01_01", "60000/1001", 2.0), ("P01_101", "50", 2.0)])
+    EpicFiles.write_test_split(annotations, [("P01_01", 0.2, 1.5), ("P01_101", 0.5, 1.9)])
+    plan_store(
+        store_root=store,
+        annotations_dir=annotations,
+        videos_root=videos,
+        splits=("test",),
+        shards=1,
+    )
+    return {
+        "videos": videos,
+        "annotations": annotations,
+        "store": store,
+        "tmp": tmp_path / "scratch",
+    }
+
+
+def _mount_tmpfs(mount: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (as in CI containers)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that fills up (needs root, as in CI containers)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    _mount_tmpfs(mount, "64k")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """A read-only file system (a tmpfs remounted ``ro``): root cannot write it either."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    _mount_tmpfs(mount, "1m")
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def immutable_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder with the immutable attribute (``chattr +i``): nothing can be created
+    in it, not even by root."""
+    folder = tmp_path / "immutable"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)

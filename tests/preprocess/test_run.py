@@ -98,22 +98,6 @@ def test_too_small_map_size_is_a_clear_error_and_publishes_nothing(
     assert list(small_store["tmp"].iterdir()) == []
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Path:
-    """A 64 KiB tmpfs: a scratch disk that fills up (needs root, as in CI containers)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=False
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_tmp_dir_too_small_for_the_estimate_is_refused_up_front(
     small_store: dict[str, Path], tiny_tmpfs: Path
 ) -> None:
