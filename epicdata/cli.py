@@ -2,7 +2,7 @@
 header, progress with an ETA, preflight checks of output folders, and help conventions.
 
 Commands are built with ``@click.command(cls=EpicCommand)`` (or ``EpicGroup``); their
-bodies parse, call :func:`start` (logging + run header), run :func:`preflight_output` for
+bodies parse, call :func:`start_command` (logging + run header), run :func:`preflight_output` for
 each folder they will write, and call plain library functions that raise
 :class:`~epicdata.errors.EpicInputError` subclasses for conditions they can name.
 :class:`EpicCommand` turns those into ``error: ...`` lines and exit codes; anything else is
@@ -250,7 +250,7 @@ def run_header(argv: list[str] | None = None, environ: dict[str, str] | None = N
     return " | ".join(parts)
 
 
-def start(
+def start_command(
     *, verbose: bool | None = None, is_main: bool = True, log_file: str | Path | None = None
 ) -> None:
     """Configure logging and log the run header: the first thing a command that works does.

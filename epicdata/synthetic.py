@@ -54,8 +54,8 @@ from epicdata.annotations import (
     VIDEO_INFO_FILE,
     AnnotationDir,
 )
+from epicdata.cli import EpicCommand, example, preflight_output, start_command
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
-from epicdata.cli import EpicCommand, example, preflight_output, start
 from epicdata.errors import EpicInputError
 from epicdata.ffmpeg_bin import ffmpeg_path, ffprobe_path
 from epicdata.frames import (
@@ -827,7 +827,7 @@ def estimate_bytes(num_videos: int, size: tuple[int, int]) -> int:
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(out: Path, seed: int, num_videos: int, size: tuple[int, int], verbose: bool) -> None:
     """Write a synthetic mini-EPIC (stamped H.264 videos + EPIC-100 annotation CSVs) to OUT."""
-    start()
+    start_command()
     ffmpeg_path()
     preflight_output(out, need_bytes=estimate_bytes(num_videos, size), option="--out")
     log.info(

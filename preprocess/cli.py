@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from epicdata.cli import EpicCommand, EpicGroup, Progress, example, preflight_output, start
+from epicdata.cli import EpicCommand, EpicGroup, Progress, example, preflight_output, start_command
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
 from epicdata.errors import ExitCode
 from epicdata.store import KEEP_MODES
@@ -67,6 +67,7 @@ def extract(verbose: bool) -> None:
     "--videos",
     "videos_root",
     type=_EXISTING_DIR,
+    show_default="none: give it or --video-info",
     help="EPIC-KITCHENS videos root (PXX/videos/PXX_YY.MP4).",
 )
 @click.option(
@@ -157,13 +158,13 @@ def plan(**options: object) -> None:
     """Probe the videos, balance them into shards and write <store>/manifest.json."""
     from preprocess.plan import plan_store, plan_summary
 
-    start()
+    start_command()
     preflight_output(options["store_root"], need_bytes=PLAN_BYTES, option="--store")
     manifest = plan_store(**options)
     click.echo(plan_summary(manifest, options["store_root"]))
 
 
-@extract.command(epilog=example("SLURM_ARRAY_TASK_ID=3 epic-extract run --store store"))
+@extract.command(epilog=example("epic-extract run --store store --shard-index 3"))
 @click.option(
     "--store",
     "store_root",
@@ -230,7 +231,7 @@ def run(
         raise click.UsageError(
             "give exactly one of --shard-index N (or SLURM_ARRAY_TASK_ID) and --all"
         )
-    start()
+    start_command()
     manifest = load_runnable_manifest(store_root)
     if run_all:
         indices = [s.index for s in manifest.shards] if force else pending_shards(store_root)
@@ -296,7 +297,7 @@ def check(
     from epicdata.store import Manifest
     from preprocess.check import check_store, format_report
 
-    start()
+    start_command()
     shards = len(Manifest.load(store_root).shards)
     with Progress(shards, label="epic-check", unit="shards") as progress:
         report = check_store(

@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from epicdata.cli import EpicCommand, example, start
+from epicdata.cli import EpicCommand, example, start_command
 from train import distributed
 from train.config import AMP_MODES, DECODERS, SAMPLINGS, SCHEDULERS, TrainConfig, load_yaml_defaults
 from train.fit import fit
@@ -170,7 +170,7 @@ def train_main(
     ctx = click.get_current_context()
     info = distributed.discover()
     log_file = None if dry_run or not info.is_main else Path(output_dir) / "train.log"
-    start(is_main=info.is_main, log_file=log_file)
+    start_command(is_main=info.is_main, log_file=log_file)
     values = load_yaml_defaults(config_file) if config_file else {}
     values.update(
         {
@@ -285,7 +285,7 @@ def validate_main(
     sls_td: int | None,
 ) -> None:
     """Official EPIC-100 metrics of a checkpoint or a predictions file, or a test submission."""
-    start(is_main=distributed.discover().is_main)
+    start_command(is_main=distributed.discover().is_main)
     result = validate(
         annotations=annotations,
         split=split,

@@ -180,6 +180,12 @@ def find_resume(run_dir: Path, resume_arg: str | None) -> Path | None:
     if resume_arg == "auto":
         path = run_dir / "last.pt"
         return path if path.exists() else None
+    if not Path(resume_arg).is_file():
+        raise EpicInputError(
+            "no checkpoint to resume from",
+            where=f"--resume {resume_arg}",
+            fix="pass an existing checkpoint, or --resume auto to continue the run folder's last.pt",
+        )
     return Path(resume_arg)
 
 
