@@ -6,7 +6,7 @@ bodies parse, call :func:`start_command` (logging + run header), run :func:`pref
 each folder they will write, and call plain library functions that raise
 :class:`~epicdata.errors.EpicInputError` subclasses for conditions they can name.
 :class:`EpicCommand` turns those into ``error: ...`` lines and exit codes; anything else is
-a bug, printed with its traceback and a line saying so. docs/exit-codes.md is the table.
+a bug, printed with its traceback and a line saying so. docs/conventions.md is the table.
 """
 
 from __future__ import annotations

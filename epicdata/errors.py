@@ -1,5 +1,5 @@
 """Exit codes and the errors that carry them. Every command exits with one of
-:class:`ExitCode` (the table in docs/exit-codes.md); an error the code can name is an
+:class:`ExitCode` (the table in docs/conventions.md); an error the code can name is an
 :class:`EpicInputError` subclass, printed as one ``error:`` line without a traceback."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """The exit codes of every command (docs/exit-codes.md lists them with what to do)."""
+    """The exit codes of every command (docs/conventions.md lists them with what to do)."""
 
     OK = 0
     #: A bug: the log holds a traceback and says so.

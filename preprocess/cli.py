@@ -7,7 +7,7 @@ Usage::
     epic-extract run --store store --all                # every pending shard, here
     epic-check --store store --annotations annotations
 
-Exit codes: docs/exit-codes.md (:class:`epicdata.errors.ExitCode`), shared by every command.
+Exit codes: docs/conventions.md (:class:`epicdata.errors.ExitCode`), shared by every command.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def check(
 ) -> int:
     """Verify a frame store; prints a table, the problems and the --array spec to resubmit.
 
-    Exits 5 when the store is incomplete or damaged (docs/exit-codes.md).
+    Exits 5 when the store is incomplete or damaged (docs/conventions.md).
     """
     from epicdata.store import Manifest
     from preprocess.check import check_store, format_report

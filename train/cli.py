@@ -15,7 +15,7 @@ Score a checkpoint or predictions, or write a challenge submission::
     epic-validate --checkpoint RUN/best.pt --store STORE --annotations ANN --split test \\
                   --output-dir OUT --sls-pt 1 --sls-tl 3 --sls-td 3
 
-Exit codes: docs/exit-codes.md (``epic-train`` exits 75 after saving a checkpoint on
+Exit codes: docs/conventions.md (``epic-train`` exits 75 after saving a checkpoint on
 SIGUSR1/SIGTERM: requeue me).
 """
 
@@ -165,7 +165,7 @@ def train_main(
     """Train the ResNet-18 action model on a frame store (defaults: the seed's recipe).
 
     Exits 75 after saving last.pt on SIGUSR1/SIGTERM (requeue and run again with
-    --resume auto); other codes: docs/exit-codes.md.
+    --resume auto); other codes: docs/conventions.md.
     """
     ctx = click.get_current_context()
     info = distributed.discover()

@@ -340,7 +340,7 @@ def test_refuses_a_folder_holding_other_videos(tmp_path: Path) -> None:
     with pytest.raises(EpicInputError, match="P09_01.MP4"):
         make_mini_epic(tmp_path)
     result = CliRunner().invoke(main, ["--out", str(tmp_path)])
-    assert result.exit_code == 1 and "pass an empty --out folder" in result.output
+    assert result.exit_code == 2 and "pass an empty --out folder" in result.output
     assert not (tmp_path / "annotations").exists()
 
 

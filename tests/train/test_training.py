@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
+from epicdata.errors import ExitCode
 from train.checkpoint import CHECKPOINT_VERSION
 from train.cli import train_main
 from train.fit import EXIT_REQUEUE, fit
@@ -168,3 +170,22 @@ def test_two_process_gloo_training_validates_exactly_the_validation_set(
     metrics = json.loads((tmp_path / "check" / "metrics.json").read_text())
     for key, value in metrics.items():
         assert abs(float(rows[0][f"val_{key}"]) - value) < 1e-6, key
+
+
+def test_a_missing_shard_found_by_a_loader_worker_exits_5_without_a_traceback(
+    mini_store, fast_options, tmp_path
+):
+    # The store loses a shard after planning: the DataLoader worker that reads it raises,
+    # torch re-raises in the main process with the worker's traceback in the message, and
+    # the user must still see one named error line and the store-incomplete code.
+    store = tmp_path / "store"
+    shutil.copytree(mini_store.store, store)
+    (store / "shards" / "shard-00001.lmdb").unlink()
+    args = _train_args(mini_store, tmp_path / "run", {**fast_options, "workers": 1})[1:]
+    args[args.index("--store") + 1] = str(store)
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "shard-00001.lmdb" in errors[0], result.output
+    assert errors[0].startswith("error: segment P") and "epic-extract run" in errors[0]
+    assert "Traceback" not in result.output and "Caught" not in result.output
