@@ -326,13 +326,15 @@ class FakeClock:
 def test_progress_in_a_log_is_one_plain_line_per_interval(caplog) -> None:
     clock, stream = FakeClock(), io.StringIO()
     logger = logging.getLogger("test.progress")
-    with caplog.at_level(logging.INFO, logger="test.progress"):
-        with Progress(
+    with (
+        caplog.at_level(logging.INFO, logger="test.progress"),
+        Progress(
             200, label="shard 3", unit="frames", clock=clock, stream=stream, logger=logger
-        ) as bar:
-            for _ in range(100):  # 2 frames a second for 100 s
-                clock.now += 1
-                bar.update(2)
+        ) as bar,
+    ):
+        for _ in range(100):  # 2 frames a second for 100 s
+            clock.now += 1
+            bar.update(2)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3  # at 30, 60 and 90 s
     assert lines[0] == "shard 3: 60/200 frames (30.0%), 2.0 frames/s, elapsed 0:00:30, ETA 0:01:10"
@@ -348,13 +350,15 @@ class FakeTerminal(io.StringIO):
 def test_progress_on_a_terminal_is_a_throttled_bar(caplog) -> None:
     clock, stream = FakeClock(), FakeTerminal()
     logger = logging.getLogger("test.progress")
-    with caplog.at_level(logging.INFO, logger="test.progress"):
-        with Progress(
+    with (
+        caplog.at_level(logging.INFO, logger="test.progress"),
+        Progress(
             50, label="validation", unit="batches", clock=clock, stream=stream, logger=logger
-        ) as bar:
-            for _ in range(50):  # 10 updates a second: at most 5 draws a second
-                clock.now += 0.1
-                bar.update()
+        ) as bar,
+    ):
+        for _ in range(50):  # 10 updates a second: at most 5 draws a second
+            clock.now += 0.1
+            bar.update()
     out = stream.getvalue()
     assert 20 <= out.count("\r") <= 30  # redrawn every ~0.2 s, and once at the end
     assert out.endswith(
