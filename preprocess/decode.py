@@ -30,11 +30,13 @@ from epicdata.errors import BadSourceError
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.store import Range
 
-#: Cap on ``between()`` terms in the select expression: ffmpeg evaluates every term for
-#: every frame, and ``keep=sampled`` plans thousands of single frames per video. Above the
+#: Cap on ``between()`` ranges in the select expression. ffmpeg's expression parser refuses
+#: more than 100 terms (measured on 5.1; an undocumented limit that other builds may set
+#: lower), while ``keep=sampled`` plans thousands of single frames per real video. Above the
 #: cap the closest ranges are merged into a superset and the extra frames dropped here,
-#: which costs a few JPEG encodes (1,800+ frames/s per core) but no decoding.
-MAX_SELECT_TERMS = 200
+#: which costs some scaling and JPEG encoding but no decoding (bench/bench_keep.py chose
+#: the value; docs/benchmarks.md).
+MAX_SELECT_TERMS = 32
 #: Bytes read from ffmpeg's stdout at a time (about 30 JPEGs at 456x256).
 READ_CHUNK_BYTES = 1 << 20
 #: Lines of ffmpeg's stderr quoted in errors, and how much of its end is read.
@@ -45,6 +47,18 @@ _NATIVE_DECODED = re.compile(
 )
 _FPS_COUNTS = re.compile(rb"\[Parsed_fps_0 @ \w+\] \[verbose\] (\d+) frames in, (\d+) frames out")
 _PROBLEM_LINE = re.compile(rb"\[(?:panic|fatal|error|warning)\]")
+_ERROR_LINE = re.compile(rb"\[(?:panic|fatal|error)\]")
+#: Problem lines that come from the filter graph or the encoder: ffmpeg's context tags
+#: (``[Parsed_select_1 @ 0x..]``, ``[AVFilterGraph @ ..]``, ``[mjpeg @ ..]`` is the encoder
+#: here, the decoder being h264/hevc) and its messages for a graph or encoder that fails.
+_INTERNAL_LINE = re.compile(
+    rb"\[(?:Parsed_\w+|AVFilterGraph|graph[ _]\w*|mjpeg|image2pipe) @ "
+    rb"|Error (?:initializing|reinitializing|configuring) (?:filter|complex filter|output)"
+    rb"|Error while (?:opening encoder|filtering|parsing expression)"
+    rb"|Failed to inject frame into filter network"
+)
+#: Characters of one quoted ffmpeg line (a select expression can be kilobytes long).
+QUOTE_LINE_CHARS = 240
 
 _SOI = b"\xff\xd8"
 # Inside entropy-coded data 0xFF is followed by 0x00 (stuffing), a restart marker
@@ -62,6 +76,10 @@ class VideoDecodeError(BadSourceError):
 
 class JpegStreamError(RuntimeError):
     """The byte stream from ffmpeg is not a sequence of JPEGs (an internal failure)."""
+
+
+class FFmpegInternalError(RuntimeError):
+    """ffmpeg failed in its filters or encoder, not on the input: a bug, not a bad video."""
 
 
 def _jpeg_end(buf: bytearray, start: int) -> int | None:
@@ -144,11 +162,11 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return short_side, 2 * round(height * short_side / (width * 2))
 
 
-def select_ranges(
-    keep_ranges: Sequence[Range], *, max_terms: int = MAX_SELECT_TERMS
-) -> list[Range]:
+def select_ranges(keep_ranges: Sequence[Range], *, max_terms: int) -> list[Range] | None:
     """A superset of ``keep_ranges`` (sorted, disjoint) with at most ``max_terms`` ranges,
-    made by closing the smallest gaps first."""
+    made by closing the smallest gaps first; None (no select: every frame) for 0."""
+    if max_terms <= 0:
+        return None
     ranges = [tuple(r) for r in keep_ranges]
     if len(ranges) <= max_terms:
         return list(ranges)
@@ -270,7 +288,7 @@ def decode_video(
     ``stats`` is filled in as pictures arrive.
     """
     stats = stats if stats is not None else DecodeStats()
-    select = None if keep_ranges is None else select_ranges(keep_ranges)
+    select = None if keep_ranges is None else select_ranges(keep_ranges, max_terms=MAX_SELECT_TERMS)
     graph = filter_graph(
         rate=rate,
         short_side=short_side,
@@ -321,11 +339,32 @@ def decode_video(
     if (found := _FPS_COUNTS.search(log_tail)) is not None:
         stats.retimed_frames = int(found.group(2))
     if code != 0 or splitter.pending:
-        problems = [line for line in log_tail.splitlines() if _PROBLEM_LINE.search(line)]
-        tail = [line.decode(errors="replace") for line in problems[-STDERR_TAIL_LINES:]]
-        why = f"exit status {code}" if code != 0 else f"{splitter.pending} bytes of a cut JPEG"
-        raise VideoDecodeError(
-            f"{path}: ffmpeg failed ({why}) after {stats.emitted} pictures; ffmpeg said:\n    "
-            + "\n    ".join(tail or ["(nothing)"])
-            + "\nthe file is probably damaged: check it with `ffprobe` and download it again"
+        raise _failure(path, code, splitter.pending, stats.emitted, log_tail)
+
+
+def _quote(line: bytes) -> str:
+    text = line.decode(errors="replace").strip()
+    if len(text) > QUOTE_LINE_CHARS:
+        text = f"{text[:QUOTE_LINE_CHARS]}... ({len(text):,} characters)"
+    return text
+
+
+def _failure(path: str | Path, code: int, pending: int, emitted: int, log_tail: bytes) -> Exception:
+    """The error for a failed ffmpeg run: internal when the filter graph or the encoder
+    failed (the file is not to blame), else a bad video. Quotes ffmpeg once, trimmed."""
+    problems = [line for line in log_tail.splitlines() if _PROBLEM_LINE.search(line)]
+    quoted = "\n".join(f"    {_quote(line)}" for line in problems[-STDERR_TAIL_LINES:])
+    why = f"exit status {code}" if code != 0 else f"{pending} bytes of a cut JPEG"
+    said = f"ffmpeg said:\n{quoted or '    (nothing)'}"
+    # Only errors count: a filter may warn about a damaged input's odd frames.
+    if any(_ERROR_LINE.search(line) and _INTERNAL_LINE.search(line) for line in problems):
+        return FFmpegInternalError(
+            f"{path}: ffmpeg failed in its filters or encoder ({why}) after {emitted} pictures, "
+            f"not on the input file; this is a bug in epic-extract (or this ffmpeg build), "
+            f"please report it with this log. {said}"
         )
+    return VideoDecodeError(
+        f"{path}: ffmpeg failed ({why}) after {emitted} pictures",
+        fix="the file is probably damaged: check it with `ffprobe` and download it again",
+        details=said,
+    )

@@ -60,7 +60,7 @@ SHARD_BYTES_PER_FRAME_256 = 12_400
 DECODE_PIXELS_PER_CORE_SECOND = 389_000_000
 
 
-def _keep_ranges(
+def keep_ranges_for(
     segments: Sequence[Segment],
     *,
     keep: str,
@@ -191,7 +191,7 @@ def plan_store(
                 f"the file is probably truncated, download it again"
             )
             continue
-        ranges = _keep_ranges(
+        ranges = keep_ranges_for(
             segments,
             keep=keep,
             margin_frames=margin_frames,
