@@ -163,7 +163,7 @@ class _Rows:
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
         if not self.path.is_file():
             raise AnnotationError(f"{self.path}: file not found")
-        with open(self.path, newline="", encoding="utf-8") as handle:
+        with open(self.path, newline="", encoding="utf-8-sig") as handle:  # Excel saves a BOM
             reader = csv.reader(handle)
             try:
                 header = next(reader)
@@ -234,7 +234,7 @@ def read_segments(
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel saves a BOM
         header = [column.strip() for column in next(csv.reader(handle), [])]
     # Any label column makes the file labelled, so a labelled file that lacks one of them
     # is reported as missing that column instead of being read silently without labels.

@@ -139,9 +139,12 @@ def _guarded(ctx: click.Context, invoke: Callable[[], Any]) -> Any:
 
 def _internal(ctx: click.Context, exc: BaseException) -> click.exceptions.Exit:
     _report("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    first = (str(exc).splitlines() or [""])[0]
+    if len(first) > 200:
+        first = first[:200] + "..."
     _report(
-        f"error: internal error in {ctx.command_path} ({type(exc).__name__}: {exc}): this is a "
-        f"bug in {PROJECT}; please report it with this log"
+        f"error: internal error in {ctx.command_path} ({type(exc).__name__}: {first}): this is "
+        f"a bug in {PROJECT}; please report it with this log"
     )
     return click.exceptions.Exit(int(ExitCode.INTERNAL))
 

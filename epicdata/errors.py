@@ -80,3 +80,22 @@ class OutOfSpaceError(EpicInputError):
     """A disk (or an LMDB map) has no room for what the command writes."""
 
     exit_code = ExitCode.NO_SPACE
+
+
+class MalformedMetadataError(StoreIncompleteError, ValueError):
+    """Metadata read from a shard (JSON or checksums) that does not parse or has wrong
+    fields or types: the shard is damaged. ``reason`` says what is wrong, without advice,
+    for reports that give their own (epic-check's problem rows)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(
+            what,
+            where=reason,
+            fix="the shard holding it is damaged; run `epic-check` on the store and "
+            "re-extract the shards it names",
+        )
+        self.what = what
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.what, self.reason)

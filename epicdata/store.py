@@ -20,10 +20,13 @@ A shard file at its final path is complete: writers publish by atomic rename.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import types
+import typing
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,8 @@ import lmdb
 import numpy as np
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
-from epicdata.errors import StoreError, StoreIncompleteError
+from epicdata.errors import MalformedMetadataError, StoreError, StoreIncompleteError
+from epicdata.sampling import merge_ranges
 
 STORE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -41,6 +45,9 @@ SHARD_META_KEY = b"__meta__/shard"
 _VIDEO_META_PREFIX = b"__meta__/video/"
 _CHECKSUM_PREFIX = b"__meta__/crc32/"
 KEEP_MODES = ("segments", "all", "sampled")
+#: Frames at the end of every video stored whatever the keep mode (2 x the clamp
+#: tolerance): the stored end is the decoder's end.
+TAIL_FRAMES = 2 * CLAMP_TOLERANCE_FRAMES
 
 Range = tuple[int, int]
 
@@ -84,8 +91,83 @@ def frames_in_ranges(ranges: Sequence[Range]) -> np.ndarray:
     return np.concatenate([np.arange(a, b + 1, dtype=np.int64) for a, b in ranges])
 
 
-def _ranges(value: Any) -> tuple[Range, ...] | None:
-    return None if value is None else tuple((int(a), int(b)) for a, b in value)
+def _ranges(value: Any, what: str) -> tuple[Range, ...] | None:
+    """Inclusive frame ranges from JSON pairs (types already checked by :func:`_fields`):
+    ascending and disjoint, from frame 1; a ValueError naming ``what`` otherwise."""
+    if value is None:
+        return None
+    ranges = tuple((a, b) for a, b in value)
+    previous_last = 0
+    for first, last in ranges:
+        if not previous_last < first <= last:
+            raise ValueError(
+                f"{what} {_short(value)} are not ascending, disjoint [first, last] pairs of "
+                f"frames from 1"
+            )
+        previous_last = last
+    return ranges
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether parsed JSON ``value`` can be a dataclass field annotated ``hint`` (JSON lists
+    stand for tuples; a nested dataclass needs an object, which its own parser checks)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        # bool is an int in Python, never a count in this format; JSON writes 50.0 as 50.
+        return isinstance(value, (int, hint)) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if dataclasses.is_dataclass(hint) or origin is dict:
+        return isinstance(value, dict)
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _fits(v, h) for v, h in zip(value, args, strict=True)
+        )
+    raise TypeError(f"no JSON rule for fields annotated {hint}")
+
+
+def _fields(
+    cls: type, data: Any, what: str, defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Parsed JSON ``data`` checked as the fields of dataclass ``cls``: an object with every
+    field (``defaults`` fills absent ones; fields with a default may be absent), no other
+    key, each value of its field's type. Returns a new dict; raises a ValueError that names
+    ``what`` and the field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is {_short(data)}, not a JSON object")
+    data = {**(defaults or {}), **data}
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{what} has unknown fields {', '.join(map(repr, unknown))}")
+    for name, f in known.items():
+        if name in data:
+            if not _fits(data[name], hints[name]):
+                expected = str(hints[name]).replace("typing.", "")
+                if isinstance(hints[name], type):
+                    expected = hints[name].__name__
+                raise ValueError(
+                    f"{what} field {name!r} is {_short(data[name])}, expected {expected}"
+                )
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{what} lacks field {name!r}")
+    return data
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -118,11 +200,30 @@ class PlannedVideo:
     planned_frames: int
     max_annotated_frame: int
     keep_ranges: tuple[Range, ...] | None
+    #: Content fingerprint at plan time (``preprocess.probe.fingerprint``); None in stores
+    #: planned before it existed.
+    fingerprint: str | None = None
+
+    @property
+    def tail_from(self) -> int:
+        """First frame of the stream's end, stored whatever the keep mode, so the stored end
+        is the decoder's end and readers clamp exactly."""
+        return max(1, self.expected_frames - TAIL_FRAMES)
+
+    def expected_ranges(self, decoded_frames: int) -> list[Range]:
+        """The frames a shard must hold for this video once the decoder gave
+        ``decoded_frames``: the planned ranges (every frame for keep=all) and every frame
+        from :attr:`tail_from` on, cut at the decoder's end. The one home of this rule:
+        the writer checks it before publishing, ``epic-check`` checks shards against it."""
+        wanted = [(1, decoded_frames)] if self.keep_ranges is None else list(self.keep_ranges)
+        wanted.append((self.tail_from, decoded_frames))
+        return merge_ranges((a, min(b, decoded_frames)) for a, b in wanted if a <= decoded_frames)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PlannedVideo:
-        data = dict(data)
-        data["keep_ranges"] = _ranges(data.get("keep_ranges"))
+    def from_dict(cls, data: Any, where: str = "planned video") -> PlannedVideo:
+        """From the manifest's JSON; a ValueError naming ``where`` and the field when malformed."""
+        data = _fields(cls, data, where, defaults={"keep_ranges": None})
+        data["keep_ranges"] = _ranges(data["keep_ranges"], f"{where} keep_ranges")
         return cls(**data)
 
 
@@ -152,23 +253,31 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        params = dict(data["params"])
-        params["num_frames"] = tuple(params.get("num_frames", ()))
+    def from_dict(cls, data: Any) -> Manifest:
+        """From parsed manifest.json; a ValueError naming the field when it is malformed."""
+        data = _fields(cls, data, "the manifest", defaults={"splits": [], "videos_root": None})
+        params = _fields(ExtractParams, data["params"], "params", defaults={"num_frames": []})
+        if params["keep"] not in KEEP_MODES:
+            raise ValueError(
+                f"params field 'keep' is {_short(params['keep'])}, not one of {KEEP_MODES}"
+            )
+        params["num_frames"] = tuple(params["num_frames"])
+        shards = []
+        for i, shard in enumerate(data["shards"]):
+            shard = _fields(ShardPlan, shard, f"shards[{i}]")
+            videos = tuple(
+                PlannedVideo.from_dict(v, f"shards[{i}].videos[{j}]")
+                for j, v in enumerate(shard["videos"])
+            )
+            shards.append(ShardPlan(index=shard["index"], videos=videos))
         return cls(
             params=ExtractParams(**params),
-            shards=tuple(
-                ShardPlan(
-                    index=int(s["index"]),
-                    videos=tuple(PlannedVideo.from_dict(v) for v in s["videos"]),
-                )
-                for s in data["shards"]
-            ),
-            splits=tuple(data.get("splits", ())),
-            videos_root=data.get("videos_root"),
-            format_version=int(data["format_version"]),
+            shards=tuple(shards),
+            splits=tuple(data["splits"]),
+            videos_root=data["videos_root"],
+            format_version=data["format_version"],
             created=data.get("created", ""),
-            extra=dict(data.get("extra", {})),
+            extra=data.get("extra", {}),
         )
 
     @classmethod
@@ -179,20 +288,27 @@ class Manifest:
                 f"{path} not found: {store_root} is not a frame store; create it with "
                 f"`epic-extract plan --store {store_root} ...`"
             )
+        fix = (
+            "restore it from a copy, or re-plan the store with `epic-extract plan` (a new "
+            "plan means extracting every shard again)"
+        )
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{path} is unreadable ({exc}); re-run `epic-extract plan`") from None
-        version = data.get("format_version")
-        if version != STORE_FORMAT_VERSION:
+            data = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise StoreError("cannot read the manifest", where=f"{path}: {exc}", fix=fix) from None
+        except ValueError as exc:
+            # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8).
+            raise StoreError("manifest is not JSON", where=f"{path}: {exc}", fix=fix) from None
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if isinstance(data, dict) and version != STORE_FORMAT_VERSION:
             raise StoreError(
                 f"{path}: store format version {version}, this code reads version "
                 f"{STORE_FORMAT_VERSION}; re-plan and re-extract the store with this version"
             )
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{path}: malformed manifest ({exc!r})") from None
+        except ValueError as exc:
+            raise StoreError("malformed manifest", where=f"{path}: {exc}", fix=fix) from None
 
     def save(self, store_root: str | Path) -> Path:
         """Write atomically (temp file + rename)."""
@@ -242,8 +358,13 @@ class VideoMeta:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> VideoMeta:
-        data = json.loads(blob)
-        data["stored_ranges"] = _ranges(data["stored_ranges"])
+        """Parse ``__meta__/video/<id>``; :class:`MalformedMetadataError` (exit 5: the shard
+        is damaged) when it is not JSON or has wrong fields, types or ranges."""
+        try:
+            data = _fields(cls, json.loads(blob), "video metadata")
+            data["stored_ranges"] = _ranges(data["stored_ranges"], "stored_ranges")
+        except ValueError as exc:
+            raise MalformedMetadataError("malformed video metadata", str(exc)) from None
         return cls(**data)
 
     @property
@@ -264,7 +385,12 @@ class ShardMeta:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ShardMeta:
-        data = json.loads(blob)
+        """Parse ``__meta__/shard``; :class:`MalformedMetadataError` (exit 5: the shard is
+        damaged) when it is not JSON or has wrong fields or types."""
+        try:
+            data = _fields(cls, json.loads(blob), "shard metadata")
+        except ValueError as exc:
+            raise MalformedMetadataError("malformed shard metadata", str(exc)) from None
         data["video_ids"] = tuple(data["video_ids"])
         return cls(**data)
 

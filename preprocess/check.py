@@ -1,33 +1,50 @@
 """`epic-check`: verify a frame store against its manifest, and say which shards to redo.
 
 Per shard: the file is published, opens, is as long as LMDB says (a truncated file would
-crash readers with SIGBUS), its metadata matches the plan (no missing or extra video,
-same parameters), every stored frame key is present in order with a matching CRC-32, and
-every planned frame up to the decoder's end is stored. ``deep`` also decodes every JPEG and
-checks its size. With annotations, every annotated frame must be readable (stored, or past
-the end by at most the clamp tolerance). The default mode reads each shard once,
-sequentially: it is bound by the disk (bench/bench_check.py).
+crash readers with SIGBUS), its metadata parses and matches the plan (no missing or extra
+video, same parameters), every stored frame is found the way the reader finds it (a lookup
+of its key) with a matching CRC-32, the shard holds no other keys, and every planned frame
+up to the decoder's end is stored. ``deep`` also decodes every JPEG and checks its size.
+With annotations, every annotated frame must be readable (stored, or past the end by at
+most the clamp tolerance). The default mode reads each shard once, in key order: it is
+bound by the disk (bench/bench_check.py).
+
+Each shard is read in a forked child process (5 ms a shard; spawn costs 250 ms). A corrupt
+B-tree makes LMDB fail an assertion (SIGABRT), fault (SIGSEGV, SIGBUS) or loop, and none of
+that may take the checker down or hide the other shards: the shard gets a problem row
+instead. A child that takes longer than :func:`shard_timeout_s` is killed and its shard
+reported.
 """
 
 from __future__ import annotations
 
 import bisect
+import faulthandler
 import io
 import json
 import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import lmdb
 from PIL import Image
 
 from epicdata.annotations import SPLIT_FILES, AnnotationDir
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
+from epicdata.errors import MalformedMetadataError
 from epicdata.sampling import sampled_frames_to_keep
 from epicdata.store import (
     SHARD_META_KEY,
+    STORE_FORMAT_VERSION,
     Manifest,
     PlannedVideo,
     Range,
@@ -36,6 +53,7 @@ from epicdata.store import (
     VideoMeta,
     checksum_key,
     frame_checksum,
+    frame_key,
     frames_in_ranges,
     open_shard_readonly,
     shard_file_truncated,
@@ -48,6 +66,29 @@ log = logging.getLogger(__name__)
 
 #: Problems listed per video before the rest are summarised as a count.
 MAX_PROBLEMS_PER_VIDEO = 5
+#: Keys named when a shard holds more keys than its metadata accounts for.
+MAX_STRAY_KEYS_NAMED = 5
+#: Per-shard time limit: a base (process start, opening the file on a busy parallel file
+#: system) plus the shard's bytes at a slow rate, so that only a shard whose B-tree loops,
+#: or a disk that has stalled, reaches it. 10 MB/s is 1/140 of the cold-cache rate measured
+#: here (docs/benchmarks.md); --deep decodes every JPEG on one core, measured at 55 MB/s,
+#: so it gets 2 MB/s. A 1.2 GB shard (100,000 frames) gets 4 min, or 12 min with --deep.
+SHARD_TIMEOUT_BASE_S = 120.0
+SLOW_READ_BYTES_PER_S = 10e6
+SLOW_DECODE_BYTES_PER_S = 2e6
+#: What a signal that killed a shard's child process means.
+_SIGNAL_CAUSES = {
+    signal.SIGABRT: "LMDB assertion",
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGBUS: "bus error",
+    signal.SIGKILL: "killed, e.g. out of memory",
+}
+
+
+def shard_timeout_s(size_bytes: int, *, deep: bool) -> float:
+    """Seconds allowed to check a shard of ``size_bytes`` bytes (see SHARD_TIMEOUT_BASE_S)."""
+    rate = SLOW_DECODE_BYTES_PER_S if deep else SLOW_READ_BYTES_PER_S
+    return SHARD_TIMEOUT_BASE_S + size_bytes / rate
 
 
 @dataclass
@@ -135,9 +176,13 @@ def _check_video(
         return None, [f"{vid}: metadata missing"]
     try:
         meta = VideoMeta.from_bytes(bytes(blob))
-    except (ValueError, TypeError, KeyError) as exc:
-        return None, [f"{vid}: metadata unreadable ({exc})"]
+    except MalformedMetadataError as exc:
+        return None, [f"{vid}: metadata unreadable ({exc.reason})"]
     problems = []
+    if (meta.video_id, meta.rate) != (vid, planned.rate):
+        problems.append(
+            f"{vid}: metadata is for {meta.video_id} at {meta.rate} fps, the plan says {vid} at {planned.rate} fps"
+        )
     if (meta.short_side, meta.jpeg_qscale) != (params["short_side"], params["jpeg_qscale"]):
         problems.append(
             f"{vid}: made with short side {meta.short_side}, -q:v {meta.jpeg_qscale}; the plan says {params['short_side']}, {params['jpeg_qscale']}"
@@ -146,38 +191,28 @@ def _check_video(
         problems.append(
             f"{vid}: {meta.decoded_frames} frames decoded, {planned.expected_frames} expected"
         )
-    missing = _planned_missing(planned, meta)
-    if missing:
-        problems.append(f"{vid}: {len(missing)} planned frames not stored (first {missing[0]})")
+    # Damaged metadata can claim any length: only count planned frames up to a plausible end.
+    if meta.decoded_frames <= planned.expected_frames + CLAMP_TOLERANCE_FRAMES:
+        missing = _planned_missing(planned, meta)
+        if missing:
+            problems.append(f"{vid}: {len(missing)} planned frames not stored (first {missing[0]})")
     sums_blob = txn.get(checksum_key(vid))
-    frames = frames_in_ranges(meta.stored_ranges)
-    if sums_blob is None or len(sums_blob) != 4 * len(frames) or len(frames) != meta.stored_frames:
+    count = sum(b - a + 1 for a, b in meta.stored_ranges)
+    if sums_blob is None or len(sums_blob) != 4 * count or count != meta.stored_frames:
         return meta, [*problems, f"{vid}: checksums missing or not one per stored frame"]
-    sums = unpack_checksums(bytes(sums_blob))
-    prefix = f"{vid}/".encode()
+    frames = frames_in_ranges(meta.stored_ranges).tolist()
+    sums = unpack_checksums(bytes(sums_blob)).tolist()
     bad: list[str] = []
-    cursor = txn.cursor()
-    i = 0
-    positioned = cursor.set_range(prefix)
-    while positioned:
-        key = bytes(cursor.key())
-        if not key.startswith(prefix):
-            break
-        frame = int(key[len(prefix) :])
-        while i < len(frames) and frames[i] < frame:
-            bad.append(f"{vid} frame {frames[i]}: key missing")
-            i += 1
-        if i == len(frames) or frames[i] != frame:
-            bad.append(f"{vid} frame {frame}: stored but outside the stored ranges")
-        else:
-            value = cursor.value()
-            if frame_checksum(value) != sums[i]:
-                bad.append(f"{vid} frame {frame}: checksum mismatch (corrupt JPEG)")
-            elif deep:
-                bad.extend(_decode_problem(vid, frame, value, meta))
-            i += 1
-        positioned = cursor.next()
-    bad.extend(f"{vid} frame {int(f)}: key missing" for f in frames[i:])
+    # One lookup per frame, as FrameStore.read_frames does: a cursor walk follows the
+    # leaves' order and passes a shard whose branch pages route some keys to the wrong leaf.
+    for frame, expected in zip(frames, sums, strict=True):
+        value = txn.get(frame_key(vid, frame))
+        if value is None:
+            bad.append(f"{vid} frame {frame}: key missing")
+        elif frame_checksum(value) != expected:
+            bad.append(f"{vid} frame {frame}: checksum mismatch (corrupt JPEG)")
+        elif deep:
+            bad.extend(_decode_problem(vid, frame, value, meta))
     if len(bad) > MAX_PROBLEMS_PER_VIDEO:
         bad = [
             *bad[:MAX_PROBLEMS_PER_VIDEO],
@@ -191,72 +226,189 @@ def _decode_problem(vid: str, frame: int, jpeg: memoryview, meta: VideoMeta) -> 
         with Image.open(io.BytesIO(jpeg)) as image:
             image.load()
             size = image.size
-    except (OSError, ValueError) as exc:
-        return [f"{vid} frame {frame}: JPEG does not decode ({exc})"]
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ...) here
+        return [f"{vid} frame {frame}: JPEG does not decode ({type(exc).__name__}: {exc})"]
     if size != (meta.width, meta.height):
         return [f"{vid} frame {frame}: {size[0]}x{size[1]}, expected {meta.width}x{meta.height}"]
     return []
 
 
+def _stray_keys(txn: lmdb.Transaction, metas: dict[str, VideoMeta]) -> list[str]:
+    """Up to MAX_STRAY_KEYS_NAMED keys of the shard that its metadata does not account for."""
+    expected = {SHARD_META_KEY}
+    for vid, meta in metas.items():
+        expected |= {video_meta_key(vid), checksum_key(vid)}
+        expected.update(frame_key(vid, f) for f in frames_in_ranges(meta.stored_ranges).tolist())
+    stray = []
+    for key in txn.cursor().iternext(values=False):
+        if bytes(key) not in expected:
+            stray.append(bytes(key).decode(errors="backslashreplace"))
+            if len(stray) == MAX_STRAY_KEYS_NAMED:
+                break
+    return stray
+
+
+def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: dict) -> list[str]:
+    blob = txn.get(SHARD_META_KEY)
+    if blob is None:
+        return ["shard metadata missing"]
+    try:
+        meta = ShardMeta.from_bytes(bytes(blob))
+    except MalformedMetadataError as exc:
+        return [f"shard metadata unreadable ({exc.reason})"]
+    problems = []
+    if meta.format_version != STORE_FORMAT_VERSION:
+        problems.append(
+            f"store format version {meta.format_version}, the manifest's is {STORE_FORMAT_VERSION}"
+        )
+    if meta.shard_index != plan.index:
+        problems.append(f"holds shard {meta.shard_index}, not {plan.index}")
+    if meta.params != params:
+        problems.append(f"made with parameters {meta.params}, the plan says {params}")
+    planned_ids = [v.video_id for v in plan.videos]
+    for vid in sorted(set(planned_ids) - set(meta.video_ids)):
+        problems.append(f"{vid}: planned but missing from the shard")
+    for vid in sorted(set(meta.video_ids) - set(planned_ids)):
+        problems.append(f"{vid}: in the shard but not in its plan")
+    return problems
+
+
+def _read_shard(
+    path: Path, plan: ShardPlan, params: dict, deep: bool
+) -> tuple[list[str], dict[str, VideoMeta]]:
+    """Problems of the published shard at ``path`` and the video metadata it holds. Run in
+    a child process: a corrupt shard can kill the process that reads it."""
+    try:
+        env = open_shard_readonly(path, sequential=True)
+    except lmdb.Error as exc:
+        return [f"{path.name} does not open as LMDB ({exc}): truncated or not a shard"], {}
+    problems: list[str] = []
+    metas: dict[str, VideoMeta] = {}
+    try:
+        if shard_file_truncated(env, path):
+            needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+            size = path.stat().st_size
+            return [f"{path.name} is truncated: {size:,} bytes, LMDB needs {needed:,}"], {}
+        with env.begin(buffers=True) as txn:
+            problems.extend(_check_shard_meta(txn, plan, params))
+            for planned in plan.videos:
+                meta, video_problems = _check_video(txn, planned, params, deep)
+                problems.extend(video_problems)
+                if meta is not None:
+                    metas[planned.video_id] = meta
+            stored = sum(m.stored_frames for m in metas.values())
+            entries = env.stat()["entries"]
+            expected = stored + 2 * len(metas) + 1
+            if entries != expected:
+                stray = _stray_keys(txn, metas)
+                problems.append(
+                    f"{entries} keys, the metadata accounts for {expected}: "
+                    + (f"stray keys {', '.join(stray)}" if stray else "the key count is corrupt")
+                )
+    except lmdb.Error as exc:
+        problems.append(f"{path.name} is corrupt: LMDB says {exc}")
+    finally:
+        env.close()
+    return problems, metas
+
+
+class _ChildDied(Exception):
+    """The child process ended without a result; the message says how (signal, status)."""
+
+
+def _child_main(sender: Connection, stderr_fd: int, fn: Callable, args: tuple) -> None:
+    # LMDB prints its assertion to stderr just before abort(): keep it for the report. The
+    # parent reports a crash, so no Python fault dump (pytest turns faulthandler on).
+    os.dup2(stderr_fd, 2)
+    faulthandler.disable()
+    try:
+        outcome: tuple[str, Any] = ("ok", fn(*args))
+    except Exception:
+        # Raised again in the parent as a bug: a corrupt shard must not land here.
+        outcome = ("bug", traceback.format_exc())
+    sender.send(outcome)
+    sender.close()
+
+
+def _signal_cause(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
+    return _SIGNAL_CAUSES.get(number, name)
+
+
+def _run_isolated(fn: Callable, args: tuple, *, timeout_s: float) -> Any:
+    """``fn(*args)`` in a forked child process, its value sent back over a pipe.
+
+    Raises TimeoutError when no value came within ``timeout_s`` (the child is killed),
+    :class:`_ChildDied` when the child ended without one (a signal: the message names it
+    and the child's last line on stderr), and RuntimeError with the child's traceback when
+    ``fn`` raised (a bug).
+    """
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    with tempfile.TemporaryFile() as stderr:
+        child = context.Process(
+            target=_child_main, args=(sender, stderr.fileno(), fn, args), daemon=True
+        )
+        child.start()
+        # Without the parent's copy of the sending end, a dead child reads as EOF.
+        sender.close()
+        try:
+            if not receiver.poll(timeout_s):
+                child.kill()
+                child.join()
+                raise TimeoutError(f"no result within {timeout_s:,.0f} s")
+            try:
+                kind, value = receiver.recv()
+            except EOFError:
+                kind, value = "died", None
+        finally:
+            receiver.close()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        if kind == "ok":
+            return value
+        if kind == "bug":
+            raise RuntimeError(f"the checker's child process raised:\n{value}")
+        stderr.seek(0)
+        said = [line.strip() for line in stderr.read().decode(errors="replace").splitlines()]
+    code = child.exitcode
+    why = f"signal {-code}, {_signal_cause(-code)}" if code < 0 else f"exit status {code}"
+    last = [line for line in said if line]
+    raise _ChildDied(f"{why}: {last[-1][:200]}" if last else why)
+
+
 def check_shard(
     store_root: Path, plan: ShardPlan, params: dict, *, deep: bool = False
 ) -> tuple[ShardCheck, dict[str, VideoMeta]]:
-    """Check one shard against its plan; returns the outcome and the metadata it read."""
+    """Check one shard against its plan, in a child process; returns the outcome and the
+    metadata it read. A shard that kills or hangs its reader is a problem, not a crash."""
     path = shard_path(store_root, plan.index)
     result = ShardCheck(index=plan.index, path=str(path), published=path.is_file())
     if not result.published:
         result.problems.append(f"not published ({path.name} missing): run its array task")
         return result, {}
     result.bytes = path.stat().st_size
+    timeout_s = shard_timeout_s(result.bytes, deep=deep)
     try:
-        env = open_shard_readonly(path, sequential=True)
-    except lmdb.Error as exc:
+        result.problems, metas = _run_isolated(
+            _read_shard, (path, plan, params, deep), timeout_s=timeout_s
+        )
+    except _ChildDied as exc:
         result.problems.append(
-            f"{path.name} does not open as LMDB ({exc}): truncated or not a shard"
+            f"reading {path.name} killed the checker process ({exc}): the shard is corrupt"
         )
         return result, {}
-    metas: dict[str, VideoMeta] = {}
-    try:
-        if shard_file_truncated(env, path):
-            needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-            result.problems.append(
-                f"{path.name} is truncated: {result.bytes:,} bytes, LMDB needs {needed:,}"
-            )
-            return result, {}
-        with env.begin(buffers=True) as txn:
-            blob = txn.get(SHARD_META_KEY)
-            shard_meta = ShardMeta.from_bytes(bytes(blob)) if blob is not None else None
-            planned_ids = [v.video_id for v in plan.videos]
-            if shard_meta is None:
-                result.problems.append("shard metadata missing")
-            else:
-                if shard_meta.shard_index != plan.index:
-                    result.problems.append(
-                        f"holds shard {shard_meta.shard_index}, not {plan.index}"
-                    )
-                if shard_meta.params != params:
-                    result.problems.append(
-                        f"made with parameters {shard_meta.params}, the plan says {params}"
-                    )
-                for vid in sorted(set(planned_ids) - set(shard_meta.video_ids)):
-                    result.problems.append(f"{vid}: planned but missing from the shard")
-                for vid in sorted(set(shard_meta.video_ids) - set(planned_ids)):
-                    result.problems.append(f"{vid}: in the shard but not in its plan")
-            for planned in plan.videos:
-                meta, problems = _check_video(txn, planned, params, deep)
-                result.problems.extend(problems)
-                if meta is not None:
-                    metas[planned.video_id] = meta
-            stored = sum(m.stored_frames for m in metas.values())
-            entries = env.stat()["entries"]
-            if entries != stored + 2 * len(metas) + 1:
-                result.problems.append(
-                    f"{entries} keys, expected {stored + 2 * len(metas) + 1} (stray keys)"
-                )
-    except lmdb.Error as exc:
-        result.problems.append(f"{path.name} is corrupt: LMDB says {exc}")
-    finally:
-        env.close()
+    except TimeoutError:
+        result.problems.append(
+            f"reading {path.name} did not finish within {timeout_s:,.0f} s: the shard is "
+            f"corrupt (a loop in its B-tree) or its disk stalled; check it again to tell"
+        )
+        return result, {}
     result.videos = len(metas)
     result.frames = sum(m.stored_frames for m in metas.values())
     return result, metas

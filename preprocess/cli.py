@@ -215,6 +215,13 @@ def plan(**options: object) -> None:
     show_default="4x the estimate + 1 GiB",
     help="LMDB map size in bytes.",
 )
+@click.option(
+    "--videos",
+    "videos_root",
+    type=_EXISTING_DIR,
+    show_default="where `plan` found them",
+    help="EPIC-KITCHENS videos root, when the videos moved since `plan` (same layout).",
+)
 def run(
     store_root: Path,
     shard_index: int | None,
@@ -223,6 +230,7 @@ def run(
     tmp_dir: Path | None,
     force: bool,
     map_size: int | None,
+    videos_root: Path | None,
 ) -> None:
     """Decode the videos of one shard (or all) and publish the shard into the store."""
     from preprocess.extract import load_runnable_manifest, pending_shards, preflight_run, run_shard
@@ -249,6 +257,7 @@ def run(
                 force=force,
                 map_size=map_size,
                 on_frames=progress.update,
+                videos_root=videos_root,
             )
         click.echo(
             f"shard {result.shard_index}: {result.status} {result.path} "

@@ -360,8 +360,8 @@ def _failure(path: str | Path, code: int, pending: int, emitted: int, log_tail: 
     if any(_ERROR_LINE.search(line) and _INTERNAL_LINE.search(line) for line in problems):
         return FFmpegInternalError(
             f"{path}: ffmpeg failed in its filters or encoder ({why}) after {emitted} pictures, "
-            f"not on the input file; this is a bug in epic-extract (or this ffmpeg build), "
-            f"please report it with this log. {said}"
+            f"not on the input file: this is a bug in epic-extract (or this ffmpeg build); "
+            f"please report it with this log\n{said}"
         )
     return VideoDecodeError(
         f"{path}: ffmpeg failed ({why}) after {emitted} pictures",

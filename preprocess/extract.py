@@ -25,11 +25,12 @@ from epicdata.cli import preflight_output
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import BadSourceError, StoreError
 from epicdata.ffmpeg_bin import ffmpeg_path
-from epicdata.sampling import count_in_ranges, merge_ranges
+from epicdata.sampling import count_in_ranges
 from epicdata.store import (
     SHARD_META_KEY,
     SHARDS_DIR,
     STORE_FORMAT_VERSION,
+    ExtractParams,
     Manifest,
     PlannedVideo,
     Range,
@@ -43,7 +44,8 @@ from epicdata.store import (
     video_meta_key,
 )
 from preprocess.decode import DecodeStats, VideoDecodeError, decode_video
-from preprocess.plan import TAIL_FRAMES, estimate_bytes
+from preprocess.plan import estimate_bytes
+from preprocess.probe import fingerprint
 from preprocess.writer import (
     ShardWriter,
     remove_stale_temps,
@@ -127,10 +129,6 @@ class _Video:
         self.jpeg_bytes += len(jpeg)
 
 
-def _tail_from(video: PlannedVideo) -> int:
-    return max(1, video.expected_frames - TAIL_FRAMES)
-
-
 def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) -> None:
     """Raise VideoDecodeError when the decoded stream does not match the plan."""
     where = video.path
@@ -160,9 +158,7 @@ def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) 
         raise RuntimeError(
             f"{video.video_id}: last picture numbered {stats.last_frame}, ffmpeg made {decoded}"
         )
-    wanted = [(1, decoded)] if video.keep_ranges is None else list(video.keep_ranges)
-    wanted.append((_tail_from(video), decoded))
-    expected_stored = merge_ranges((a, min(b, decoded)) for a, b in wanted if a <= decoded)
+    expected_stored = video.expected_ranges(decoded)
     if stored != expected_stored:
         raise RuntimeError(
             f"{video.video_id}: stored ranges {stored[:4]}... differ from the planned "
@@ -174,7 +170,8 @@ def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) 
 def _decode_into_queue(
     video: PlannedVideo,
     *,
-    params: dict,
+    path: Path,
+    params: ExtractParams,
     threads: int,
     out: queue.Queue,
     cancel: threading.Event,
@@ -192,18 +189,27 @@ def _decode_into_queue(
 
     stats = DecodeStats()
     try:
-        if video.path is None or not Path(video.path).is_file():
-            raise VideoDecodeError(f"{video.path}: no such file (moved since `plan`?)")
+        if not path.is_file():
+            raise VideoDecodeError(
+                f"{path}: no such file",
+                fix="moved since `epic-extract plan`? give the videos' new root with --videos",
+            )
+        if video.fingerprint is not None and (found := fingerprint(path)) != video.fingerprint:
+            raise VideoDecodeError(
+                f"{path}: changed since `epic-extract plan` (size:hash {found}, planned "
+                f"{video.fingerprint})",
+                fix="restore the planned file, or plan a new --store for the new one",
+            )
         batch: list[tuple[int, bytes]] = []
         for frame, jpeg in decode_video(
-            path=video.path,
+            path=path,
             rate=video.rate,
-            short_side=params["short_side"],
-            jpeg_qscale=params["jpeg_qscale"],
+            short_side=params.short_side,
+            jpeg_qscale=params.jpeg_qscale,
             width=video.width,
             height=video.height,
             keep_ranges=video.keep_ranges,
-            tail_from=_tail_from(video),
+            tail_from=video.tail_from,
             threads=threads,
             stats=stats,
             cancel=cancel,
@@ -224,12 +230,13 @@ def _write_videos(
     shard: ShardPlan,
     writer: ShardWriter,
     *,
-    params: dict,
+    params: ExtractParams,
+    sources: dict[str, Path],
     workers: int,
     on_frames: Callable[[int], None] | None,
 ) -> tuple[list[VideoMeta], list[VideoResult], dict[str, str]]:
-    """Decode every video of ``shard`` into ``writer``. Returns (metadata, results, bad
-    videos by id -> reason)."""
+    """Decode every video of ``shard`` (read from ``sources`` by video id) into ``writer``.
+    Returns (metadata, results, bad videos by id -> reason)."""
     videos = sorted(shard.videos, key=lambda v: (-v.duration * v.width * v.height, v.video_id))
     concurrency = max(1, min(workers, len(videos)))
     threads = max(1, workers // concurrency)
@@ -245,6 +252,7 @@ def _write_videos(
                 pool.submit(
                     _decode_into_queue,
                     video,
+                    path=sources[video.video_id],
                     params=params,
                     threads=threads,
                     out=out,
@@ -270,7 +278,7 @@ def _write_videos(
                     bad[video_id] = str(payload)
                     log.error("%s: %s", video_id, payload)
                     continue
-                meta, result = _finish_video(current, payload, params)
+                meta, result = _finish_video(current, payload, params, sources[video_id])
                 try:
                     _check_counts(current.planned, payload, [tuple(r) for r in current.ranges])
                 except VideoDecodeError as exc:
@@ -299,7 +307,7 @@ def _write_videos(
 
 
 def _finish_video(
-    current: _Video, stats: DecodeStats, params: dict
+    current: _Video, stats: DecodeStats, params: ExtractParams, source: Path
 ) -> tuple[VideoMeta, VideoResult]:
     video = current.planned
     decoded = stats.retimed_frames if stats.retimed_frames >= 0 else stats.last_frame
@@ -313,9 +321,9 @@ def _finish_video(
         stored_ranges=tuple((a, b) for a, b in current.ranges),
         width=stats.width,
         height=stats.height,
-        short_side=params["short_side"],
-        jpeg_qscale=params["jpeg_qscale"],
-        source=str(video.path),
+        short_side=params.short_side,
+        jpeg_qscale=params.jpeg_qscale,
+        source=str(source),
         native_frames=stats.native_frames,
     )
     result = VideoResult(
@@ -327,6 +335,21 @@ def _finish_video(
         jpeg_bytes=current.jpeg_bytes,
     )
     return meta, result
+
+
+def video_source(
+    video: PlannedVideo, *, planned_root: str | None, videos_root: str | Path | None
+) -> Path:
+    """Where to read ``video`` from: its planned path, or the same place under
+    ``videos_root`` when the tree moved. Old plans kept paths relative to the directory
+    `plan` ran in: those are found under the planned root (absolute) by their EPIC tail."""
+    path = Path(video.path or f"{video.video_id}.MP4")
+    tail = Path(*path.parts[-3:])  # PXX/videos/PXX_YY.MP4
+    if videos_root is not None:
+        return Path(videos_root) / tail
+    if path.is_absolute() or planned_root is None:
+        return path
+    return Path(planned_root) / tail
 
 
 def load_runnable_manifest(store_root: str | Path) -> Manifest:
@@ -349,6 +372,7 @@ def run_shard(
     force: bool = False,
     map_size: int | None = None,
     on_frames: Callable[[int], None] | None = None,
+    videos_root: str | Path | None = None,
 ) -> ShardResult:
     """Extract shard ``shard_index`` of the store at ``store_root`` and publish it.
 
@@ -357,6 +381,7 @@ def run_shard(
     ``force``: redo a shard that is already published (otherwise it is skipped).
     ``map_size``: LMDB map size in bytes, default 4x the plan's estimate + 1 GiB.
     ``on_frames``: called with the number of frames written, for progress bars.
+    ``videos_root``: the videos' root when they moved since ``plan`` (same EPIC layout).
 
     Raises :class:`BadVideoError` (nothing published) when an input video is unusable and
     :class:`~epicdata.errors.OutOfSpaceError` when scratch or the store runs out of space.
@@ -386,9 +411,12 @@ def run_shard(
     preflight_run(
         manifest, store_root=store_root, indices=[shard_index], tmp_dir=tmp_dir, force=force
     )
-    params = asdict(manifest.params)
+    sources = {
+        v.video_id: video_source(v, planned_root=manifest.videos_root, videos_root=videos_root)
+        for v in shard.videos
+    }
     log.info(
-        "shard %d: %d videos, %d frames planned, %d workers, scratch %s",
+        "shard %d: %d videos, about %d frames planned (from durations), %d workers, scratch %s",
         shard_index,
         len(shard.videos),
         shard.planned_frames,
@@ -400,7 +428,12 @@ def run_shard(
         writer = ShardWriter(workdir / final.name, map_size=map_size)
         try:
             metas, results, bad = _write_videos(
-                shard, writer, params=params, workers=workers, on_frames=on_frames
+                shard,
+                writer,
+                params=manifest.params,
+                sources=sources,
+                workers=workers,
+                on_frames=on_frames,
             )
             if bad:
                 raise BadVideoError(shard_index, bad)
@@ -408,7 +441,7 @@ def run_shard(
                 format_version=STORE_FORMAT_VERSION,
                 shard_index=shard_index,
                 video_ids=tuple(m.video_id for m in metas),
-                params=params,
+                params=asdict(manifest.params),
                 total_frames=sum(m.stored_frames for m in metas),
             )
             writer.put([(SHARD_META_KEY, shard_meta.to_bytes())])

@@ -28,6 +28,7 @@ from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_k
 from epicdata.store import (
     KEEP_MODES,
     SHARDS_DIR,
+    TAIL_FRAMES,
     ExtractParams,
     Manifest,
     PlannedVideo,
@@ -44,10 +45,6 @@ DEFAULT_MARGIN_FRAMES = 15
 #: Shard size when neither a shard count nor a target is given: about 3 GB and 10-15 minutes
 #: of a 8-core task, small enough that a failed task costs little to redo.
 DEFAULT_TARGET_SHARD_FRAMES = 100_000
-#: The writer always keeps the last frames of every video from here on (frames before the
-#: expected end), so the stored end is the decoder's end and readers can clamp to it.
-TAIL_FRAMES = 2 * CLAMP_TOLERANCE_FRAMES
-
 #: Bytes per stored frame in a compacted shard (JPEG + LMDB overflow-page rounding) at short
 #: side 256 and -q:v 4, measured by bench/bench_extract.py (docs/benchmarks.md) on a
 #: 1920x1080 testsrc2 H.264 video. Synthetic pictures compress well: expect real kitchen
@@ -78,7 +75,7 @@ def keep_ranges_for(
         for s in segments:
             frames = sampled_frames_to_keep(s.start_frame, s.stop_frame, num_frames)
             ranges.extend((int(f), int(f)) for f in frames)
-    ranges.append((expected_frames - TAIL_FRAMES, expected_frames))
+    ranges.append((expected_frames - TAIL_FRAMES, expected_frames))  # PlannedVideo.tail_from
     clipped = [(max(1, a), min(b, expected_frames)) for a, b in ranges]
     return tuple(merge_ranges((a, b) for a, b in clipped if a <= b))
 
@@ -160,15 +157,19 @@ def plan_store(
         raise EpicInputError(f"no segments in splits {', '.join(splits)} of {annotations_dir}")
 
     problems: dict[str, str] = {}
-    facts: dict[str, tuple[str | None, float, float, int, int]] = {}
+    facts: dict[str, tuple[str | None, float, float, int, int, str | None]] = {}
     if videos_root is not None:
+        # Absolute paths: `run` works from any directory (and --videos re-roots a moved tree).
+        videos_root = Path(videos_root).resolve()
         found = find_videos(videos_root)
         for video_id in sorted(set(by_video) - set(found)):
             problems[video_id] = f"missing: no {video_id}.MP4 under {videos_root}"
         probes, errors = probe_many(found[v] for v in sorted(by_video) if v in found)
         problems.update(errors)
         for video_id, p in probes.items():
-            facts[video_id] = (p.path, p.native_fps, p.duration, p.width, p.height)
+            facts[video_id] = (
+                p.path, p.native_fps, p.duration, p.width, p.height, p.fingerprint
+            )  # fmt: skip
     else:
         info = {v.video_id: v for v in read_video_info(video_info)}
         for video_id in sorted(by_video):
@@ -176,10 +177,10 @@ def plan_store(
                 problems[video_id] = f"missing: not in {Path(video_info).name}"
                 continue
             v = info[video_id]
-            facts[video_id] = (None, v.fps, v.duration, v.width, v.height)
+            facts[video_id] = (None, v.fps, v.duration, v.width, v.height, None)
 
     planned: list[PlannedVideo] = []
-    for video_id, (path, native_fps, duration, width, height) in sorted(facts.items()):
+    for video_id, (path, native_fps, duration, width, height, fprint) in sorted(facts.items()):
         rate = frame_rate_for(video_id)
         expected = expected_frame_count(duration, rate)
         segments = by_video[video_id]
@@ -211,6 +212,7 @@ def plan_store(
                 planned_frames=expected if ranges is None else count_in_ranges(ranges),
                 max_annotated_frame=last_annotated,
                 keep_ranges=ranges,
+                fingerprint=fprint,
             )
         )
 
@@ -269,9 +271,11 @@ def plan_summary(manifest: Manifest, store_root: str | Path) -> str:
     est_bytes = manifest.extra["estimated_bytes"]
     lines = [
         f"planned {len(videos)} videos into {len(manifest.shards)} shards "
-        f"({min(per_shard):,}-{max(per_shard):,} frames each) in {store_root}",
-        f"frames to store: {frames:,} of {all_frames:,} ({frames / max(all_frames, 1):.1%}), "
-        f"keep={params.keep}, short side {params.short_side}, -q:v {params.jpeg_qscale}",
+        f"(about {min(per_shard):,}-{max(per_shard):,} frames each) in {store_root}",
+        f"frames to store: about {frames:,} of {all_frames:,} "
+        f"({frames / max(all_frames, 1):.1%}; estimated from durations x R, the run stores "
+        f"what the decoder gives), keep={params.keep}, short side {params.short_side}, "
+        f"-q:v {params.jpeg_qscale}",
         f"estimated size: {est_bytes / 1e9:,.1f} GB ({SHARD_BYTES_PER_FRAME_256:,} B/frame "
         f"at 256 px); decoding: {manifest.extra['estimated_core_hours']:,.1f} core-hours",
     ]

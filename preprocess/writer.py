@@ -18,7 +18,7 @@ from pathlib import Path
 
 import lmdb
 
-from epicdata.errors import OutOfSpaceError, StoreError
+from epicdata.errors import EpicInputError, OutOfSpaceError, StoreError
 from epicdata.store import (
     SHARD_META_KEY,
     ShardMeta,
@@ -42,6 +42,10 @@ TXN_BYTES = 64 << 20
 
 class ShardSpaceError(OutOfSpaceError):
     """The scratch disk or the LMDB map is too small for a shard, or the store disk is full."""
+
+
+class ShardConflictError(EpicInputError):
+    """Another run of the same shard index removed this run's temp copy."""
 
 
 def _space_error(exc: BaseException, *, where: Path, map_size: int) -> ShardSpaceError | None:
@@ -127,6 +131,15 @@ class ShardWriter:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if not temp.exists():
+                raise ShardConflictError(
+                    f"shard {index} not published by this run: its temp copy was removed by "
+                    f"another run of the same index",
+                    where=temp,
+                    fix="two tasks of one array index ran at once (a resubmission while this "
+                    "one was paused?); the other run publishes the shard: check it with "
+                    "`epic-check`",
+                )
             _check_copy(temp, expected_entries=self._env.stat()["entries"])
             os.replace(temp, final)
         except BaseException as exc:

@@ -241,6 +241,13 @@ def test_crlf_split_without_final_newline_parses(tmp_path: Path) -> None:
     assert segments[1].all_noun_classes == (2,)
 
 
+def test_csv_saved_with_a_utf8_bom_parses(tmp_path: Path) -> None:
+    # Regression: "missing column(s) narration_id (header has: \ufeffnarration_id, ...)".
+    path = tmp_path / VALIDATION
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join([LABELLED_HEADER, ROW_A, ROW_B]).encode())
+    assert [s.narration_id for s in read_segments(path)] == ["P01_11_0", "P01_11_1"]
+
+
 def test_test_timestamps_file_gives_unlabelled_segments(tmp_path: Path) -> None:
     path = _write(
         tmp_path,

@@ -13,17 +13,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+import preprocess.decode as decode_module
 from epicdata.annotations import SPLIT_FILES
+from epicdata.errors import ExitCode
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.frames import expected_frame_count, frame_rate_for
 from epicdata.sampling import linspace_frames
-from epicdata.store import FrameStore
+from epicdata.store import TAIL_FRAMES, FrameStore, shard_path
 from epicdata.synthetic import read_stamp
+from preprocess.cli import extract
 from preprocess.decode import MAX_SELECT_TERMS, filter_graph, select_ranges
 from preprocess.extract import run_shard
-from preprocess.plan import TAIL_FRAMES, keep_ranges_for, plan_store
+from preprocess.plan import keep_ranges_for, plan_store
 
 #: ffmpeg 5.1's parser takes 100 terms and refuses 101; stay far below it.
 PARSER_LIMIT = 100
@@ -133,3 +137,30 @@ def test_hundreds_of_segments_extract_and_every_sampled_frame_shows_its_stamp(
             assert abs(stamp - nearest) <= 1, (row["narration_id"], int(frame), stamp, nearest)
             checked += 1
     assert checked == 3200
+
+
+def test_an_ffmpeg_filter_failure_is_an_internal_error_not_a_bad_video(
+    many_segments: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old cap (200 terms) made ffmpeg refuse the select expression; the message blamed
+    # the video ("download it again") with the re-download exit code.
+    root = many_segments["root"]
+    store = root / "store-internal"
+    plan_store(
+        store_root=store, annotations_dir=root / "ann", videos_root=root / "videos",
+        splits=("test",), shards=1, keep="sampled", num_frames=(8,),
+    )  # fmt: skip
+    monkeypatch.setattr(decode_module, "MAX_SELECT_TERMS", 200)
+    result = CliRunner().invoke(
+        extract, ["run", "--store", str(store), "--shard-index", "0", "--tmp-dir", str(root / "t")]
+    )
+    assert result.exit_code == ExitCode.INTERNAL, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "FFmpegInternalError" in line and "not on the input file" in line
+    assert "this is a bug" in line and "between(" not in line
+    assert "download it again" not in result.output
+    quoted = [
+        line for line in result.output.splitlines() if "Error while parsing expression" in line
+    ]
+    assert len(quoted) == 1 and len(quoted[0]) < 400  # quoted once, trimmed
+    assert not shard_path(store, 0).exists()

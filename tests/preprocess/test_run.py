@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +16,13 @@ from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
 from epicdata.store import open_shard_readonly, shard_path
+from epicdata.synthetic import make_video
 from preprocess import extract as extract_module
 from preprocess.check import check_store
 from preprocess.cli import extract
 from preprocess.extract import run_shard
-from preprocess.writer import ShardSpaceError
+from preprocess.plan import plan_store
+from preprocess.writer import ShardSpaceError, remove_stale_temps
 
 
 def _run(store: Path, tmp: Path, *extra: str) -> tuple[int, str]:
@@ -72,12 +76,44 @@ def test_shard_index_from_slurm_array_task_id(small_store: dict[str, Path]) -> N
     assert shard_path(small_store["store"], 0).is_file()
 
 
-def test_bad_video_fails_the_shard_naming_the_video(small_store: dict[str, Path]) -> None:
+def test_video_changed_after_planning_fails_the_shard_naming_it(
+    small_store: dict[str, Path],
+) -> None:
+    video = small_store["videos"] / "P01" / "videos" / "P01_101.MP4"
+    video.write_bytes(video.read_bytes()[:3000])  # damaged after planning: no moov atom
+    code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
+    assert code == ExitCode.BAD_SOURCE
+    assert "P01_101.MP4: changed since `epic-extract plan`" in output
+    assert not shard_path(small_store["store"], 0).exists()
+    assert list(small_store["tmp"].iterdir()) == []
+
+
+def test_video_replaced_by_another_of_the_same_length_is_refused(
+    small_store: dict[str, Path], tmp_path: Path
+) -> None:
+    # Regression: the replacement was extracted and published silently.
+    planned = small_store["videos"] / "P01" / "videos" / "P01_101.MP4"
+    other = make_video(tmp_path / "P01_101.MP4", fps="50", duration=2.0, size=(192, 108), seed=1)
+    planned.write_bytes(Path(other.path).read_bytes())
+    code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
+    assert code == ExitCode.BAD_SOURCE, output
+    assert "changed since `epic-extract plan`" in output
+    assert not shard_path(small_store["store"], 0).exists()
+
+
+def test_bad_video_fails_the_shard_quoting_ffmpeg(small_store: dict[str, Path]) -> None:
+    # A store planned before fingerprints existed: ffmpeg is the one that finds the damage.
+    manifest = small_store["store"] / "manifest.json"
+    data = json.loads(manifest.read_text())
+    for video in data["shards"][0]["videos"]:
+        del video["fingerprint"]
+    manifest.write_text(json.dumps(data))
     video = small_store["videos"] / "P01" / "videos" / "P01_101.MP4"
     video.write_bytes(video.read_bytes()[:3000])  # damaged after planning: no moov atom
     code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
     assert code == ExitCode.BAD_SOURCE
     assert "P01_101" in output and "moov atom not found" in output
+    assert "download it again" in output
     assert not shard_path(small_store["store"], 0).exists()
     assert list(small_store["tmp"].iterdir()) == []
 
@@ -153,3 +189,54 @@ def test_sigkill_mid_shard_leaves_nothing_and_a_rerun_completes(
     code, output = _run(small_store["store"], small_store["tmp"], "--shard-index", "0")
     assert code == 0, output
     assert check_store(small_store["store"]).ok
+
+
+def test_run_works_from_any_directory(
+    small_store: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: video paths were stored relative to the directory `plan` ran in.
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store-relative"
+    plan_store(
+        store_root=store, annotations_dir="ann", videos_root="videos", splits=("test",), shards=1
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run_shard(store_root=store, shard_index=0, tmp_dir=tmp_path / "scratch")
+    assert result.status == "published" and len(result.videos) == 2
+
+
+def test_moved_videos_are_found_with_the_videos_option(
+    small_store: dict[str, Path], tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved-videos"
+    shutil.move(small_store["videos"], moved)
+    store, tmp = small_store["store"], small_store["tmp"]
+    code, output = _run(store, tmp, "--shard-index", "0")
+    assert code == ExitCode.BAD_SOURCE and "no such file" in output and "--videos" in output
+    code, output = _run(store, tmp, "--shard-index", "0", "--videos", str(moved))
+    assert code == 0, output
+    assert check_store(store).ok
+
+
+def test_a_second_run_removing_the_temp_copy_gives_the_first_one_clear_line(
+    small_store: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: a paused run whose temp copy a second run of the same index removed died
+    # with `lmdb.Error ... No such file or directory` and a traceback.
+    store, tmp = small_store["store"], small_store["tmp"]
+    assert _run(store, tmp, "--shard-index", "0")[0] == 0
+    published = shard_path(store, 0).read_bytes()
+    real_fsync = os.fsync
+
+    def second_run_starts(fd: int) -> None:  # the other run's cleanup, mid-publish
+        remove_stale_temps(store, 0)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", second_run_starts)
+    code, output = _run(store, tmp, "--shard-index", "0", "--force")
+    assert code == ExitCode.BAD_INPUT, output
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "removed by another run of the same index" in line and "Traceback" not in output
+    assert shard_path(store, 0).read_bytes() == published
