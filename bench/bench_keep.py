@@ -96,7 +96,7 @@ def main() -> None:
     segments = write_annotations(annotations, args.seconds, args.segments_per_minute)
     default_terms = decode_module.MAX_SELECT_TERMS
     methods = [("all", 0)]
-    methods += [("segments", t) for t in (0, 16, 32, 64)]
+    methods += [("segments", t) for t in (0, default_terms)]
     methods += [("sampled", t) for t in (0, 16, 32, 64)]
     results = {}
     for keep, terms in methods:

@@ -352,6 +352,8 @@ class VideoMeta:
     jpeg_qscale: int
     source: str
     native_frames: int = -1
+    #: ``preprocess.probe.fingerprint`` of the file extracted; None before it existed.
+    fingerprint: str | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

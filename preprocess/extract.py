@@ -325,6 +325,7 @@ def _finish_video(
         jpeg_qscale=params.jpeg_qscale,
         source=str(source),
         native_frames=stats.native_frames,
+        fingerprint=video.fingerprint,
     )
     result = VideoResult(
         video_id=video.video_id,

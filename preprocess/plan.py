@@ -8,13 +8,18 @@ inputs is reported together, before anything is written.
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import json
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+
+import lmdb
 
 from epicdata.annotations import AnnotationDir, Segment, read_video_info
 from epicdata.constants import (
@@ -27,13 +32,19 @@ from epicdata.frames import expected_frame_count, frame_rate_for
 from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_keep
 from epicdata.store import (
     KEEP_MODES,
+    MANIFEST_NAME,
+    SHARD_META_KEY,
     SHARDS_DIR,
     TAIL_FRAMES,
     ExtractParams,
     Manifest,
     PlannedVideo,
     Range,
+    ShardMeta,
     ShardPlan,
+    VideoMeta,
+    open_shard_readonly,
+    video_meta_key,
 )
 from preprocess.probe import find_videos, probe_many
 
@@ -142,10 +153,11 @@ def plan_store(
         )
     store_root = Path(store_root)
     published = sorted((store_root / SHARDS_DIR).glob("shard-*.lmdb"))
-    if published:
+    if published and (store_root / MANIFEST_NAME).exists():
         raise StoreError(
-            f"{store_root} already holds {len(published)} published shard(s); a new plan would "
-            f"not match them: plan into a new --store folder (or delete this store)"
+            f"the store is planned and holds {len(published)} published shard(s)",
+            where=store_root,
+            fix="plan into a new --store folder (or delete this store)",
         )
 
     annotations = AnnotationDir(annotations_dir)
@@ -256,9 +268,80 @@ def plan_store(
             "estimated_core_hours": round(estimate_core_hours(planned), 2),
         },
     )
+    if published:
+        # manifest.json was lost: the same plan, made again, describes the shards exactly.
+        mismatches = published_mismatches(store_root, manifest)
+        if mismatches:
+            raise StoreError(
+                f"manifest.json is missing and this plan does not match the {len(published)} "
+                f"published shard(s)",
+                where=store_root,
+                fix="re-run the exact `epic-extract plan` command that made the store (the "
+                "header line of its log names it), or plan into a new --store folder",
+                details="\n".join(f"  {m}" for m in mismatches[:10]),
+            )
+        log.warning(
+            "manifest.json was missing: recovered it from this plan, which matches the %d "
+            "published shards; run `epic-check` to verify them",
+            len(published),
+        )
     store_root.mkdir(parents=True, exist_ok=True)
     manifest.save(store_root)
     return manifest
+
+
+def _inside(inner: Sequence[Range], outer: Sequence[Range]) -> bool:
+    """Whether every range of ``inner`` lies within one of the merged ``outer`` ranges."""
+    starts = [a for a, _ in outer]
+    for a, b in inner:
+        i = bisect.bisect_right(starts, a) - 1
+        if i < 0 or b > outer[i][1]:
+            return False
+    return True
+
+
+def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
+    """Why the published shards of ``store_root`` were not made by ``manifest`` (empty when
+    they were): same shard index, videos and parameters, and every frame the plan asks of
+    each video stored. Unreadable shards are left to `epic-check` (they must be redone)."""
+    plans = {s.index: s for s in manifest.shards}
+    params = json.loads(json.dumps(asdict(manifest.params)))
+    problems: list[str] = []
+    for path in sorted((store_root / SHARDS_DIR).glob("shard-*.lmdb")):
+        index = int(path.stem.split("-")[1])
+        plan = plans.get(index)
+        if plan is None:
+            problems.append(f"{path.name}: this plan has only {len(plans)} shards")
+            continue
+        try:
+            env = open_shard_readonly(path)
+        except lmdb.Error as exc:
+            log.warning("%s: unreadable (%s): epic-check will report it", path.name, exc)
+            continue
+        try:
+            with env.begin() as txn:
+                shard = ShardMeta.from_bytes(txn.get(SHARD_META_KEY) or b"")
+                if shard.params != params:
+                    problems.append(f"{path.name}: made with {shard.params}, this plan {params}")
+                    continue
+                planned_ids = sorted(v.video_id for v in plan.videos)
+                if sorted(shard.video_ids) != planned_ids:
+                    problems.append(
+                        f"{path.name}: holds {', '.join(sorted(shard.video_ids))}, this plan "
+                        f"puts {', '.join(planned_ids)} there"
+                    )
+                    continue
+                for video in plan.videos:
+                    meta = VideoMeta.from_bytes(txn.get(video_meta_key(video.video_id)) or b"")
+                    if not _inside(video.expected_ranges(meta.decoded_frames), meta.stored_ranges):
+                        problems.append(
+                            f"{path.name}: {video.video_id} lacks frames this plan keeps"
+                        )
+        except (lmdb.Error, ValueError) as exc:
+            log.warning("%s: unreadable (%s): epic-check will report it", path.name, exc)
+        finally:
+            env.close()
+    return problems
 
 
 def plan_summary(manifest: Manifest, store_root: str | Path) -> str:

@@ -3,14 +3,17 @@ balanced, the real EPIC-100 validation + test plan sized from video_info.csv."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
-from epicdata.store import MANIFEST_NAME, Manifest
+from epicdata.store import MANIFEST_NAME, Manifest, shard_path
+from preprocess.check import check_store
 from preprocess.cli import extract
+from preprocess.extract import run_shard
 
 
 def _plan(*args: str) -> tuple[int, str]:
@@ -128,15 +131,41 @@ def test_real_validation_and_test_plan_covers_205_videos(
     assert 1_000_000 < frames < sum(v.expected_frames for v in videos)
 
 
-def test_plan_refuses_a_store_with_published_shards(tmp_path: Path) -> None:
+def test_plan_refuses_a_planned_store_with_published_shards(tmp_path: Path) -> None:
     (tmp_path / "store" / "shards").mkdir(parents=True)
     (tmp_path / "store" / "shards" / "shard-00000.lmdb").write_bytes(b"x")
+    (tmp_path / "store" / MANIFEST_NAME).write_text("{}")
     (tmp_path / "ann").mkdir()
     code, output = _plan(
         "--videos", str(tmp_path), "--annotations", str(tmp_path / "ann"),
         "--store", str(tmp_path / "store"),
     )  # fmt: skip
-    assert code == ExitCode.BAD_INPUT and "already holds 1 published shard" in output
+    assert code == ExitCode.BAD_INPUT and "is planned and holds 1 published shard" in output
+
+
+def test_a_lost_manifest_is_recovered_by_the_same_plan_without_re_extracting(
+    small_store: dict[str, Path],
+) -> None:
+    # Regression: a dead end. `run` asked for `plan`, and `plan` refused because shards exist.
+    store, ann, videos = small_store["store"], small_store["annotations"], small_store["videos"]
+    run_shard(store_root=store, shard_index=0, tmp_dir=small_store["tmp"])
+    shard_bytes = shard_path(store, 0).read_bytes()
+    original = (store / MANIFEST_NAME).read_text()
+    (store / MANIFEST_NAME).unlink()
+    args = ["--videos", str(videos), "--annotations", str(ann), "--store", str(store)]
+    code, output = _plan(*args, "--splits", "test", "--keep", "all")
+    assert code == ExitCode.BAD_INPUT, output
+    assert (
+        "does not match the 1 published shard" in output and "exact `epic-extract plan`" in output
+    )
+    assert not (store / MANIFEST_NAME).exists()
+    code, output = _plan(*args, "--splits", "test", "--shards", "1")
+    assert code == 0, output
+    assert "recovered it from this plan" in output
+    recovered = json.loads((store / MANIFEST_NAME).read_text())
+    assert recovered["shards"] == json.loads(original)["shards"]
+    assert shard_path(store, 0).read_bytes() == shard_bytes
+    assert check_store(store).ok
 
 
 @pytest.mark.parametrize("both", [True, False])
