@@ -13,9 +13,11 @@ frame and the shard: never a substitute sample.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -121,7 +123,8 @@ class EpicActionDataset(Dataset):
         try:
             jpegs = self.store.read_frames(video_id, frames)
         except StoreError as exc:
-            raise type(exc)(f"segment {narration_id}: {exc}") from None
+            kind = StoreIncompleteError if isinstance(exc, StoreIncompleteError) else StoreError
+            raise kind(f"segment {narration_id}: {exc}") from None
         decoded = []
         for frame, jpeg in zip(frames, jpegs, strict=True):
             try:
@@ -141,3 +144,28 @@ class EpicActionDataset(Dataset):
             sample["verb"] = int(self.table.verb_classes[index])
             sample["noun"] = int(self.table.noun_classes[index])
         return sample
+
+
+#: torch's messages for a dead worker: "DataLoader worker (pid 123) is killed by signal:
+#: Aborted." and "DataLoader worker (pid(s) 123, 456) exited unexpectedly".
+_WORKER_DEATH = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\)")
+
+
+@contextlib.contextmanager
+def worker_deaths_named(store: FrameStore) -> Iterator[None]:
+    """Turn a DataLoader worker's death into an error naming the shard and video it was
+    reading (LMDB aborts its process on some damaged pages) and saying to run epic-check."""
+    try:
+        yield
+    except RuntimeError as exc:
+        found = _WORKER_DEATH.search(str(exc))
+        reads = store.worker_reads([int(p) for p in found.group(1).split(",")]) if found else {}
+        if not reads:
+            raise
+        raise StoreIncompleteError(
+            f"a DataLoader worker died ({str(exc).splitlines()[0].rstrip('. ')}) while reading "
+            + "; ".join(reads.values()),
+            where=store.root,
+            fix=f"a damaged shard can make LMDB abort its reader: run `epic-check --store "
+            f"{store.root}` and re-extract the shards it names",
+        ) from None

@@ -20,13 +20,17 @@ A shard file at its final path is complete: writers publish by atomic rename.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import dataclasses
+import itertools
 import json
 import os
+import tempfile
 import types
 import typing
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,7 +367,7 @@ class VideoMeta:
         """Parse ``__meta__/video/<id>``; :class:`MalformedMetadataError` (exit 5: the shard
         is damaged) when it is not JSON or has wrong fields, types or ranges."""
         try:
-            data = _fields(cls, json.loads(blob), "video metadata")
+            data = _fields(cls, json.loads(bytes(blob)), "video metadata")
             data["stored_ranges"] = _ranges(data["stored_ranges"], "stored_ranges")
         except ValueError as exc:
             raise MalformedMetadataError("malformed video metadata", str(exc)) from None
@@ -390,7 +394,7 @@ class ShardMeta:
         """Parse ``__meta__/shard``; :class:`MalformedMetadataError` (exit 5: the shard is
         damaged) when it is not JSON or has wrong fields or types."""
         try:
-            data = _fields(cls, json.loads(blob), "shard metadata")
+            data = _fields(cls, json.loads(bytes(blob)), "shard metadata")
         except ValueError as exc:
             raise MalformedMetadataError("malformed shard metadata", str(exc)) from None
         data["video_ids"] = tuple(data["video_ids"])
@@ -426,8 +430,38 @@ def shard_file_truncated(env: lmdb.Environment, path: str | Path) -> bool:
 # ----------------------------------------------------------------------------- reader
 
 
-def _in_ranges(frame: int, ranges: Sequence[Range]) -> bool:
-    return any(a <= frame <= b for a, b in ranges)
+#: Bytes of a worker's breadcrumb (what it reads now): a fixed size, overwritten in place.
+_CRUMB_BYTES = 512
+
+
+def _breadcrumb_dir(origin_pid: int) -> Path:
+    """Per main process, in $TMPDIR (per job on SLURM)."""
+    return Path(tempfile.gettempdir()) / f"epic-reads-{origin_pid}"
+
+
+@dataclass(frozen=True)
+class _StoredIndex:
+    """Where each stored frame of a video sits in its checksum array (frame order)."""
+
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    offsets: tuple[int, ...]  # frames stored before each range
+
+    @classmethod
+    def of(cls, ranges: Sequence[Range]) -> _StoredIndex:
+        sizes = [b - a + 1 for a, b in ranges]
+        return cls(
+            starts=tuple(a for a, _ in ranges),
+            ends=tuple(b for _, b in ranges),
+            offsets=tuple(itertools.accumulate(sizes, initial=0))[:-1] if sizes else (),
+        )
+
+    def position(self, frame: int) -> int | None:
+        """Index of ``frame`` among the stored frames; None when it is not stored."""
+        i = bisect.bisect_right(self.starts, frame) - 1
+        if i < 0 or frame > self.ends[i]:
+            return None
+        return self.offsets[i] + frame - self.starts[i]
 
 
 def _describe_ranges(ranges: Sequence[Range], limit: int = 6) -> str:
@@ -448,19 +482,29 @@ class FrameStore:
     an error naming the video, the frame and the stored ranges.
     """
 
-    def __init__(self, root: str | Path, *, clamp_tolerance: int = CLAMP_TOLERANCE_FRAMES) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        clamp_tolerance: int = CLAMP_TOLERANCE_FRAMES,
+        verify: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.manifest = Manifest.load(self.root)
         self.clamp_tolerance = clamp_tolerance
+        self.verify = verify
         self._video_shard = self.manifest.video_to_shard()
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
-        self._meta: dict[str, VideoMeta] = {}
+        self._meta: dict[str, tuple[VideoMeta, _StoredIndex]] = {}
         self._pid = os.getpid()
+        self._origin_pid = os.getpid()
+        self._crumb: tuple[int, int] | None = None  # (pid, fd) of this worker's breadcrumb
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_envs"] = {}
+        state["_crumb"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -510,26 +554,49 @@ class FrameStore:
         return env
 
     def video_meta(self, video_id: str) -> VideoMeta:
-        meta = self._meta.get(video_id)
-        if meta is None:
-            with self._env(video_id).begin() as txn:
+        return self._video(video_id)[0]
+
+    def _video(self, video_id: str) -> tuple[VideoMeta, _StoredIndex]:
+        cached = self._meta.get(video_id)
+        if cached is None:
+            with self._read(video_id) as txn:
                 blob = txn.get(video_meta_key(video_id))
-            if blob is None:
-                raise StoreIncompleteError(
-                    f"shard {self._video_shard[video_id]} has no metadata for {video_id}; "
-                    f"run `epic-check --store {self.root}`"
-                )
-            meta = VideoMeta.from_bytes(blob)
-            self._meta[video_id] = meta
-        return meta
+                if blob is None:
+                    raise StoreIncompleteError(
+                        f"{video_id}: metadata missing",
+                        where=self._shard_file(video_id),
+                        fix=f"run `epic-check --store {self.root}` and re-extract that shard",
+                    )
+                meta = VideoMeta.from_bytes(bytes(blob))
+            cached = meta, _StoredIndex.of(meta.stored_ranges)
+            self._meta[video_id] = cached
+        return cached
+
+    def _shard_file(self, video_id: str) -> Path:
+        return shard_path(self.root, self._video_shard[video_id])
+
+    @contextlib.contextmanager
+    def _read(self, video_id: str) -> Iterator[lmdb.Transaction]:
+        """A read transaction on the shard of ``video_id``: an LMDB error (a damaged page)
+        becomes an error naming the shard file and the video."""
+        env = self._env(video_id)
+        try:
+            with env.begin(buffers=True) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise StoreIncompleteError(
+                f"{video_id}: the shard is damaged (LMDB: {exc})",
+                where=self._shard_file(video_id),
+                fix=f"run `epic-check --store {self.root}` and re-extract the shards it names",
+            ) from None
 
     def resolve_frames(self, video_id: str, frames: Sequence[int]) -> list[int]:
         """Map requested frame numbers to stored ones (clamping near the end, counted)."""
-        meta = self.video_meta(video_id)
+        meta, index = self._video(video_id)
         last = meta.last_stored_frame
         resolved = []
         for frame in (int(f) for f in frames):
-            if _in_ranges(frame, meta.stored_ranges):
+            if index.position(frame) is not None:
                 resolved.append(frame)
             elif last == meta.decoded_frames and last < frame <= last + self.clamp_tolerance:
                 resolved.append(last)
@@ -542,19 +609,65 @@ class FrameStore:
                 )
         return resolved
 
+    def _leave_breadcrumb(self, video_id: str, frames: Sequence[int]) -> None:
+        """In a DataLoader worker, note what it reads before it reads: a damaged page can
+        make LMDB abort the process, and the main process then names the shard from here
+        (:meth:`worker_reads`). One pwrite per clip, never synced."""
+        pid = os.getpid()
+        if pid == self._origin_pid:
+            return
+        if self._crumb is None or self._crumb[0] != pid:
+            folder = _breadcrumb_dir(self._origin_pid)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._crumb = pid, os.open(folder / str(pid), os.O_WRONLY | os.O_CREAT, 0o644)
+        text = f"{self._shard_file(video_id)} {video_id} frames {list(frames)}"
+        os.pwrite(self._crumb[1], text.encode()[:_CRUMB_BYTES].ljust(_CRUMB_BYTES), 0)
+
+    def worker_reads(self, pids: Sequence[int]) -> dict[int, str]:
+        """What the DataLoader workers ``pids`` of this process last started to read."""
+        out = {}
+        for pid in pids:
+            path = _breadcrumb_dir(self._origin_pid) / str(pid)
+            if path.is_file():
+                out[pid] = path.read_bytes().decode(errors="replace").strip()
+        return out
+
     def read_frames(self, video_id: str, frames: Sequence[int]) -> list[bytes]:
-        """JPEG bytes of ``frames`` (1-based numbers) of ``video_id``, in request order."""
+        """JPEG bytes of ``frames`` (1-based numbers) of ``video_id``, in request order, each
+        checked against its CRC-32 (unless ``verify`` is off)."""
+        self._leave_breadcrumb(video_id, frames)
         resolved = self.resolve_frames(video_id, frames)
+        meta, index = self._video(video_id)
         out = []
-        with self._env(video_id).begin() as txn:
+        with self._read(video_id) as txn:
+            # The checksums of a video are one value, in frame order: a zero-copy view of
+            # it costs one more B-tree lookup per clip, and reading a sum one page.
+            sums = txn.get(checksum_key(video_id)) if self.verify else None
+            if self.verify and (sums is None or len(sums) != 4 * meta.stored_frames):
+                raise StoreIncompleteError(
+                    f"{video_id}: checksums missing or not one per stored frame",
+                    where=self._shard_file(video_id),
+                    fix=f"run `epic-check --store {self.root}` and re-extract that shard",
+                )
             for frame in resolved:
                 blob = txn.get(frame_key(video_id, frame))
                 if blob is None:
                     raise StoreIncompleteError(
-                        f"{video_id} frame {frame} is listed as stored but its key is missing in "
-                        f"shard {self._video_shard[video_id]}; run `epic-check --store {self.root}`"
+                        f"{video_id} frame {frame} is listed as stored but its key is missing",
+                        where=self._shard_file(video_id),
+                        fix=f"run `epic-check --store {self.root}` and re-extract that shard",
                     )
-                out.append(blob)
+                if sums is not None:
+                    at = 4 * index.position(frame)
+                    if zlib.crc32(blob) != int.from_bytes(sums[at : at + 4], "little"):
+                        raise StoreIncompleteError(
+                            f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is "
+                            f"corrupt)",
+                            where=self._shard_file(video_id),
+                            fix=f"run `epic-check --store {self.root}` and re-extract that "
+                            f"shard with `epic-extract run --force`",
+                        )
+                out.append(bytes(blob))
         return out
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from epicdata.annotations import AnnotationDir
 from epicdata.cli import preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
-from epicdata.dataset import EpicActionDataset
+from epicdata.dataset import EpicActionDataset, worker_deaths_named
 from epicdata.errors import EnvironmentProblem, EpicInputError, ExitCode
 from epicdata.store import FrameStore
 from train import distributed
@@ -343,21 +343,22 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
         train_sampler.set_epoch(epoch, skip=step0 * cfg.batch_size)
         _seed_epoch(cfg.seed, epoch, step0, info.rank, generator)
         header = f"epoch {epoch + 1}/{cfg.epochs}"
-        stats = train_one_epoch(
-            ddp_model,
-            train_loader,
-            optimizer=optimizer,
-            scaler=scaler,
-            augment=augment,
-            generator=generator,
-            precision=precision,
-            device=device,
-            info=info,
-            max_steps=steps_per_epoch - step0,
-            stop_requested=stop,
-            log_every=cfg.log_every,
-            header=header,
-        )
+        with worker_deaths_named(store):
+            stats = train_one_epoch(
+                ddp_model,
+                train_loader,
+                optimizer=optimizer,
+                scaler=scaler,
+                augment=augment,
+                generator=generator,
+                precision=precision,
+                device=device,
+                info=info,
+                max_steps=steps_per_epoch - step0,
+                stop_requested=stop,
+                log_every=cfg.log_every,
+                header=header,
+            )
         if stats.interrupted:
             if info.is_main and not dry_run:
                 save_checkpoint(checkpoint(epoch, step0 + stats.steps), run_dir / "last.pt")
@@ -370,15 +371,16 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
                 )
             return EXIT_REQUEUE
 
-        preds = evaluate(
-            model,
-            val_loader,
-            augment=augment,
-            precision=precision,
-            device=device,
-            info=info,
-            max_steps=limit,
-        )
+        with worker_deaths_named(store):
+            preds = evaluate(
+                model,
+                val_loader,
+                augment=augment,
+                precision=precision,
+                device=device,
+                info=info,
+                max_steps=limit,
+            )
         # Rank 0 decides; the others follow its scheduler step through the broadcast metric.
         metric = torch.tensor([0.0], device=device)
         if info.is_main:

@@ -19,7 +19,7 @@ import torch
 from epicdata.annotations import AnnotationDir
 from epicdata.cli import preflight_output
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
-from epicdata.dataset import EpicActionDataset
+from epicdata.dataset import EpicActionDataset, worker_deaths_named
 from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
@@ -87,15 +87,16 @@ def predict(
         pin_memory=device.type == "cuda",
     )
     log.info("%s: %d segments of %s with %s", checkpoint, len(dataset), split, device)
-    preds = evaluate(
-        model,
-        loader,
-        augment=augment,
-        precision=resolve_precision(cfg.amp, device),
-        device=device,
-        info=info,
-        max_steps=limit_batches,
-    )
+    with worker_deaths_named(dataset.store):
+        preds = evaluate(
+            model,
+            loader,
+            augment=augment,
+            precision=resolve_precision(cfg.amp, device),
+            device=device,
+            info=info,
+            max_steps=limit_batches,
+        )
     distributed.shutdown()
     if preds is None:
         return None

@@ -4,6 +4,7 @@ and spawn; clear errors outside the stored ranges; clamping near the end, counte
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import lmdb
@@ -136,3 +137,87 @@ def test_truncated_shard_is_an_error_not_a_crash(store_root: Path, tmp_path: Pat
         f.truncate(path.stat().st_size - 4096)
     with pytest.raises(StoreError, match="is truncated"):
         FrameStore(copy).read_frames("P02_101", [1])
+
+
+def _flip_value_byte(store: Path, video_id: str, frame: int) -> None:
+    """Flip the last byte of the stored value of ``frame``, found in the file by content
+    (every copy: an uncompacted LMDB file may hold a stale one)."""
+    path = shard_path(store, SHARD_OF[video_id])
+    data = bytearray(path.read_bytes())
+    value = _payload(video_id, frame)
+    offsets = [i for i in range(len(data)) if data.startswith(value, i)]
+    assert offsets
+    for offset in offsets:
+        data[offset + len(value) - 1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_reader_refuses_a_frame_whose_bytes_changed(store_root: Path, tmp_path: Path) -> None:
+    # Regression: read_frames returned a JPEG with a flipped byte unchecked.
+    import shutil
+
+    from epicdata.errors import StoreIncompleteError
+    from preprocess.check import check_store
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_root, copy)
+    _flip_value_byte(copy, "P01_01", 85)
+    store = FrameStore(copy)
+    assert store.read_frames("P01_01", [84, 86]) == [_payload("P01_01", 84), _payload("P01_01", 86)]
+    with pytest.raises(StoreIncompleteError) as caught:
+        store.read_frames("P01_01", [80, 85, 90])
+    message = str(caught.value)
+    assert "P01_01 frame 85: checksum mismatch" in message
+    assert str(shard_path(copy, 0)) in message and "epic-check" in message
+    store.close()
+    unchecked = FrameStore(copy, verify=False)
+    assert unchecked.read_frames("P01_01", [85])[0] != _payload("P01_01", 85)  # handed out before
+    unchecked.close()
+    problems = check_store(copy).problems
+    assert any("P01_01 frame 85: checksum mismatch" in p for p in problems), problems
+
+
+def test_reader_finds_every_stored_frame_of_thousands_of_ranges() -> None:
+    # The stored-range lookup is a bisection: a sampled store has thousands of ranges.
+    from epicdata.store import _StoredIndex
+
+    ranges = tuple((10 * i + 1, 10 * i + 1 + i % 3) for i in range(5000))
+    index = _StoredIndex.of(ranges)
+    stored = frames_in_ranges(ranges).tolist()
+    assert [index.position(f) for f in stored] == list(range(len(stored)))
+    assert index.position(0) is None and index.position(5) is None
+    assert index.position(10 * 4999 + 1 + 4999 % 3 + 1) is None
+
+
+class _AbortOn(Dataset):
+    """Reads like training does, and dies as LMDB does on a damaged page (SIGABRT) while
+    reading request ``abort_at``."""
+
+    def __init__(self, store: FrameStore, requests: list[tuple[str, list[int]]], abort_at: int):
+        self.store, self.requests, self.abort_at = store, requests, abort_at
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, i: int) -> int:
+        video_id, frames = self.requests[i]
+        self.store.read_frames(video_id, frames)
+        if i == self.abort_at:
+            os.abort()
+        return i
+
+
+def test_a_worker_killed_while_reading_is_reported_with_its_shard(store_root: Path) -> None:
+    # Regression: the main process said only "DataLoader worker ... killed by signal".
+    from epicdata.dataset import worker_deaths_named
+    from epicdata.errors import StoreIncompleteError
+
+    store = FrameStore(store_root)
+    requests = [("P01_01", [1, 2]), ("P02_101", [5, 6, 7]), ("P01_01", [3])]
+    loader = DataLoader(_AbortOn(store, requests, abort_at=1), batch_size=None, num_workers=1)
+    with pytest.raises(StoreIncompleteError) as caught, worker_deaths_named(store):
+        list(loader)
+    message = str(caught.value)
+    assert message.startswith("a DataLoader worker died (DataLoader worker (pid")
+    assert f"{shard_path(store_root, 1)} P02_101 frames [5, 6, 7]" in message
+    assert "epic-check --store" in message

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import lmdb
 import pytest
 from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
-from epicdata.store import frame_key, open_shard_readonly, shard_path
+from epicdata.store import (
+    SHARD_META_KEY,
+    ShardPlan,
+    checksum_key,
+    frame_key,
+    open_shard_readonly,
+    shard_path,
+    video_meta_key,
+)
+from preprocess import check as check_module
 from preprocess.check import check_store
 from preprocess.cli import check
 from preprocess.extract import run_shard
+from preprocess.plan import plan_store
 
 
 @pytest.fixture
@@ -86,3 +100,156 @@ def test_segments_past_the_stored_end_are_reported(
     epic_files.write_test_split(tmp_path / "late", [("P01_01", 0.2, 2.5), ("P01_101", 0.5, 1.9)])
     report = check_store(store["store"], annotations_dir=tmp_path / "late")
     assert any("P01_01: 1 segments end past the last stored frame" in p for p in report.problems)
+
+
+# ----------------------------------------------------------------------------- damaged metadata
+
+
+def _replace_in_shard(store: Path, old: bytes, new: bytes) -> None:
+    """Overwrite the one occurrence of ``old`` in shard 0's file (same length)."""
+    path = shard_path(store, 0)
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1, old
+    path.write_bytes(data.replace(old, new))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "row"),
+    [
+        # Each used to end in a traceback: TypeError (unknown key), JSONDecodeError.
+        (
+            b'"total_frames"',
+            b'"total_framez"',
+            "shard 0: shard metadata unreadable (shard metadata has unknown fields 'total_framez')",
+        ),
+        (
+            b'{"format_version"',
+            b'z"format_version"',
+            "shard 0: shard metadata unreadable (Expecting value: line 1 column 1 (char 0))",
+        ),
+        (
+            b'"stored_ranges": [[',
+            b'"stored_ranges": {[',
+            "shard 0: P01_01: metadata unreadable (Expecting property name",
+        ),
+    ],
+)
+def test_flipped_byte_in_meta_json_is_a_problem_row_not_a_traceback(
+    store: dict[str, Path], old: bytes, new: bytes, row: str
+) -> None:
+    _replace_in_shard(store["store"], old, new)
+    result = CliRunner().invoke(check, ["--store", str(store["store"])])
+    assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
+    assert f"problem: {row}" in result.output
+    assert "resubmit: --array=0" in result.output and "Traceback" not in result.output
+
+
+def test_malformed_metadata_and_checksums_are_problem_rows(store: dict[str, Path]) -> None:
+    path = shard_path(store["store"], 0)
+    env = lmdb.open(str(path), subdir=False, lock=False, map_size=path.stat().st_size * 2)
+    with env.begin(write=True) as txn:
+        txn.put(SHARD_META_KEY, b"[]")
+        meta = json.loads(txn.get(video_meta_key("P01_101")))
+        txn.put(video_meta_key("P01_101"), json.dumps({**meta, "rate": "50"}).encode())
+        txn.put(checksum_key("P01_01"), txn.get(checksum_key("P01_01"))[:-3])
+    env.close()
+    report = check_store(store["store"])
+    assert report.resubmit_indices == [0]
+    assert report.problems[:3] == [
+        "shard 0: shard metadata unreadable (shard metadata is [], not a JSON object)",
+        "shard 0: P01_01: checksums missing or not one per stored frame",
+        "shard 0: P01_101: metadata unreadable (video metadata field 'rate' is \"50\", expected int)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: [], "the manifest is [], not a JSON object"),
+        (lambda m: {**m, "params": [1]}, "the manifest field 'params' is [1]"),
+        (lambda m: {k: v for k, v in m.items() if k != "shards"}, "lacks field 'shards'"),
+        (
+            lambda m: {**m, "shards": [{"index": "0", "videos": []}]},
+            "shards[0] field 'index' is \"0\", expected int",
+        ),
+        (
+            lambda m: {**m, "shards": [{**m["shards"][0], "videos": [{"video_id": "P01_01"}]}]},
+            "shards[0].videos[0] lacks field",
+        ),
+    ],
+)
+def test_malformed_manifest_is_a_clear_error_not_a_traceback(
+    store: dict[str, Path], edit: Callable[[dict], object], needle: str
+) -> None:
+    manifest = store["store"] / "manifest.json"
+    manifest.write_text(json.dumps(edit(json.loads(manifest.read_text()))))
+    result = CliRunner().invoke(check, ["--store", str(store["store"])])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert errors[0].startswith(f"error: malformed manifest ({manifest}: ")
+    assert needle in errors[0] and "re-plan the store with `epic-extract plan`" in errors[0]
+
+
+# ----------------------------------------------------------------------------- isolation
+
+
+@pytest.fixture
+def two_shards(small_store: dict[str, Path]) -> Path:
+    """small_store's two videos planned into two shards, both extracted."""
+    store = small_store["store"].with_name("two-shards")
+    plan_store(
+        store_root=store,
+        annotations_dir=small_store["annotations"],
+        videos_root=small_store["videos"],
+        splits=("test",),
+        shards=2,
+    )
+    for index in (0, 1):
+        run_shard(store_root=store, shard_index=index, tmp_dir=small_store["tmp"])
+    return store
+
+
+def test_lmdb_abort_on_one_shard_is_a_problem_row_and_the_other_shards_are_checked(
+    two_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_shard = check_module._read_shard
+
+    def abort_on_shard_0(path: Path, plan: ShardPlan, params: dict, deep: bool) -> object:
+        if plan.index == 0:
+            os.abort()  # what LMDB does when one of its assertions fails
+        return read_shard(path, plan, params, deep)
+
+    monkeypatch.setattr(check_module, "_read_shard", abort_on_shard_0)
+    checked = []
+    report = check_store(two_shards, on_shard=lambda: checked.append(1))
+    assert len(checked) == 2 and report.shards[1].problems == [] and report.shards[1].frames
+    assert report.problems == [
+        "shard 0: reading shard-00000.lmdb killed the checker process (signal 6, LMDB "
+        "assertion): the shard is corrupt"
+    ]
+    code, output = _check("--store", str(two_shards))
+    assert code == ExitCode.STORE_INCOMPLETE
+    assert "resubmit: --array=0\n" in output and "EPIC_FORCE=1" in output
+
+
+def test_shard_whose_read_hangs_is_killed_and_reported(
+    two_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_shard = check_module._read_shard
+
+    def hang_on_shard_0(path: Path, plan: ShardPlan, params: dict, deep: bool) -> object:
+        if plan.index == 0:
+            time.sleep(3600)  # a B-tree whose pages point back up loops like this
+        return read_shard(path, plan, params, deep)
+
+    monkeypatch.setattr(check_module, "_read_shard", hang_on_shard_0)
+    monkeypatch.setattr(check_module, "SHARD_TIMEOUT_BASE_S", 2.0)
+    checked = []
+    report = check_store(two_shards, on_shard=lambda: checked.append(1))
+    assert len(checked) == 2 and 0 in report.resubmit_indices
+    assert (
+        report.shards[0]
+        .problems[0]
+        .startswith("reading shard-00000.lmdb did not finish within 2 s: the shard is corrupt")
+    )
