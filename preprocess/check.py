@@ -9,7 +9,7 @@ With annotations, every annotated frame must be readable (stored, or past the en
 most the clamp tolerance). The default mode reads each shard once, in key order: it is
 bound by the disk (bench/bench_check.py).
 
-Each shard is read in a forked child process (5 ms a shard; spawn costs 250 ms). A corrupt
+Each shard is read in a forked child process (4 ms a shard; spawn costs 180 ms). A corrupt
 B-tree makes LMDB fail an assertion (SIGABRT), fault (SIGSEGV, SIGBUS) or loop, and none of
 that may take the checker down or hide the other shards: the shard gets a problem row
 instead. A child that takes longer than :func:`shard_timeout_s` is killed and its shard
@@ -70,9 +70,9 @@ MAX_PROBLEMS_PER_VIDEO = 5
 MAX_STRAY_KEYS_NAMED = 5
 #: Per-shard time limit: a base (process start, opening the file on a busy parallel file
 #: system) plus the shard's bytes at a slow rate, so that only a shard whose B-tree loops,
-#: or a disk that has stalled, reaches it. 10 MB/s is 1/140 of the cold-cache rate measured
-#: here (docs/benchmarks.md); --deep decodes every JPEG on one core, measured at 55 MB/s,
-#: so it gets 2 MB/s. A 1.2 GB shard (100,000 frames) gets 4 min, or 12 min with --deep.
+#: or a disk that has stalled, reaches it. 10 MB/s is 1/130 of the cold-cache speed
+#: measured (docs/benchmarks.md); --deep decodes every JPEG on one core, measured at
+#: 37 MB/s, so it gets 2 MB/s. A 1.2 GB shard (100,000 frames) gets 4 min, 12 with --deep.
 SHARD_TIMEOUT_BASE_S = 120.0
 SLOW_READ_BYTES_PER_S = 10e6
 SLOW_DECODE_BYTES_PER_S = 2e6

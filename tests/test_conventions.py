@@ -382,7 +382,7 @@ def test_one_logging_setup_and_no_prints_in_library_code() -> None:
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
-            assert "print(" not in text, path
+            assert not re.search(r"(?<![\w.])print\(", text), path
             if path != ROOT / "epicdata" / "cli.py":
                 assert "basicConfig" not in text, path
 

@@ -118,18 +118,18 @@ def _replace_in_shard(store: Path, old: bytes, new: bytes) -> None:
     [
         # Each used to end in a traceback: TypeError (unknown key), JSONDecodeError.
         (
-            b'"total_frames"',
-            b'"total_framez"',
+            b'"total_frames": ',
+            b'"total_framez": ',
             "shard 0: shard metadata unreadable (shard metadata has unknown fields 'total_framez')",
         ),
         (
-            b'{"format_version"',
-            b'z"format_version"',
+            b'{"format_version": 1',
+            b'z"format_version": 1',
             "shard 0: shard metadata unreadable (Expecting value: line 1 column 1 (char 0))",
         ),
         (
-            b'"stored_ranges": [[',
-            b'"stored_ranges": {[',
+            b'"stored_ranges": [[1, 120]]',
+            b'"stored_ranges": {[1, 120]]',
             "shard 0: P01_01: metadata unreadable (Expecting property name",
         ),
     ],
@@ -162,6 +162,16 @@ def test_malformed_metadata_and_checksums_are_problem_rows(store: dict[str, Path
     ]
 
 
+def test_stray_keys_are_named(store: dict[str, Path]) -> None:
+    path = shard_path(store["store"], 0)
+    env = lmdb.open(str(path), subdir=False, lock=False, map_size=path.stat().st_size * 2)
+    with env.begin(write=True) as txn:
+        txn.put(frame_key("P01_01", 9999), b"not a planned frame")
+    env.close()
+    (problem,) = check_store(store["store"]).problems
+    assert problem.endswith(": stray keys P01_01/0000009999")
+
+
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
@@ -188,7 +198,9 @@ def test_malformed_manifest_is_a_clear_error_not_a_traceback(
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert errors[0].startswith(f"error: malformed manifest ({manifest}: ")
-    assert needle in errors[0] and "re-plan the store with `epic-extract plan`" in errors[0]
+    assert (
+        needle in errors[0] and "re-plan the store with the same `epic-extract plan`" in errors[0]
+    )
 
 
 # ----------------------------------------------------------------------------- isolation
@@ -253,3 +265,15 @@ def test_shard_whose_read_hangs_is_killed_and_reported(
         .problems[0]
         .startswith("reading shard-00000.lmdb did not finish within 2 s: the shard is corrupt")
     )
+
+
+def test_a_bug_in_the_shard_reader_is_raised_not_reported_as_a_damaged_shard(
+    two_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A problem row would send every shard back to extraction for a bug in the checker.
+    def buggy(path: Path, plan: ShardPlan, params: dict, deep: bool) -> object:
+        raise ZeroDivisionError("injected bug")
+
+    monkeypatch.setattr(check_module, "_read_shard", buggy)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError: injected bug"):
+        check_store(two_shards)

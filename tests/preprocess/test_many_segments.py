@@ -24,6 +24,7 @@ from epicdata.frames import expected_frame_count, frame_rate_for
 from epicdata.sampling import linspace_frames
 from epicdata.store import TAIL_FRAMES, FrameStore, shard_path
 from epicdata.synthetic import read_stamp
+from preprocess.check import check_store
 from preprocess.cli import extract
 from preprocess.decode import MAX_SELECT_TERMS, filter_graph, select_ranges
 from preprocess.extract import run_shard
@@ -164,3 +165,22 @@ def test_an_ffmpeg_filter_failure_is_an_internal_error_not_a_bad_video(
     ]
     assert len(quoted) == 1 and len(quoted[0]) < 400  # quoted once, trimmed
     assert not shard_path(store, 0).exists()
+
+
+def test_readme_cluster_recipe_keep_sampled_builds_the_mini_epic(mini_epic, tmp_path: Path) -> None:
+    # Regression: `plan --keep sampled --num-frames 8` then `run --all` exited 3 on the
+    # mini-EPIC ("Error while parsing expression"), blaming a video.
+    store = tmp_path / "store"
+    runner = CliRunner()
+    result = runner.invoke(extract, [
+        "plan", "--videos", str(mini_epic.videos_dir), "--annotations",
+        str(mini_epic.annotations_dir), "--store", str(store), "--keep", "sampled",
+        "--num-frames", "8", "--shards", "2",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        extract, ["run", "--store", str(store), "--all", "--tmp-dir", str(tmp_path / "t")]
+    )
+    assert result.exit_code == 0, result.output
+    report = check_store(store, annotations_dir=mini_epic.annotations_dir)
+    assert report.ok, report.problems
