@@ -295,9 +295,19 @@ class Manifest:
     def load(cls, store_root: str | Path) -> Manifest:
         path = Path(store_root) / MANIFEST_NAME
         if not path.is_file():
+            shards = Path(store_root) / SHARDS_DIR
+            lost = shards.is_dir() and any(shards.glob("shard-*.lmdb"))
             raise StoreError(
-                f"{path} not found: {store_root} is not a frame store; create it with "
-                f"`epic-extract plan --store {store_root} ...`"
+                "manifest.json not found",
+                where=path,
+                fix=(
+                    "it was lost: re-run the same `epic-extract plan` command that made the "
+                    "store (its log's header line has it); it checks the published shards "
+                    "and keeps them"
+                    if lost
+                    else f"{store_root} is not a frame store; create it with "
+                    f"`epic-extract plan --store {store_root} ...`"
+                ),
             )
         fix = (
             "restore it from a copy, or delete it and re-plan the store with the same "

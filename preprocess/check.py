@@ -45,6 +45,7 @@ from epicdata.sampling import sampled_frames_to_keep
 from epicdata.store import (
     SHARD_META_KEY,
     STORE_FORMAT_VERSION,
+    ExtractParams,
     Manifest,
     PlannedVideo,
     Range,
@@ -159,16 +160,14 @@ def _covered(frames: Sequence[int], ranges: Sequence[Range]) -> list[int]:
 
 
 def _planned_missing(planned: PlannedVideo, meta: VideoMeta) -> list[int]:
-    """Planned frames up to the decoder's end that the shard does not hold."""
-    keep = planned.keep_ranges or ((1, meta.decoded_frames),)
-    wanted = frames_in_ranges(
-        tuple((a, min(b, meta.decoded_frames)) for a, b in keep if a <= meta.decoded_frames)
-    )
+    """Frames the plan asks of the shard (:meth:`PlannedVideo.expected_ranges`, the rule the
+    writer checked before publishing) that it does not hold."""
+    wanted = frames_in_ranges(planned.expected_ranges(meta.decoded_frames))
     return _covered(wanted.tolist(), meta.stored_ranges)
 
 
 def _check_video(
-    txn: lmdb.Transaction, planned: PlannedVideo, params: dict, deep: bool
+    txn: lmdb.Transaction, planned: PlannedVideo, params: ExtractParams, deep: bool
 ) -> tuple[VideoMeta | None, list[str]]:
     vid = planned.video_id
     blob = txn.get(video_meta_key(vid))
@@ -183,9 +182,16 @@ def _check_video(
         problems.append(
             f"{vid}: metadata is for {meta.video_id} at {meta.rate} fps, the plan says {vid} at {planned.rate} fps"
         )
-    if (meta.short_side, meta.jpeg_qscale) != (params["short_side"], params["jpeg_qscale"]):
+    if (meta.short_side, meta.jpeg_qscale) != (params.short_side, params.jpeg_qscale):
         problems.append(
-            f"{vid}: made with short side {meta.short_side}, -q:v {meta.jpeg_qscale}; the plan says {params['short_side']}, {params['jpeg_qscale']}"
+            f"{vid}: made with short side {meta.short_side}, -q:v {meta.jpeg_qscale}; the plan says {params.short_side}, {params.jpeg_qscale}"
+        )
+    if (
+        None not in (meta.fingerprint, planned.fingerprint)
+        and meta.fingerprint != planned.fingerprint
+    ):
+        problems.append(
+            f"{vid}: extracted from another file than the plan's (fingerprint {meta.fingerprint}, planned {planned.fingerprint})"
         )
     if abs(meta.decoded_frames - planned.expected_frames) > CLAMP_TOLERANCE_FRAMES:
         problems.append(
@@ -248,7 +254,7 @@ def _stray_keys(txn: lmdb.Transaction, metas: dict[str, VideoMeta]) -> list[str]
     return stray
 
 
-def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: dict) -> list[str]:
+def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: ExtractParams) -> list[str]:
     blob = txn.get(SHARD_META_KEY)
     if blob is None:
         return ["shard metadata missing"]
@@ -263,8 +269,10 @@ def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: dict) -> l
         )
     if meta.shard_index != plan.index:
         problems.append(f"holds shard {meta.shard_index}, not {plan.index}")
-    if meta.params != params:
-        problems.append(f"made with parameters {meta.params}, the plan says {params}")
+    # Through JSON, as the shard stored them (tuples become lists).
+    planned_params = json.loads(json.dumps(asdict(params)))
+    if meta.params != planned_params:
+        problems.append(f"made with parameters {meta.params}, the plan says {planned_params}")
     planned_ids = [v.video_id for v in plan.videos]
     for vid in sorted(set(planned_ids) - set(meta.video_ids)):
         problems.append(f"{vid}: planned but missing from the shard")
@@ -274,7 +282,7 @@ def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: dict) -> l
 
 
 def _read_shard(
-    path: Path, plan: ShardPlan, params: dict, deep: bool
+    path: Path, plan: ShardPlan, params: ExtractParams, deep: bool
 ) -> tuple[list[str], dict[str, VideoMeta]]:
     """Problems of the published shard at ``path`` and the video metadata it holds. Run in
     a child process: a corrupt shard can kill the process that reads it."""
@@ -383,7 +391,7 @@ def _run_isolated(fn: Callable, args: tuple, *, timeout_s: float) -> Any:
 
 
 def check_shard(
-    store_root: Path, plan: ShardPlan, params: dict, *, deep: bool = False
+    store_root: Path, plan: ShardPlan, params: ExtractParams, *, deep: bool = False
 ) -> tuple[ShardCheck, dict[str, VideoMeta]]:
     """Check one shard against its plan, in a child process; returns the outcome and the
     metadata it read. A shard that kills or hangs its reader is a problem, not a crash."""
@@ -473,7 +481,7 @@ def check_store(
     store_root = Path(store_root).resolve()
     manifest = Manifest.load(store_root)
     # Through JSON, as the shard stored them (tuples become lists).
-    params = json.loads(json.dumps(asdict(manifest.params)))
+    params = manifest.params
     report = CheckReport(store=str(store_root), shards=[])
     all_metas: dict[str, VideoMeta] = {}
     for plan in manifest.shards:

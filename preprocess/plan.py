@@ -337,6 +337,12 @@ def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
                         problems.append(
                             f"{path.name}: {video.video_id} lacks frames this plan keeps"
                         )
+                    elif None not in (meta.fingerprint, video.fingerprint) and (
+                        meta.fingerprint != video.fingerprint
+                    ):
+                        problems.append(
+                            f"{path.name}: {video.video_id} was extracted from another file"
+                        )
         except (lmdb.Error, ValueError) as exc:
             log.warning("%s: unreadable (%s): epic-check will report it", path.name, exc)
         finally:

@@ -72,8 +72,11 @@ class ShardWriter:
     def __init__(self, path: Path, *, map_size: int) -> None:
         self.path = path
         self.map_size = map_size
+        # meminit: zero the unused part of every page written, or the shard carries leftover
+        # process memory (seen: copies of metadata JSON and source text) and its bytes vary
+        # from run to run.
         self._env = lmdb.open(
-            str(path), subdir=False, map_size=map_size, readahead=False, meminit=False, sync=False
+            str(path), subdir=False, map_size=map_size, readahead=False, meminit=True, sync=False
         )
         self._pending: list[tuple[bytes, bytes]] = []
         self._pending_bytes = 0

@@ -277,3 +277,16 @@ def test_a_bug_in_the_shard_reader_is_raised_not_reported_as_a_damaged_shard(
     monkeypatch.setattr(check_module, "_read_shard", buggy)
     with pytest.raises(RuntimeError, match="ZeroDivisionError: injected bug"):
         check_store(two_shards)
+
+
+def test_a_shard_made_from_another_file_than_the_plans_is_reported(
+    store: dict[str, Path],
+) -> None:
+    manifest = store["store"] / "manifest.json"
+    data = json.loads(manifest.read_text())
+    video = data["shards"][0]["videos"][0]
+    video["fingerprint"] = "1:" + "0" * 32
+    manifest.write_text(json.dumps(data))
+    code, output = _check("--store", str(store["store"]))
+    assert code == ExitCode.STORE_INCOMPLETE
+    assert f"{video['video_id']}: extracted from another file than the plan's" in output
