@@ -14,6 +14,7 @@ Submission: ``test.json`` inside a zip, as the official ``create_submission.py``
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import zipfile
 from collections.abc import Sequence
@@ -26,6 +27,9 @@ import torch
 from epicdata.annotations import SegmentTable
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.errors import EpicInputError
+from train.metrics import as_scores, count_underflowing
+
+log = logging.getLogger(__name__)
 
 SUBMISSION_VERSION = "0.2"
 CHALLENGE = "action_recognition"
@@ -83,11 +87,34 @@ def load_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str
 
 
 def _as_array(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.float().numpy()
+    """Scores as float32 (the official format), but float64 kept: the official evaluator
+    computes in the dtype it reads, and rounding to float32 could tie scores it ranks apart."""
     if isinstance(value, list):
-        value = [v.float().numpy() if isinstance(v, torch.Tensor) else v for v in value]
-    return np.asarray(value, dtype=np.float32)
+        value = [as_scores(v) if isinstance(v, torch.Tensor) else v for v in value]
+    array = as_scores(value) if isinstance(value, torch.Tensor) else np.asarray(value)
+    return array if array.dtype == np.float64 else array.astype(np.float32)
+
+
+def require_finite(
+    verb_logits: np.ndarray, noun_logits: np.ndarray, narration_ids: Sequence[str], *, source: str
+) -> None:
+    """Refuse NaN and infinite scores, naming how many and the first narration id: NaN has
+    no rank (the official evaluator would score it silently) and strict JSON cannot hold
+    it (a submission's test.json)."""
+    bad_verb, bad_noun = ~np.isfinite(verb_logits), ~np.isfinite(noun_logits)  # (N, 97), (N, 300)
+    count = int(bad_verb.sum()) + int(bad_noun.sum())
+    if not count:
+        return
+    bad_segments = bad_verb.any(axis=1) | bad_noun.any(axis=1)  # (N,)
+    first = int(np.flatnonzero(bad_segments)[0])
+    raise EpicInputError(
+        f"{count:,} of the {bad_verb.size + bad_noun.size:,} scores are NaN or infinite",
+        where=f"{source}: {int(bad_segments.sum()):,} segment(s), the first narration id "
+        f"{narration_ids[first]}",
+        fix="produce the scores again from a model whose outputs are finite",
+        details=f"verb_output: {int(bad_verb.sum()):,} non-finite, noun_output: "
+        f"{int(bad_noun.sum()):,} non-finite",
+    )
 
 
 def align_to_split(
@@ -123,7 +150,22 @@ def make_submission(
     sls_tl: int,
     sls_td: int,
 ) -> dict[str, Any]:
-    """The challenge's JSON: one ``{"verb": {"0": s, ...}, "noun": {...}}`` per narration id."""
+    """The challenge's JSON: one ``{"verb": {"0": s, ...}, "noun": {...}}`` per narration id.
+
+    Warns when the official evaluator, which the challenge server runs, would rank some
+    segments' actions arbitrarily (train.metrics: its single softmax underflows).
+    """
+    underflowing = count_underflowing(verb_logits, noun_logits)
+    if underflowing:
+        log.warning(
+            "%d of the %d segments get action scores that underflow (0 or subnormal) in the "
+            "official evaluator's single softmax over the top-100 scores of all segments: the "
+            "challenge server will rank their actions arbitrarily and score action accuracy "
+            "below what a softmax per segment gives; shift each segment's logits so that their "
+            "maximum is 0 (log-softmax does) before submitting",
+            underflowing,
+            len(verb_logits),
+        )
     results = {
         str(nid): {
             "verb": {str(c): float(s) for c, s in enumerate(verb)},
@@ -144,10 +186,11 @@ def make_submission(
 
 
 def write_submission_zip(submission: dict[str, Any], path: str | Path) -> Path:
-    """``test.json`` in a deflated zip, written atomically."""
+    """``test.json`` (strict JSON) in a deflated zip, written atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as archive:
-        archive.writestr("test.json", json.dumps(submission))
+        # allow_nan=False: NaN and Infinity are not JSON (score() refuses them first).
+        archive.writestr("test.json", json.dumps(submission, allow_nan=False))
     tmp.replace(path)
     return path

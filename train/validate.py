@@ -33,6 +33,7 @@ from train.submission import (
     align_to_split,
     load_predictions,
     make_submission,
+    require_finite,
     save_predictions,
     write_submission_zip,
 )
@@ -119,6 +120,7 @@ def score(
     """Official metrics (labelled splits) into metrics.json, or the submission zip (test)."""
     table = annotations.table(split)
     rows = align_to_split(narration_ids, table, allow_partial=allow_partial, source=source)
+    require_finite(verb_logits, noun_logits, narration_ids, source=source)
     output_dir.mkdir(parents=True, exist_ok=True)
     if not table.labelled:
         if None in sls:
