@@ -19,6 +19,7 @@ weights_only=True)`` reads it without running code::
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,84 @@ def resume(
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     return state
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def training_state(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    epoch: int,
+    step: int,
+    best_metric: float,
+    config: dict[str, Any],
+    normalization: dict[str, list[float]],
+) -> dict[str, Any]:
+    """The checkpoint dict (see the module docstring): everything resume needs."""
+    return {
+        "format_version": CHECKPOINT_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best_metric": best_metric,
+        "config": config,
+        "normalization": normalization,
+    }
+
+
+def save_epoch(
+    state: dict[str, Any],
+    run_dir: Path,
+    *,
+    is_best: bool,
+    metrics: dict[str, float],
+    checkpoint_every: int,
+) -> None:
+    """The save policy at the end of epoch ``state["epoch"]``: last.pt always, best.pt (and
+    best_metrics.json) when it is the best so far, epoch_NNN.pt every ``checkpoint_every``."""
+    epoch = state["epoch"]
+    save_checkpoint(state, run_dir / "last.pt")
+    if is_best:
+        save_checkpoint(state, run_dir / "best.pt")
+        (run_dir / "best_metrics.json").write_text(
+            json.dumps({"epoch": epoch, **metrics}, indent=1)
+        )
+    if epoch % checkpoint_every == 0:
+        save_checkpoint(state, run_dir / f"epoch_{epoch:03d}.pt")
+
+
+def run_folder_bytes(model: nn.Module, *, epochs: int, checkpoint_every: int) -> int:
+    """What a run writes at most: last.pt, best.pt, every kept epoch_NNN.pt, and one
+    checkpoint's temp file while it is replaced; logs and plots are small."""
+    return checkpoint_bytes_estimate(model) * (3 + epochs // checkpoint_every) + (16 << 20)
+
+
+def find_resume(run_dir: Path, resume_arg: str | None) -> Path | None:
+    """The checkpoint to resume: none (refusing a run folder in use), ``auto`` (last.pt if
+    present) or a path that must exist."""
+    if resume_arg is None:
+        if (run_dir / "last.pt").exists():
+            raise EpicInputError(
+                "the run folder already holds a run",
+                where=run_dir / "last.pt",
+                fix="pass --resume auto to continue it, or choose a new --output-dir",
+            )
+        return None
+    if resume_arg == "auto":
+        path = run_dir / "last.pt"
+        return path if path.exists() else None
+    if not Path(resume_arg).is_file():
+        raise EpicInputError(
+            "no checkpoint to resume from",
+            where=f"--resume {resume_arg}",
+            fix="pass an existing checkpoint, or --resume auto to continue the run folder's "
+            "last.pt",
+        )
+    return Path(resume_arg)

@@ -15,35 +15,39 @@ Run folder (only rank 0 writes)::
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from epicdata.annotations import AnnotationDir
+from epicdata.annotations import AnnotationDir, SegmentTable
 from epicdata.cli import preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
-from epicdata.dataset import EpicActionDataset, worker_deaths_named
-from epicdata.errors import EnvironmentProblem, EpicInputError, ExitCode
+from epicdata.dataset import worker_deaths_named
+from epicdata.errors import ExitCode
 from epicdata.store import FrameStore
 from train import distributed
 from train.checkpoint import (
-    CHECKPOINT_VERSION,
-    checkpoint_bytes_estimate,
+    find_resume,
     resume,
+    run_folder_bytes,
     save_checkpoint,
-    unwrap_model,
+    save_epoch,
+    training_state,
 )
 from train.config import TrainConfig
-from train.engine import Precision, evaluate, train_one_epoch
+from train.data import TrainData, build_eval_data, build_train_data, metric_sets
+from train.device import make_scaler, resolve_device, resolve_precision
+from train.distributed import DistInfo
+from train.engine import EpochStats, Precision, evaluate, train_one_epoch
 from train.metrics import compute_metrics
 from train.model import ActionModel, build_model
 from train.runlog import RunLog
-from train.transforms import DeviceAugment, EvalClipTransform, TrainClipTransform
+from train.transforms import DeviceAugment
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 EXIT_REQUEUE = int(ExitCode.REQUEUE)
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 SELECTION_METRIC = "all_action_accuracy_at_1"
+NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 class StopFlag:
@@ -71,59 +76,6 @@ class StopFlag:
         return self.signum is not None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentProblem(
-            "CUDA is not available on this node",
-            where=f"--device {name}",
-            fix="run on a GPU node (check the job's GPU request and `nvidia-smi`) or pass --device cpu",
-        )
-    return device
-
-
-def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """bf16 where the GPU supports it, else fp16 (with a scaler); full precision on CPU."""
-    if device.type != "cuda" or amp == "off":
-        if amp in ("bf16", "fp16"):
-            log.warning("--amp %s ignored on %s: mixed precision is for CUDA", amp, device)
-        return Precision(device.type, torch.bfloat16, enabled=False)
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16, enabled=True)
-
-
-def make_scaler(enabled: bool) -> torch.cuda.amp.GradScaler:
-    """A GradScaler (torch.amp's from 2.3, torch.cuda.amp's before)."""
-    if hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler("cuda", enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)
-
-
-def build_loader(
-    dataset: EpicActionDataset,
-    *,
-    batch_size: int,
-    workers: int,
-    sampler: torch.utils.data.Sampler,
-    drop_last: bool,
-    pin_memory: bool,
-) -> DataLoader:
-    # Workers are not persistent: each epoch's workers get the dataset's current epoch
-    # (set_epoch), which seeds the per-clip augmentation.
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers else None,
-    )
-
-
 def build_optimizer(
     model: torch.nn.Module, *, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -140,19 +92,6 @@ def build_scheduler(
     )
 
 
-def metric_sets(annotations: AnnotationDir, split: str) -> dict[str, frozenset]:
-    """Tail classes and unseen participants for the official metrics of ``split``."""
-    return {
-        "tail_verbs": annotations.tail_verbs(),
-        "tail_nouns": annotations.tail_nouns(),
-        "unseen_participants": (
-            annotations.unseen_participants(split)
-            if split in ("validation", "test")
-            else frozenset()
-        ),
-    }
-
-
 def _seed_epoch(seed: int, epoch: int, step: int, rank: int, generator: torch.Generator) -> None:
     """Seed dropout (global RNG) and the device augmentation from (seed, epoch, step, rank):
     an epoch run after a resume draws exactly what it would have drawn uninterrupted."""
@@ -161,32 +100,45 @@ def _seed_epoch(seed: int, epoch: int, step: int, rank: int, generator: torch.Ge
     generator.manual_seed((value + 1) % 2**63)
 
 
-def run_folder_bytes(cfg: TrainConfig) -> int:
-    """What a run writes at most: last.pt, best.pt, every kept epoch_NNN.pt, and one
-    checkpoint's temp file while it is replaced; logs and plots are small."""
-    checkpoint = checkpoint_bytes_estimate(ActionModel(dropout=cfg.dropout))
-    return checkpoint * (3 + cfg.epochs // cfg.checkpoint_every) + (16 << 20)
+@dataclass
+class _Run:
+    """Everything the epochs of one run share, built once by :func:`_setup`."""
 
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    precision: Precision
+    store: FrameStore
+    train: TrainData
+    val_table: SegmentTable
+    val_loader: DataLoader
+    metric_sets: dict[str, frozenset]
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    augment: DeviceAugment
+    generator: torch.Generator
+    run_dir: Path
+    runlog: RunLog | None  # rank 0 of a run that writes
+    limit_batches: int | None
+    start_epoch: int = 0
+    start_step: int = 0
+    best: float = -1.0
 
-def find_resume(run_dir: Path, resume_arg: str | None) -> Path | None:
-    if resume_arg is None:
-        if (run_dir / "last.pt").exists():
-            raise EpicInputError(
-                "the run folder already holds a run",
-                where=run_dir / "last.pt",
-                fix="pass --resume auto to continue it, or choose a new --output-dir",
-            )
-        return None
-    if resume_arg == "auto":
-        path = run_dir / "last.pt"
-        return path if path.exists() else None
-    if not Path(resume_arg).is_file():
-        raise EpicInputError(
-            "no checkpoint to resume from",
-            where=f"--resume {resume_arg}",
-            fix="pass an existing checkpoint, or --resume auto to continue the run folder's last.pt",
+    def state(self, epoch: int, step: int) -> dict:
+        return training_state(
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            epoch=epoch,
+            step=step,
+            best_metric=self.best,
+            config=self.cfg.to_dict(),
+            normalization=NORMALIZATION,
         )
-    return Path(resume_arg)
 
 
 def fit(cfg: TrainConfig, *, resume_from: str | None = None, dry_run: bool = False) -> int:
@@ -200,6 +152,41 @@ def fit(cfg: TrainConfig, *, resume_from: str | None = None, dry_run: bool = Fal
 
 
 def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: bool) -> int:
+    run = _setup(cfg, resume_from=resume_from, dry_run=dry_run)
+    for epoch in range(run.start_epoch, 1 if dry_run else cfg.epochs):
+        step0 = run.start_step if epoch == run.start_epoch else 0
+        stats = _train_epoch(run, epoch, step0, stop)
+        if stats.interrupted:
+            if run.runlog is not None:
+                save_checkpoint(run.state(epoch, step0 + stats.steps), run.run_dir / "last.pt")
+                log.warning(
+                    "signal %s: saved last.pt at epoch %d step %d; exiting with %d to requeue",
+                    stop.signum,
+                    epoch + 1,
+                    step0 + stats.steps,
+                    EXIT_REQUEUE,
+                )
+            return EXIT_REQUEUE
+        lr = run.optimizer.param_groups[0]["lr"]  # this epoch's, before the scheduler steps
+        metrics, val_loss = _validate_epoch(run)
+        stop_now = distributed.any_rank(stop(), run.info, run.device)
+        _end_epoch(run, epoch, stats, metrics, val_loss, lr=lr)
+        if stop_now:
+            log.warning(
+                "signal %s: epoch %d saved; exiting with %d to requeue",
+                stop.signum,
+                epoch + 1,
+                EXIT_REQUEUE,
+            )
+            return EXIT_REQUEUE
+    if run.runlog is not None:
+        run.runlog.close()
+    log.info("done: best validation action top-1 %.2f%%", run.best)
+    return 0
+
+
+def _setup(cfg: TrainConfig, *, resume_from: str | None, dry_run: bool) -> _Run:
+    """Device and ranks, the run folder's preflight, data, model and optimiser, resume."""
     device = resolve_device(cfg.device)
     info = distributed.init(device.type)
     if device.type == "cuda":
@@ -209,68 +196,37 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
     torch.backends.cudnn.benchmark = not cfg.deterministic
     run_dir = Path(cfg.output_dir)
     checkpoint_path = find_resume(run_dir, resume_from)
-    if info.is_main and not dry_run:
-        preflight_output(run_dir, need_bytes=run_folder_bytes(cfg), option="--output-dir")
+    writes = info.is_main and not dry_run
+    if writes:
+        need = run_folder_bytes(
+            ActionModel(dropout=cfg.dropout),
+            epochs=cfg.epochs,
+            checkpoint_every=cfg.checkpoint_every,
+        )
+        preflight_output(run_dir, need_bytes=need, option="--output-dir")
 
     annotations = AnnotationDir(cfg.annotations)
     store = FrameStore(cfg.store)
-    train_set = EpicActionDataset(
-        store,
-        annotations.table(cfg.train_split),
+    pin = device.type == "cuda"
+    clips = dict(
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
-        training=True,
-        transform=TrainClipTransform(cfg.crop_size),
+        crop_size=cfg.crop_size,
         decoder=cfg.decoder,
-        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        info=info,
+        pin_memory=pin,
+    )
+    limit = 2 if dry_run else cfg.limit_batches
+    train = build_train_data(
+        store, annotations.table(cfg.train_split), seed=cfg.seed, limit_batches=limit, **clips
     )
     val_table = annotations.table(cfg.val_split)
-    val_set = EpicActionDataset(
-        store,
-        val_table,
-        num_frames=cfg.num_frames,
-        sampling=cfg.sampling,
-        transform=EvalClipTransform(cfg.crop_size),
-        decoder=cfg.decoder,
-    )
-    sets = metric_sets(annotations, cfg.val_split)
-    train_sampler = distributed.ResumableDistributedSampler(
-        train_set, rank=info.rank, world_size=info.world_size, seed=cfg.seed
-    )
-    pin = device.type == "cuda"
-    train_loader = build_loader(
-        train_set,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        sampler=train_sampler,
-        drop_last=True,
-        pin_memory=pin,
-    )
-    val_loader = build_loader(
-        val_set,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        sampler=distributed.ShardSampler(len(val_set), rank=info.rank, world_size=info.world_size),
-        drop_last=False,
-        pin_memory=pin,
-    )
-    steps_per_epoch = len(train_set) // info.world_size // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise EpicInputError(
-            f"the {cfg.train_split} split has {len(train_set)} segments, fewer than one batch "
-            f"of {cfg.batch_size} x {info.world_size} process(es): lower --batch-size"
-        )
-    limit = 2 if dry_run else cfg.limit_batches
-    if limit is not None:
-        steps_per_epoch = min(steps_per_epoch, limit)
+    val_set, val_loader = build_eval_data(store, val_table, **clips)
 
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every run
-    model = build_model(
-        weights=cfg.weights,
-        dropout=cfg.dropout,
-        device=device,
-        channels_last=device.type == "cuda",
-    )
+    model = build_model(weights=cfg.weights, dropout=cfg.dropout, device=device, channels_last=pin)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(
         optimizer,
@@ -280,177 +236,178 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
         patience=cfg.plateau_patience,
     )
     precision = resolve_precision(cfg.amp, device)
-    scaler = make_scaler(precision.enabled and precision.dtype == torch.float16)
-    augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device)
-    generator = torch.Generator()
-
-    start_epoch, start_step, best = 0, 0, -1.0
-    if checkpoint_path is not None:
-        state = resume(
-            checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
-        )
-        start_epoch, start_step, best = state["epoch"], state["step"], state["best_metric"]
-        changed = {
-            k: (state["config"].get(k), v)
-            for k, v in cfg.to_dict().items()
-            if state["config"].get(k) != v
-        }
-        if changed:
-            log.warning("config differs from the checkpoint's (old, new): %s", changed)
-        log.info(
-            "resumed from %s at epoch %d step %d", checkpoint_path, start_epoch + 1, start_step
-        )
-    ddp_model = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if info.enabled
-        else model
+    run = _Run(
+        cfg=cfg,
+        info=info,
+        device=device,
+        precision=precision,
+        store=store,
+        train=train,
+        val_table=val_table,
+        val_loader=val_loader,
+        metric_sets=metric_sets(annotations, cfg.val_split),
+        model=model,
+        ddp_model=(
+            DistributedDataParallel(model, device_ids=[device.index] if pin else None)
+            if info.enabled
+            else model
+        ),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
+        augment=DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device),
+        generator=torch.Generator(),
+        run_dir=run_dir,
+        runlog=None,
+        limit_batches=limit,
     )
-
-    runlog = None
-    if info.is_main and not dry_run:
+    if checkpoint_path is not None:
+        _resume(run, checkpoint_path)
+    if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
-        runlog = RunLog(run_dir)
+        run.runlog = RunLog(run_dir)
     log.info(
         "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s",
-        len(train_set),
+        len(train.dataset),
         cfg.val_split,
         len(val_set),
-        steps_per_epoch,
+        train.steps_per_epoch,
         info.world_size,
         device,
         precision.dtype if precision.enabled else "off",
     )
+    return run
 
-    def checkpoint(epoch: int, step: int) -> dict:
-        return {
-            "format_version": CHECKPOINT_VERSION,
-            "model": unwrap_model(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "best_metric": best,
-            "config": cfg.to_dict(),
-            "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+
+def _resume(run: _Run, path: Path) -> None:
+    state = resume(
+        path,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        scaler=run.scaler,
+    )
+    run.start_epoch, run.start_step, run.best = state["epoch"], state["step"], state["best_metric"]
+    changed = {
+        k: (state["config"].get(k), v)
+        for k, v in run.cfg.to_dict().items()
+        if state["config"].get(k) != v
+    }
+    if changed:
+        log.warning("config differs from the checkpoint's (old, new): %s", changed)
+    log.info("resumed from %s at epoch %d step %d", path, run.start_epoch + 1, run.start_step)
+
+
+def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStats:
+    """Epoch ``epoch`` from step ``step0`` (> 0 after a mid-epoch resume)."""
+    cfg = run.cfg
+    run.train.dataset.set_epoch(epoch)
+    run.train.sampler.set_epoch(epoch, skip=step0 * cfg.batch_size)
+    _seed_epoch(cfg.seed, epoch, step0, run.info.rank, run.generator)
+    with worker_deaths_named(run.store):
+        return train_one_epoch(
+            run.ddp_model,
+            run.train.loader,
+            optimizer=run.optimizer,
+            scaler=run.scaler,
+            augment=run.augment,
+            generator=run.generator,
+            precision=run.precision,
+            device=run.device,
+            info=run.info,
+            max_steps=run.train.steps_per_epoch - step0,
+            stop_requested=stop,
+            log_every=cfg.log_every,
+            header=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
+
+
+def _validate_epoch(run: _Run) -> tuple[dict[str, float], float]:
+    """Official metrics of the validation split (rank 0; {} elsewhere) and its loss; every
+    rank steps its scheduler on rank 0's selection metric."""
+    with worker_deaths_named(run.store):
+        preds = evaluate(
+            run.model,
+            run.val_loader,
+            augment=run.augment,
+            precision=run.precision,
+            device=run.device,
+            info=run.info,
+            max_steps=run.limit_batches,
+        )
+    metrics: dict[str, float] = {}
+    metric = torch.tensor([0.0], device=run.device)
+    if run.info.is_main:
+        table = run.val_table
+        metrics = compute_metrics(
+            preds.verb_logits,
+            preds.noun_logits,
+            table.verb_classes[preds.indices],
+            table.noun_classes[preds.indices],
+            [table.participant_ids[i] for i in preds.indices],
+            **run.metric_sets,
+        )
+        metric[0] = metrics[SELECTION_METRIC]
+    if run.info.enabled:
+        torch.distributed.broadcast(metric, src=0)
+    if run.cfg.scheduler == "plateau":
+        run.scheduler.step(metric.item())
+    else:
+        run.scheduler.step()
+    return metrics, preds.loss if preds is not None else float("nan")
+
+
+def _end_epoch(
+    run: _Run,
+    epoch: int,
+    stats: EpochStats,
+    metrics: dict[str, float],
+    val_loss: float,
+    *,
+    lr: float,
+) -> None:
+    """Rank 0: the epoch's log line, summary row and checkpoints."""
+    if not run.info.is_main:
+        return
+    value = metrics[SELECTION_METRIC]
+    is_best = value > run.best
+    run.best = max(run.best, value)
+    log.info(
+        "epoch %d/%d: train loss %.4f action@1 %.2f | val loss %.4f verb@1 %.2f noun@1 %.2f "
+        "action@1 %.2f | %.1f clips/s, data wait %.0f%%",
+        epoch + 1,
+        run.cfg.epochs,
+        stats.loss,
+        stats.action_top1,
+        val_loss,
+        metrics["all_verb_accuracy_at_1"],
+        metrics["all_noun_accuracy_at_1"],
+        value,
+        stats.clips / stats.seconds,
+        100 * stats.data_wait,
+    )
+    if run.runlog is None:
+        return
+    run.runlog.write(
+        {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": stats.loss,
+            "train_verb_top1": stats.verb_top1,
+            "train_noun_top1": stats.noun_top1,
+            "train_action_top1": stats.action_top1,
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "clips_per_s": stats.clips / stats.seconds,
+            "data_wait": stats.data_wait,
+            "epoch_s": stats.seconds,
         }
-
-    last_epoch = 1 if dry_run else cfg.epochs
-    for epoch in range(start_epoch, last_epoch):
-        step0 = start_step if epoch == start_epoch else 0
-        train_set.set_epoch(epoch)
-        train_sampler.set_epoch(epoch, skip=step0 * cfg.batch_size)
-        _seed_epoch(cfg.seed, epoch, step0, info.rank, generator)
-        header = f"epoch {epoch + 1}/{cfg.epochs}"
-        with worker_deaths_named(store):
-            stats = train_one_epoch(
-                ddp_model,
-                train_loader,
-                optimizer=optimizer,
-                scaler=scaler,
-                augment=augment,
-                generator=generator,
-                precision=precision,
-                device=device,
-                info=info,
-                max_steps=steps_per_epoch - step0,
-                stop_requested=stop,
-                log_every=cfg.log_every,
-                header=header,
-            )
-        if stats.interrupted:
-            if info.is_main and not dry_run:
-                save_checkpoint(checkpoint(epoch, step0 + stats.steps), run_dir / "last.pt")
-                log.warning(
-                    "signal %s: saved last.pt at epoch %d step %d; exiting with %d to requeue",
-                    stop.signum,
-                    epoch + 1,
-                    step0 + stats.steps,
-                    EXIT_REQUEUE,
-                )
-            return EXIT_REQUEUE
-
-        with worker_deaths_named(store):
-            preds = evaluate(
-                model,
-                val_loader,
-                augment=augment,
-                precision=precision,
-                device=device,
-                info=info,
-                max_steps=limit,
-            )
-        # Rank 0 decides; the others follow its scheduler step through the broadcast metric.
-        metric = torch.tensor([0.0], device=device)
-        if info.is_main:
-            metrics = compute_metrics(
-                preds.verb_logits,
-                preds.noun_logits,
-                val_table.verb_classes[preds.indices],
-                val_table.noun_classes[preds.indices],
-                [val_table.participant_ids[i] for i in preds.indices],
-                **sets,
-            )
-            metric[0] = metrics[SELECTION_METRIC]
-        if info.enabled:
-            torch.distributed.broadcast(metric, src=0)
-        lr = optimizer.param_groups[0]["lr"]
-        if cfg.scheduler == "plateau":
-            scheduler.step(metric.item())
-        else:
-            scheduler.step()
-        stop_now = distributed.any_rank(stop(), info, device)
-        if info.is_main:
-            is_best = metric.item() > best
-            best = max(best, metric.item())
-            log.info(
-                "%s: train loss %.4f action@1 %.2f | val loss %.4f verb@1 %.2f noun@1 %.2f "
-                "action@1 %.2f | %.1f clips/s, data wait %.0f%%",
-                header,
-                stats.loss,
-                stats.action_top1,
-                preds.loss,
-                metrics["all_verb_accuracy_at_1"],
-                metrics["all_noun_accuracy_at_1"],
-                metrics[SELECTION_METRIC],
-                stats.clips / stats.seconds,
-                100 * stats.data_wait,
-            )
-        if info.is_main and not dry_run:
-            runlog.write(
-                {
-                    "epoch": epoch + 1,
-                    "lr": lr,
-                    "train_loss": stats.loss,
-                    "train_verb_top1": stats.verb_top1,
-                    "train_noun_top1": stats.noun_top1,
-                    "train_action_top1": stats.action_top1,
-                    "val_loss": preds.loss,
-                    **{f"val_{k}": v for k, v in metrics.items()},
-                    "clips_per_s": stats.clips / stats.seconds,
-                    "data_wait": stats.data_wait,
-                    "epoch_s": stats.seconds,
-                }
-            )
-            state = checkpoint(epoch + 1, 0)
-            save_checkpoint(state, run_dir / "last.pt")
-            if is_best:
-                save_checkpoint(state, run_dir / "best.pt")
-                (run_dir / "best_metrics.json").write_text(
-                    json.dumps({"epoch": epoch + 1, **metrics}, indent=1)
-                )
-            if (epoch + 1) % cfg.checkpoint_every == 0:
-                save_checkpoint(state, run_dir / f"epoch_{epoch + 1:03d}.pt")
-        if stop_now:
-            log.warning(
-                "signal %s: epoch %d saved; exiting with %d to requeue",
-                stop.signum,
-                epoch + 1,
-                EXIT_REQUEUE,
-            )
-            return EXIT_REQUEUE
-    if runlog is not None:
-        runlog.close()
-    log.info("done: best validation action top-1 %.2f%%", best)
-    return 0
+    )
+    save_epoch(
+        run.state(epoch + 1, 0),
+        run.run_dir,
+        is_best=is_best,
+        metrics=metrics,
+        checkpoint_every=run.cfg.checkpoint_every,
+    )

@@ -19,14 +19,15 @@ import torch
 from epicdata.annotations import AnnotationDir
 from epicdata.cli import preflight_output
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
-from epicdata.dataset import EpicActionDataset, worker_deaths_named
+from epicdata.dataset import worker_deaths_named
 from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
+from train.data import build_eval_data, metric_sets
+from train.device import resolve_device, resolve_precision
 from train.engine import evaluate
-from train.fit import build_loader, metric_sets, resolve_device, resolve_precision
 from train.metrics import compute_metrics
 from train.model import ActionModel
 from train.submission import (
@@ -37,7 +38,7 @@ from train.submission import (
     save_predictions,
     write_submission_zip,
 )
-from train.transforms import DeviceAugment, EvalClipTransform
+from train.transforms import DeviceAugment
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,16 @@ def predict(
     norm = state["normalization"]
     augment = DeviceAugment(norm["mean"], norm["std"]).to(device)
     table = annotations.table(split)
-    dataset = EpicActionDataset(
+    dataset, loader = build_eval_data(
         FrameStore(store),
         table,
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
-        transform=EvalClipTransform(cfg.crop_size),
+        crop_size=cfg.crop_size,
         decoder=cfg.decoder,
-    )
-    loader = build_loader(
-        dataset,
         batch_size=batch_size,
         workers=workers,
-        sampler=distributed.ShardSampler(len(dataset), rank=info.rank, world_size=info.world_size),
-        drop_last=False,
+        info=info,
         pin_memory=device.type == "cuda",
     )
     log.info("%s: %d segments of %s with %s", checkpoint, len(dataset), split, device)

@@ -8,7 +8,8 @@ import torch
 from epicdata.errors import EpicInputError
 from train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, resume, save_checkpoint
 from train.config import TrainConfig
-from train.fit import build_optimizer, build_scheduler, make_scaler
+from train.device import make_scaler
+from train.fit import build_optimizer, build_scheduler
 from train.model import FETCH_IMAGENET_COMMAND, ActionModel, build_model, load_backbone_weights
 
 

@@ -138,8 +138,8 @@ def _labelled_logits(n: int, seed: int, spread: float = 2.0):
     noun_labels = rng.integers(0, 16, n)
     verb = rng.normal(size=(n, V)) * spread
     noun = rng.normal(size=(n, N)) * spread
-    verb[np.arange(n), verb_labels] += rng.uniform(0, 2 * spread, n)
-    noun[np.arange(n), noun_labels] += rng.uniform(0, 2 * spread, n)
+    verb[np.arange(n), verb_labels] += rng.uniform(spread / 2, 4 * spread, n)
+    noun[np.arange(n), noun_labels] += rng.uniform(spread / 2, 4 * spread, n)
     participants = [f"P{p:02d}" for p in rng.integers(1, 6, n)]
     return verb.astype(np.float32), noun.astype(np.float32), verb_labels, noun_labels, participants
 
@@ -157,9 +157,10 @@ def _metrics(verb, noun, verb_labels, noun_labels, participants) -> dict[str, fl
     )
 
 
-def _tied_top1(scores: np.ndarray) -> int:
-    """Segments whose best score is tied with another class."""
-    return int((np.sort(scores, axis=1)[:, -1] == np.sort(scores, axis=1)[:, -2]).sum())
+def _tied_in_top5(scores: np.ndarray) -> int:
+    """Segments with two equal scores among their best six: ties that top-1/top-5 see."""
+    best = -np.sort(-scores, axis=1)[:, :6]  # (N, 6) descending
+    return int((best[:, 1:] == best[:, :-1]).any(axis=1).sum())
 
 
 def _assert_identical_to_official(verb, noun, verb_labels, noun_labels, participants):
@@ -181,9 +182,9 @@ SEGMENTS = 1100
 
 def test_tied_logits_give_the_official_numbers():
     verb, noun, *rest = _labelled_logits(SEGMENTS, seed=0)
-    # Integer logits: most segments have a tie at the top of both tasks.
+    # Integer logits: nearly every segment has ties among its best scores.
     verb, noun = np.round(verb), np.round(noun)
-    assert _tied_top1(verb) > SEGMENTS / 4 and _tied_top1(noun) > SEGMENTS / 2
+    assert _tied_in_top5(verb) > SEGMENTS * 0.9 and _tied_in_top5(noun) > SEGMENTS * 0.9
     got = _assert_identical_to_official(verb, noun, *rest)
     assert 0 < got["all_action_accuracy_at_1"] < got["all_action_accuracy_at_5"] < 100
 
@@ -193,7 +194,7 @@ def test_bf16_rounded_logits_give_the_official_numbers():
     # What a bf16 model head emits: float32 logits rounded to 8 significant bits.
     verb = torch.from_numpy(verb).bfloat16().float().numpy()
     noun = torch.from_numpy(noun).bfloat16().float().numpy()
-    assert _tied_top1(verb) > 10 and _tied_top1(noun) > 10
+    assert _tied_in_top5(verb) > 100 and _tied_in_top5(noun) > 100
     _assert_identical_to_official(verb, noun, *rest)
 
 
@@ -201,7 +202,7 @@ def test_logits_rounded_to_a_tenth_give_the_official_numbers():
     verb, noun, *rest = _labelled_logits(SEGMENTS, seed=2)
     verb = np.round(verb, 1).astype(np.float32)
     noun = np.round(noun, 1).astype(np.float32)
-    assert _tied_top1(verb) > 50 and _tied_top1(noun) > 50
+    assert _tied_in_top5(verb) > SEGMENTS / 3 and _tied_in_top5(noun) > SEGMENTS / 3
     _assert_identical_to_official(verb, noun, *rest)
 
 
@@ -215,7 +216,7 @@ def test_wide_logit_range_reports_the_collapsed_official_action_accuracy_and_war
     with caplog.at_level(logging.WARNING, logger="train.metrics"):
         got = _assert_identical_to_official(verb, noun, *rest)
     official, per_row = got["all_action_accuracy_at_1"], got[PER_ROW_ACTION_KEY]
-    assert per_row > 20 and official < per_row / 2  # the collapse
+    assert per_row > 10 and official < 0.7 * per_row  # the collapse
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     text = warnings[0].getMessage()

@@ -1,0 +1,140 @@
+"""Datasets and loaders, built the same way for training, per-epoch validation and
+``epic-validate``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from epicdata.annotations import AnnotationDir, SegmentTable
+from epicdata.dataset import EpicActionDataset
+from epicdata.errors import EpicInputError
+from epicdata.store import FrameStore
+from train import distributed
+from train.distributed import DistInfo
+from train.transforms import EvalClipTransform, TrainClipTransform
+
+
+def build_loader(
+    dataset: EpicActionDataset,
+    *,
+    batch_size: int,
+    workers: int,
+    sampler: torch.utils.data.Sampler,
+    drop_last: bool,
+    pin_memory: bool,
+) -> DataLoader:
+    # Workers are not persistent: each epoch's workers get the dataset's current epoch
+    # (set_epoch), which seeds the per-clip augmentation.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+@dataclass
+class TrainData:
+    dataset: EpicActionDataset
+    sampler: distributed.ResumableDistributedSampler
+    loader: DataLoader
+    steps_per_epoch: int
+
+
+def build_train_data(
+    store: FrameStore,
+    table: SegmentTable,
+    *,
+    num_frames: int,
+    sampling: str,
+    crop_size: int,
+    decoder: str,
+    seed: int,
+    batch_size: int,
+    workers: int,
+    info: DistInfo,
+    pin_memory: bool,
+    limit_batches: int | None,
+) -> TrainData:
+    """The shuffled, augmented training clips of ``table``, sharded over the ranks."""
+    dataset = EpicActionDataset(
+        store,
+        table,
+        num_frames=num_frames,
+        sampling=sampling,
+        training=True,
+        transform=TrainClipTransform(crop_size),
+        decoder=decoder,
+        seed=seed,
+    )
+    sampler = distributed.ResumableDistributedSampler(
+        dataset, rank=info.rank, world_size=info.world_size, seed=seed
+    )
+    steps = len(dataset) // info.world_size // batch_size
+    if steps == 0:
+        raise EpicInputError(
+            f"the {table.split} split has {len(dataset)} segments, fewer than one batch of "
+            f"{batch_size} x {info.world_size} process(es)",
+            fix="lower --batch-size",
+        )
+    loader = build_loader(
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        sampler=sampler,
+        drop_last=True,
+        pin_memory=pin_memory,
+    )
+    return TrainData(dataset, sampler, loader, min(steps, limit_batches or steps))
+
+
+def build_eval_data(
+    store: FrameStore,
+    table: SegmentTable,
+    *,
+    num_frames: int,
+    sampling: str,
+    crop_size: int,
+    decoder: str,
+    batch_size: int,
+    workers: int,
+    info: DistInfo,
+    pin_memory: bool,
+) -> tuple[EpicActionDataset, DataLoader]:
+    """Every segment of ``table`` once, centre crops, split over the ranks without padding."""
+    dataset = EpicActionDataset(
+        store,
+        table,
+        num_frames=num_frames,
+        sampling=sampling,
+        transform=EvalClipTransform(crop_size),
+        decoder=decoder,
+    )
+    loader = build_loader(
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        sampler=distributed.ShardSampler(len(dataset), rank=info.rank, world_size=info.world_size),
+        drop_last=False,
+        pin_memory=pin_memory,
+    )
+    return dataset, loader
+
+
+def metric_sets(annotations: AnnotationDir, split: str) -> dict[str, frozenset]:
+    """Tail classes and unseen participants for the official metrics of ``split``."""
+    return {
+        "tail_verbs": annotations.tail_verbs(),
+        "tail_nouns": annotations.tail_nouns(),
+        "unseen_participants": (
+            annotations.unseen_participants(split)
+            if split in ("validation", "test")
+            else frozenset()
+        ),
+    }
