@@ -22,8 +22,10 @@ SIGUSR1/SIGTERM: requeue me).
 from __future__ import annotations
 
 import logging
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -31,67 +33,47 @@ from click.core import ParameterSource
 
 from epicdata.cli import EpicCommand, example, start_command
 from train import distributed
-from train.config import AMP_MODES, DECODERS, SAMPLINGS, SCHEDULERS, TrainConfig, load_yaml_defaults
+from train.config import TrainConfig, load_yaml_defaults
 from train.fit import fit
 from train.metrics import format_metrics_table
 from train.validate import validate
 
 log = logging.getLogger(__name__)
 
-_HELP = {
-    "epochs": "Epochs to train.",
-    "batch_size": "Clips per batch per process.",
-    "lr": "AdamW learning rate.",
-    "weight_decay": "AdamW weight decay.",
-    "scheduler": "plateau: ReduceLROnPlateau(max) on val action top-1 (seed); cosine: per epoch.",
-    "plateau_factor": "ReduceLROnPlateau factor.",
-    "plateau_patience": "ReduceLROnPlateau patience in epochs.",
-    "dropout": "Dropout before the heads.",
-    "num_frames": "Frames per clip.",
-    "sampling": "linspace: np.linspace(start, stop - 1, T) (seed); tsn: one per part.",
-    "crop_size": "Crop side in pixels (small values for CPU demos).",
-    "weights": "imagenet (torchvision cache in $TORCH_HOME), none, or a state-dict file.",
-    "workers": "DataLoader worker processes per GPU.",
-    "decoder": "JPEG decoder in the workers: torchvision (libjpeg-turbo, fastest here) or pil.",
-    "amp": "Mixed precision on CUDA: auto (bf16 if supported, else fp16 + scaler), bf16, fp16, off.",
-    "device": "auto (cuda if available), cpu, cuda, cuda:N.",
-    "seed": "Seed of initialisation, data order and augmentation.",
-    "train_split": "Split to train on.",
-    "val_split": "Split to validate on each epoch.",
-    "checkpoint_every": "Keep epoch_NNN.pt every N epochs.",
-    "log_every": "Log a line with the loss every N steps (0: never; progress lines come anyway).",
-    "limit_batches": "At most N batches per epoch, train and validation (smoke runs).",
-    "deterministic": "Deterministic algorithms (slower on GPU; resume tests use it).",
-}
-_CHOICES = {"scheduler": SCHEDULERS, "sampling": SAMPLINGS, "amp": AMP_MODES, "decoder": DECODERS}
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int}
 #: Options the slurm scripts set through the environment.
 _ENVVARS = {"workers": "EPIC_WORKERS"}
 _REQUIRED = ("store", "annotations", "output_dir")
 
 
 def _config_options(command: click.Command) -> click.Command:
-    """One option per TrainConfig field, its default the seed's (shown in --help). Only
-    options given on the command line or in the environment override ``--config``."""
+    """One option per TrainConfig field: type, default, help and choices come from the field
+    itself. Only options given on the command line or in the environment override
+    ``--config``."""
+    hints = typing.get_type_hints(TrainConfig)
     for field in reversed(fields(TrainConfig)):
         if field.name in _REQUIRED:
             continue
         name = "--" + field.name.replace("_", "-")
-        default = None if field.default is MISSING else field.default
-        extra = (
-            {"envvar": _ENVVARS[field.name], "show_envvar": True} if field.name in _ENVVARS else {}
-        )
-        if default is None:
+        kind = hints[field.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+        extra: dict[str, object] = {}
+        if field.name in _ENVVARS:
+            extra.update(envvar=_ENVVARS[field.name], show_envvar=True)
+        if field.default is None:
             extra["show_default"] = "none"
-        if field.type == "bool":
+        if kind is bool:
             decls = [f"{name}/--no-{name[2:]}"]
-            kind = None
         else:
             decls = [name]
-            kind = (
-                click.Choice(_CHOICES[field.name]) if field.name in _CHOICES else _TYPES[field.type]
-            )
-        option = click.option(*decls, type=kind, default=default, help=_HELP[field.name], **extra)
+            choices, minimum = field.metadata.get("choices"), field.metadata.get("min")
+            if choices:
+                extra["type"] = click.Choice(choices)
+            elif minimum is not None:
+                extra["type"] = click.IntRange(min=minimum)
+            else:
+                extra["type"] = kind
+        option = click.option(*decls, default=field.default, help=field.metadata["help"], **extra)
         command = option(command)
     return command
 

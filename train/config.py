@@ -22,6 +22,17 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 DECODERS = ("torchvision", "pil")  # as epicdata.dataset.DECODERS
 
 
+def _option(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, minimum: int | None = None
+) -> Any:
+    """A config field with its command-line help, choices and lower bound: `epic-train
+    --help`, the CLI's types and the config's validation are built from these, so a new
+    field needs no table elsewhere."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "min": minimum}
+    )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. Paths are required and have no default."""
@@ -29,46 +40,70 @@ class TrainConfig:
     store: str
     annotations: str
     output_dir: str
-    epochs: int = 30
-    batch_size: int = 32  # per process; the global batch is batch_size x world size
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    scheduler: str = "plateau"  # ReduceLROnPlateau on val action top-1, or cosine
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    dropout: float = 0.3
-    num_frames: int = 8
-    sampling: str = "linspace"
-    crop_size: int = 224
-    weights: str = "imagenet"  # imagenet | none | PATH
-    workers: int = 4
-    decoder: str = "torchvision"  # 1.7x Pillow's frames/s here (docs/benchmarks.md)
-    amp: str = "auto"  # auto: bf16 where supported, else fp16 + scaler; off on CPU
-    device: str = "auto"
-    seed: int = 0
-    train_split: str = "train"
-    val_split: str = "validation"
-    checkpoint_every: int = 5
-    log_every: int = 50
-    limit_batches: int | None = None  # cap batches per epoch (train and val) for smoke runs
-    deterministic: bool = False
+    epochs: int = _option(30, "Epochs to train.", minimum=1)
+    batch_size: int = _option(
+        32, "Clips per batch per process (global batch: x world size).", minimum=1
+    )
+    lr: float = _option(1e-4, "AdamW learning rate.")
+    weight_decay: float = _option(1e-4, "AdamW weight decay.")
+    scheduler: str = _option(
+        "plateau",
+        "plateau: ReduceLROnPlateau(max) on val action top-1 (seed); cosine: per epoch.",
+        SCHEDULERS,
+    )
+    plateau_factor: float = _option(0.5, "ReduceLROnPlateau factor.")
+    plateau_patience: int = _option(3, "ReduceLROnPlateau patience in epochs.", minimum=0)
+    dropout: float = _option(0.3, "Dropout before the heads.")
+    num_frames: int = _option(8, "Frames per clip.", minimum=1)
+    sampling: str = _option(
+        "linspace",
+        "linspace: np.linspace(start, stop - 1, T) (seed); tsn: one per part.",
+        SAMPLINGS,
+    )
+    crop_size: int = _option(224, "Crop side in pixels (small values for CPU demos).", minimum=1)
+    weights: str = _option(
+        "imagenet", "imagenet (torchvision cache in $TORCH_HOME), none, or a state-dict file."
+    )
+    workers: int = _option(4, "DataLoader worker processes per GPU.", minimum=0)
+    decoder: str = _option(
+        "torchvision",
+        "JPEG decoder in the workers: torchvision (libjpeg-turbo, 1.7x Pillow here) or pil.",
+        DECODERS,
+    )
+    amp: str = _option(
+        "auto",
+        "Mixed precision on CUDA: auto (bf16 if supported, else fp16 + scaler), bf16, fp16, off.",
+        AMP_MODES,
+    )
+    device: str = _option("auto", "auto (cuda if available), cpu, cuda, cuda:N.")
+    seed: int = _option(0, "Seed of initialisation, data order and augmentation.")
+    train_split: str = _option("train", "Split to train on.")
+    val_split: str = _option("validation", "Split to validate on each epoch.")
+    checkpoint_every: int = _option(5, "Keep epoch_NNN.pt every N epochs.", minimum=1)
+    log_every: int = _option(
+        50,
+        "Log a line with the loss every N steps (0: never; progress lines come anyway).",
+        minimum=0,
+    )
+    limit_batches: int | None = _option(
+        None, "At most N batches per epoch, train and validation (smoke runs).", minimum=1
+    )
+    deterministic: bool = _option(
+        False, "Deterministic algorithms (slower on GPU; resume tests use it)."
+    )
 
     def __post_init__(self) -> None:
-        choices = {
-            "scheduler": SCHEDULERS,
-            "sampling": SAMPLINGS,
-            "amp": AMP_MODES,
-            "decoder": DECODERS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
                 raise EpicInputError(
-                    f"config {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}"
+                    f"config {f.name}={getattr(self, f.name)!r}: expected one of "
+                    f"{', '.join(allowed)}"
                 )
-        positive = ("epochs", "batch_size", "num_frames", "crop_size", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise EpicInputError(f"config {name}={getattr(self, name)}: must be >= 1")
+        for f in fields(self):
+            minimum, value = f.metadata.get("min"), getattr(self, f.name)
+            if minimum is not None and value is not None and value < minimum:
+                raise EpicInputError(f"config {f.name}={value}: must be >= {minimum}")
         if not 0.0 <= self.dropout < 1.0:
             raise EpicInputError(f"config dropout={self.dropout}: must be in [0, 1)")
 

@@ -207,20 +207,40 @@ def compute_metrics(
             metrics[f"unseen_{task}_accuracy_at_1"] = _percent(hits[task, 1][unseen])
     metrics[PER_ROW_ACTION_KEY] = _percent(_hits(per_row, action_labels, 1))
     if metrics[PER_ROW_ACTION_KEY] != metrics["all_action_accuracy_at_1"]:
-        log.warning(
-            "official action top-1 is %.4f%% but %.4f%% with a softmax per segment. The "
-            "official evaluator takes ONE softmax over the top-100 verb (and noun) scores of "
-            "all %d segments together: here %d segments get action scores that underflow in "
-            "it (0 or subnormal) and are ranked arbitrarily, and near-ties may round "
-            "differently. The challenge server scores test.json with that code, so test "
-            "logits like these get the official figure; shift each segment's logits so that "
-            "their maximum is 0 (log-softmax does) before submitting to avoid the underflow.",
+        _warn_softmax_difference(
             metrics["all_action_accuracy_at_1"],
             metrics[PER_ROW_ACTION_KEY],
-            len(verb),
-            count_underflowing(verb, noun),
+            segments=len(verb),
+            underflowing=count_underflowing(verb, noun),
         )
     return metrics
+
+
+def _warn_softmax_difference(
+    official: float, per_row: float, *, segments: int, underflowing: int
+) -> None:
+    figures = (
+        f"official action top-1 is {official:.4f}% but {per_row:.4f}% with a softmax per "
+        f"segment. The official evaluator takes ONE softmax over the top-100 verb (and noun) "
+        f"scores of all {segments} segments together"
+    )
+    if underflowing:
+        log.warning(
+            "%s: here %d segments get action scores that underflow in it (0 or subnormal) and "
+            "are ranked arbitrarily. The challenge server scores test.json with that code, so "
+            "test logits like these get the official figure; shift each segment's logits so "
+            "that their maximum is 0 (log-softmax does) before submitting to avoid the "
+            "underflow.",
+            figures,
+            underflowing,
+        )
+    else:
+        log.warning(
+            "%s: no segment underflows in it, so the difference comes from tied or nearly tied "
+            "action scores, which the two softmaxes round differently and numpy's sort orders "
+            "arbitrarily. The official figure is what the challenge server would give.",
+            figures,
+        )
 
 
 def format_metrics_table(metrics: dict[str, float]) -> str:

@@ -130,3 +130,25 @@ def test_weights_file_that_does_not_fit_is_a_clear_error(tmp_path):
         load_backbone_weights(ActionModel(), str(tmp_path / "bad.pth"))
     with pytest.raises(EpicInputError, match="no such file"):
         load_backbone_weights(ActionModel(), str(tmp_path / "absent.pth"))
+
+
+def test_every_config_field_carries_its_cli_help_type_and_bounds() -> None:
+    # The CLI is built from the fields: a new field (e.g. typed `float | None`) needs no table.
+    from dataclasses import fields
+
+    from click.testing import CliRunner
+
+    from train.cli import train_main
+
+    options = {o.name: o for o in train_main.params}
+    for field in fields(TrainConfig):
+        if field.name in ("store", "annotations", "output_dir"):
+            continue
+        assert field.metadata["help"], field.name
+        assert options[field.name].default == field.default, field.name
+    # Regression: --workers had no range check, and the slurm scripts could pass -1.
+    result = CliRunner().invoke(train_main, ["--store", ".", "--annotations", ".",
+                                             "--output-dir", "x", "--workers", "-1"])  # fmt: skip
+    assert result.exit_code == 2 and "--workers" in result.output
+    with pytest.raises(EpicInputError, match="workers=-1: must be >= 0"):
+        TrainConfig(store=".", annotations=".", output_dir="x", workers=-1)
