@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.io import decode_jpeg
 
 from epicdata.annotations import SegmentTable
-from epicdata.errors import StoreError, StoreIncompleteError
+from epicdata.errors import EnvironmentProblem, StoreError, StoreIncompleteError
 from epicdata.sampling import linspace_frames, tsn_frames
 from epicdata.store import FrameStore, shard_filename
 
@@ -159,13 +159,34 @@ def worker_deaths_named(store: FrameStore) -> Iterator[None]:
         yield
     except RuntimeError as exc:
         found = _WORKER_DEATH.search(str(exc))
-        reads = store.worker_reads([int(p) for p in found.group(1).split(",")]) if found else {}
-        if not reads:
+        if found is None:
             raise
-        raise StoreIncompleteError(
-            f"a DataLoader worker died ({str(exc).splitlines()[0].rstrip('. ')}) while reading "
-            + "; ".join(reads.values()),
-            where=store.root,
-            fix=f"a damaged shard can make LMDB abort its reader: run `epic-check --store "
-            f"{store.root}` and re-extract the shards it names",
+        reads = store.worker_reads([int(p) for p in found.group(1).split(",")])
+        what = str(exc).splitlines()[0].rstrip(". ")
+        where = "; ".join(reads.values()) or "while loading clips"
+        memory = (
+            "lower --workers or --batch-size, or ask the job for more memory (--mem); "
+            "`sacct -j JOBID -o MaxRSS,State` tells"
+        )
+        check = f"run `epic-check --store {store.root}` and re-extract the shards it names"
+        if "signal: Killed" in what:
+            # SIGKILL is what the kernel's out-of-memory killer (and SLURM's) sends.
+            raise EnvironmentProblem(
+                f"a DataLoader worker was killed ({what}), most likely for memory",
+                where=where,
+                fix=memory,
+            ) from None
+        if "killed by signal" in what and reads:
+            # SIGABRT/SIGBUS/SIGSEGV while reading: LMDB on a damaged page.
+            raise StoreIncompleteError(
+                f"a DataLoader worker died ({what}) while reading {where}",
+                where=store.root,
+                fix=f"a damaged shard can make LMDB abort its reader: {check}",
+            ) from None
+        # torch could not tell the signal ("exited unexpectedly"): both causes are likely.
+        raise EnvironmentProblem(
+            f"a DataLoader worker died ({what})",
+            where=where,
+            fix=f"if the job ran out of memory, {memory}; if not, a damaged shard can make "
+            f"LMDB abort its reader: {check}",
         ) from None

@@ -16,8 +16,12 @@ from epicdata.annotations import SPLIT_FILES, TIMESTAMP_COLUMNS
 from epicdata.frames import format_timestamp, frame_rate_for, start_frame_at, stop_frame_at
 from epicdata.synthetic import MiniEpic, SyntheticVideo, make_mini_epic, make_video
 
-#: ../shared/epic100 next to the repository: the official EPIC-100 annotation files.
-REAL_ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "epic100"
+#: The official EPIC-100 annotation files: $EPIC_REAL_ANNOTATIONS (e.g. a clone of
+#: github.com/epic-kitchens/epic-kitchens-100-annotations), else ../shared/epic100.
+REAL_ANNOTATIONS = Path(
+    os.environ.get("EPIC_REAL_ANNOTATIONS")
+    or Path(__file__).resolve().parents[2] / "shared" / "epic100"
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +34,10 @@ def mini_epic(tmp_path_factory: pytest.TempPathFactory) -> MiniEpic:
 def real_annotations() -> Path:
     """The folder of real EPIC-100 annotation files; skips the test when it is absent."""
     if not REAL_ANNOTATIONS.is_dir():
-        pytest.skip("../shared/epic100 not present (real EPIC-100 annotation files)")
+        pytest.skip(
+            f"{REAL_ANNOTATIONS} not present: set EPIC_REAL_ANNOTATIONS to a clone of "
+            "epic-kitchens-100-annotations to run the real-data tests"
+        )
     return REAL_ANNOTATIONS
 
 

@@ -82,15 +82,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint (``weights_only=True``) and check its format; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise EpicInputError(f"checkpoint {path} not found")
+        raise EpicInputError("checkpoint not found", where=path)
+    not_ours = "pass a checkpoint written by epic-train (RUN/best.pt, RUN/last.pt)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign file: name it
-        raise EpicInputError(f"checkpoint {path} cannot be read ({exc})") from None
-    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION:
-        found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise EpicInputError(
-            f"checkpoint {path}: format version {found}, this code reads {CHECKPOINT_VERSION}"
+            "not an epic-train checkpoint, or a truncated one",
+            where=f"{path}: torch.load says {first}",
+            fix=not_ours,
+        ) from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise EpicInputError(
+            "not an epic-train checkpoint",
+            where=f"{path}: a {type(state).__name__} without a format_version",
+            fix=not_ours + "; a bare state dict is for --weights",
+        )
+    if state["format_version"] != CHECKPOINT_VERSION:
+        raise EpicInputError(
+            f"checkpoint format version {state['format_version']}, this code reads "
+            f"{CHECKPOINT_VERSION}",
+            where=path,
+            fix="use the epic-kitchens-pipeline release that wrote it",
         )
     missing = sorted(CHECKPOINT_KEYS - set(state))
     extra = sorted(set(state) - CHECKPOINT_KEYS)

@@ -161,7 +161,9 @@ def train_main(
             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
         }
     )
-    cfg = TrainConfig(store=store, annotations=annotations, output_dir=output_dir, **values)
+    # Absolute paths in config.yaml and the checkpoints: a run folder makes sense anywhere.
+    paths = {k: str(Path(v).resolve()) for k, v in (("store", store), ("annotations", annotations), ("output_dir", output_dir))}  # fmt: skip
+    cfg = TrainConfig(**paths, **values)
     return fit(cfg, resume_from=resume, dry_run=dry_run)
 
 

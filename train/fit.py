@@ -181,7 +181,7 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
             return EXIT_REQUEUE
     if run.runlog is not None:
         run.runlog.close()
-    log.info("done: best validation action top-1 %.2f%%", run.best)
+    log.info("done: best validation action top-1 %.2f%%; run folder %s", run.best, run.run_dir)
     return 0
 
 

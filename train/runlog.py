@@ -30,6 +30,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional (extra "dev")
             self.writer = None
+            log.info("TensorBoard events off (not installed): `pip install tensorboard` for them")
         else:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 

@@ -102,6 +102,15 @@ def predict(
     return preds.verb_logits, preds.noun_logits, ids
 
 
+def _sls_missing() -> EpicInputError:
+    return EpicInputError(
+        "--split test needs --sls-pt, --sls-tl and --sls-td",
+        where="supervision levels, https://github.com/epic-kitchens/sls",
+        fix="the seed's ImageNet ResNet-18 trained on the train split: --sls-pt 1 --sls-tl 3 "
+        "--sls-td 3",
+    )
+
+
 def score(
     verb_logits: np.ndarray,
     noun_logits: np.ndarray,
@@ -121,11 +130,7 @@ def score(
     output_dir.mkdir(parents=True, exist_ok=True)
     if not table.labelled:
         if None in sls:
-            raise EpicInputError(
-                "--split test needs --sls-pt, --sls-tl and --sls-td (supervision levels, "
-                "https://github.com/epic-kitchens/sls; the seed's ImageNet ResNet-18 trained on "
-                "the train split: 1 3 3)"
-            )
+            raise _sls_missing()
         submission = make_submission(
             verb_logits, noun_logits, narration_ids, sls_pt=sls[0], sls_tl=sls[1], sls_td=sls[2]
         )
@@ -178,7 +183,11 @@ def validate(
         )
     annotation_dir = AnnotationDir(annotations)
     output_dir = Path(output_dir)
-    segments = len(annotation_dir.table(split))
+    table = annotation_dir.table(split)
+    segments = len(table)
+    if not table.labelled and None in sls:
+        # Checked before inference: the levels are never guessed, and a run is not wasted.
+        raise _sls_missing()
     if distributed.discover().is_main:
         # predictions.pkl: float32 verb and noun scores per segment, ids, pickle overhead.
         need = segments * (NUM_VERB_CLASSES + NUM_NOUN_CLASSES) * 4 * 2 + (1 << 20)

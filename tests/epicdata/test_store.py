@@ -194,8 +194,14 @@ class _AbortOn(Dataset):
     """Reads like training does, and dies as LMDB does on a damaged page (SIGABRT) while
     reading request ``abort_at``."""
 
-    def __init__(self, store: FrameStore, requests: list[tuple[str, list[int]]], abort_at: int):
-        self.store, self.requests, self.abort_at = store, requests, abort_at
+    def __init__(
+        self,
+        store: FrameStore,
+        requests: list[tuple[str, list[int]]],
+        abort_at: int,
+        signum: int = 6,
+    ):
+        self.store, self.requests, self.abort_at, self.signum = store, requests, abort_at, signum
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -205,21 +211,41 @@ class _AbortOn(Dataset):
         self.store.read_frames(video_id, frames)
         if i == self.abort_at:
             faulthandler.disable()  # no Python fault dump in the test log: the abort is meant
-            os.abort()
+            os.kill(os.getpid(), self.signum)
         return i
 
 
 def test_a_worker_killed_while_reading_is_reported_with_its_shard(store_root: Path) -> None:
     # Regression: the main process said only "DataLoader worker ... killed by signal".
     from epicdata.dataset import worker_deaths_named
-    from epicdata.errors import StoreIncompleteError
+    from epicdata.errors import EpicInputError, StoreIncompleteError
 
     store = FrameStore(store_root)
     requests = [("P01_01", [1, 2]), ("P02_101", [5, 6, 7]), ("P01_01", [3])]
     loader = DataLoader(_AbortOn(store, requests, abort_at=1), batch_size=None, num_workers=1)
-    with pytest.raises(StoreIncompleteError) as caught, worker_deaths_named(store):
+    with pytest.raises(EpicInputError) as caught, worker_deaths_named(store):
         list(loader)
     message = str(caught.value)
     assert message.startswith("a DataLoader worker died (DataLoader worker (pid")
     assert f"{shard_path(store_root, 1)} P02_101 frames [5, 6, 7]" in message
     assert "epic-check --store" in message
+    # torch names the signal when its SIGCHLD handler sees it: then it is a damaged shard.
+    if "killed by signal" in message:
+        assert isinstance(caught.value, StoreIncompleteError)
+
+
+def test_a_worker_killed_by_sigkill_is_reported_as_memory(store_root: Path) -> None:
+    # Regression: an OOM-killed worker gave a traceback.
+    import signal
+
+    from epicdata.dataset import worker_deaths_named
+    from epicdata.errors import EnvironmentProblem
+
+    store = FrameStore(store_root)
+    requests = [("P01_01", [1, 2]), ("P02_101", [5])]
+    dataset = _AbortOn(store, requests, abort_at=1, signum=signal.SIGKILL)
+    loader = DataLoader(dataset, batch_size=None, num_workers=1)
+    with pytest.raises(EnvironmentProblem) as caught, worker_deaths_named(store):
+        list(loader)
+    message = str(caught.value)
+    assert "--workers" in message and "--mem" in message and "P02_101 frames [5]" in message

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
 from train.checkpoint import CHECKPOINT_VERSION
-from train.cli import train_main
+from train.cli import train_main, validate_main
 from train.fit import EXIT_REQUEUE, fit
 
 #: Validation action top-1 (percent) the 2-epoch run must reach: 1.5x the 19.7% of always
@@ -189,3 +189,25 @@ def test_a_missing_shard_found_by_a_loader_worker_exits_5_without_a_traceback(
     assert len(errors) == 1 and "shard-00001.lmdb" in errors[0], result.output
     assert errors[0].startswith("error: segment P") and "epic-extract run" in errors[0]
     assert "Traceback" not in result.output and "Caught" not in result.output
+
+
+def test_validate_checks_its_options_before_inference(trained_run, mini_store, tmp_path):
+    # Regression: --split test without --sls-* ran all inference first, then failed.
+    args = ["--checkpoint", trained_run / "best.pt", "--store", mini_store.store, "--workers", "0"]
+    args += ["--annotations", mini_store.annotations, "--split", "test", "--output-dir", tmp_path]
+    result = CliRunner().invoke(validate_main, [str(a) for a in args])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    assert "--sls-pt, --sls-tl and --sls-td" in result.output
+    assert "segments of test" not in result.output and not (tmp_path / "predictions.pkl").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_says_so(mini_store, tmp_path):
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "state_dict.pt")
+    (tmp_path / "notes.pt").write_bytes(b"not a checkpoint at all")
+    for name in ("state_dict.pt", "notes.pt"):
+        args = ["--checkpoint", tmp_path / name, "--store", mini_store.store]
+        args += ["--annotations", mini_store.annotations, "--output-dir", tmp_path / "out"]
+        result = CliRunner().invoke(validate_main, [str(a) for a in args])
+        assert result.exit_code == ExitCode.BAD_INPUT, result.output
+        (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+        assert "not an epic-train checkpoint" in line and name in line
