@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from epicdata.cli import Progress
+from epicdata.errors import EpicInputError
 from train.distributed import DistInfo, any_rank, gather_to_main
 from train.transforms import DeviceAugment
 
@@ -79,6 +80,10 @@ def train_one_epoch(
     start = tick = time.perf_counter()
     interrupted = False
     progress = Progress(max_steps, label=header or "train", unit="batches")
+    # The first step whose loss is not finite, tracked on the device (no host sync per
+    # step) and looked at when the ranks agree on a stop anyway.
+    step_t = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
     for batch in loader:
         wait += time.perf_counter() - tick
         frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
@@ -93,6 +98,8 @@ def train_one_epoch(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
+        step_t += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step_t, first_bad)
         verb_hit = verb_logits.argmax(1) == verbs
         noun_hit = noun_logits.argmax(1) == nouns
         batch_size = len(verbs)
@@ -119,11 +126,14 @@ def train_one_epoch(
         if steps >= max_steps:
             break
         sync_now = not info.enabled or steps % STOP_SYNC_STEPS == 0
-        if sync_now and any_rank(stop_requested(), info, device):
-            interrupted = True
-            break
+        if sync_now:
+            _raise_if_diverged(first_bad, info, header)
+            if any_rank(stop_requested(), info, device):
+                interrupted = True
+                break
         tick = time.perf_counter()
     progress.close()
+    _raise_if_diverged(first_bad, info, header)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -145,6 +155,27 @@ def train_one_epoch(
         steps=steps,
         interrupted=interrupted,
     )
+
+
+class TrainingDivergedError(EpicInputError):
+    """The loss stopped being finite: nothing after the last good epoch is saved."""
+
+
+def _raise_if_diverged(first_bad: torch.Tensor, info: DistInfo, header: str) -> None:
+    """Every rank raises when any rank saw a non-finite loss (the same step on all)."""
+    none = torch.iinfo(torch.long).max
+    bad = torch.where(first_bad < 0, torch.full_like(first_bad, none), first_bad)
+    if info.enabled:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+    step = int(bad.item())
+    if step != none:
+        raise TrainingDivergedError(
+            f"training diverged: the loss is not finite ({header}, first at step {step} of "
+            f"this run of the epoch)",
+            where="NaN or Inf",
+            fix="lower --lr (or use --amp off to rule out fp16 overflow); last.pt and best.pt "
+            "still hold the last good epoch, so `--resume auto` continues from there",
+        )
 
 
 @dataclass(frozen=True)

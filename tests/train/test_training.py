@@ -211,3 +211,17 @@ def test_a_file_that_is_not_a_checkpoint_says_so(mini_store, tmp_path):
         assert result.exit_code == ExitCode.BAD_INPUT, result.output
         (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
         assert "not an epic-train checkpoint" in line and name in line
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(
+    mini_store, fast_options, tmp_path
+):
+    # Regression: `epic-train --lr 1e6` exited 0 and wrote an all-NaN best.pt.
+    run = tmp_path / "run"
+    args = _train_args(mini_store, run, fast_options, lr=1e6, epochs=2)[1:]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "training diverged: the loss is not finite (epoch 1/2, first at step" in line
+    assert "lower --lr" in line and "Traceback" not in result.output
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
