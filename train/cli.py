@@ -134,6 +134,11 @@ def _store_option(*, required: bool) -> Callable[[click.Command], click.Command]
     is_flag=True,
     help="Build everything, run 2 train and 2 validation batches, write nothing.",
 )
+@click.option(
+    "--allow-config-change",
+    is_flag=True,
+    help="On resume, apply options that differ from the checkpoint's (recorded in the run).",
+)
 @_config_options
 def train_main(
     store: str,
@@ -142,6 +147,7 @@ def train_main(
     config_file: str | None,
     resume: str | None,
     dry_run: bool,
+    allow_config_change: bool,
     **options: object,
 ) -> int:
     """Train the ResNet-18 action model on a frame store (defaults: the seed's recipe).
@@ -164,7 +170,7 @@ def train_main(
     # Absolute paths in config.yaml and the checkpoints: a run folder makes sense anywhere.
     paths = {k: str(Path(v).resolve()) for k, v in (("store", store), ("annotations", annotations), ("output_dir", output_dir))}  # fmt: skip
     cfg = TrainConfig(**paths, **values)
-    return fit(cfg, resume_from=resume, dry_run=dry_run)
+    return fit(cfg, resume_from=resume, dry_run=dry_run, allow_config_change=allow_config_change)
 
 
 @click.command(

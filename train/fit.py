@@ -28,7 +28,7 @@ from epicdata.annotations import AnnotationDir, SegmentTable
 from epicdata.cli import preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.dataset import worker_deaths_named
-from epicdata.errors import ExitCode
+from epicdata.errors import EpicInputError, ExitCode
 from epicdata.store import FrameStore
 from train import distributed
 from train.checkpoint import (
@@ -55,6 +55,17 @@ log = logging.getLogger(__name__)
 EXIT_REQUEUE = int(ExitCode.REQUEUE)
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 SELECTION_METRIC = "all_action_accuracy_at_1"
+#: Options that may change on resume without changing the result (docs/training.md); more
+#: epochs too, with the plateau scheduler (cosine's period is the epoch count).
+FREE_ON_RESUME = (
+    "workers",
+    "log_every",
+    "checkpoint_every",
+    "device",
+    "store",
+    "annotations",
+    "output_dir",
+)
 NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
@@ -123,6 +134,8 @@ class _Run:
     run_dir: Path
     runlog: RunLog | None  # rank 0 of a run that writes
     limit_batches: int | None
+    allow_config_change: bool = False
+    note: str = ""  # for the next summary row (e.g. options changed on resume)
     start_epoch: int = 0
     start_step: int = 0
     best: float = -1.0
@@ -141,18 +154,40 @@ class _Run:
         )
 
 
-def fit(cfg: TrainConfig, *, resume_from: str | None = None, dry_run: bool = False) -> int:
-    """Train per ``cfg``; returns the process exit code (0, or EXIT_REQUEUE after a signal)."""
+def fit(
+    cfg: TrainConfig,
+    *,
+    resume_from: str | None = None,
+    dry_run: bool = False,
+    allow_config_change: bool = False,
+) -> int:
+    """Train per ``cfg``; returns the process exit code (0, or EXIT_REQUEUE after a signal).
+    ``allow_config_change``: apply options that differ from the resumed checkpoint's."""
     stop = StopFlag()
     try:
-        return _fit(cfg, stop=stop, resume_from=resume_from, dry_run=dry_run)
+        return _fit(
+            cfg,
+            stop=stop,
+            resume_from=resume_from,
+            dry_run=dry_run,
+            allow_config_change=allow_config_change,
+        )
     finally:
         stop.restore()
         distributed.shutdown()
 
 
-def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: bool) -> int:
-    run = _setup(cfg, resume_from=resume_from, dry_run=dry_run)
+def _fit(
+    cfg: TrainConfig,
+    *,
+    stop: StopFlag,
+    resume_from: str | None,
+    dry_run: bool,
+    allow_config_change: bool,
+) -> int:
+    run = _setup(
+        cfg, resume_from=resume_from, dry_run=dry_run, allow_config_change=allow_config_change
+    )
     for epoch in range(run.start_epoch, 1 if dry_run else cfg.epochs):
         step0 = run.start_step if epoch == run.start_epoch else 0
         stats = _train_epoch(run, epoch, step0, stop)
@@ -185,7 +220,9 @@ def _fit(cfg: TrainConfig, *, stop: StopFlag, resume_from: str | None, dry_run: 
     return 0
 
 
-def _setup(cfg: TrainConfig, *, resume_from: str | None, dry_run: bool) -> _Run:
+def _setup(
+    cfg: TrainConfig, *, resume_from: str | None, dry_run: bool, allow_config_change: bool
+) -> _Run:
     """Device and ranks, the run folder's preflight, data, model and optimiser, resume."""
     device = resolve_device(cfg.device)
     info = distributed.init(device.type)
@@ -260,6 +297,7 @@ def _setup(cfg: TrainConfig, *, resume_from: str | None, dry_run: bool) -> _Run:
         run_dir=run_dir,
         runlog=None,
         limit_batches=limit,
+        allow_config_change=allow_config_change,
     )
     if checkpoint_path is not None:
         _resume(run, checkpoint_path)
@@ -294,9 +332,37 @@ def _resume(run: _Run, path: Path) -> None:
         for k, v in run.cfg.to_dict().items()
         if state["config"].get(k) != v
     }
+    free = set(FREE_ON_RESUME) | ({"epochs"} if run.cfg.scheduler == "plateau" else set())
+    binding = {k: v for k, v in changed.items() if k not in free}
+    if binding and not run.allow_config_change:
+        raise EpicInputError(
+            f"--resume: {', '.join(binding)} differ from the checkpoint's and would change the "
+            f"result",
+            where=path,
+            fix="give the checkpoint's values again, or pass --allow-config-change to apply "
+            "the new ones (they are recorded in config.yaml, train.log and summary.csv)",
+            details="\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in binding.items()),
+        )
     if changed:
-        log.warning("config differs from the checkpoint's (old, new): %s", changed)
+        _apply_changes(run)
+        note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        log.warning("resumed with changed options (applied): %s", note)
+        run.note = f"resumed with {note}"
     log.info("resumed from %s at epoch %d step %d", path, run.start_epoch + 1, run.start_step)
+
+
+def _apply_changes(run: _Run) -> None:
+    """Make the new config real where the restored optimiser and scheduler state would keep
+    the old values (the data, model and loop are built from the new config already)."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
+        group["initial_lr"] = cfg.lr
+    if cfg.scheduler == "plateau":
+        run.scheduler.factor, run.scheduler.patience = cfg.plateau_factor, cfg.plateau_patience
+    else:
+        run.scheduler.base_lrs = [cfg.lr] * len(run.optimizer.param_groups)
+        run.scheduler.T_max = cfg.epochs
 
 
 def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStats:
@@ -402,8 +468,10 @@ def _end_epoch(
             "clips_per_s": stats.clips / stats.seconds,
             "data_wait": stats.data_wait,
             "epoch_s": stats.seconds,
+            "note": run.note,
         }
     )
+    run.note = ""
     save_epoch(
         run.state(epoch + 1, 0),
         run.run_dir,

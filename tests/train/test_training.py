@@ -225,3 +225,27 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(
     assert "training diverged: the loss is not finite (epoch 1/2, first at step" in line
     assert "lower --lr" in line and "Traceback" not in result.output
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+
+
+def test_changed_options_on_resume_are_refused_unless_allowed_and_then_applied(
+    trained_run, mini_store, fast_options, tmp_path
+):
+    # Regression: `--resume auto --lr 1e-2` only warned, trained on at 0.001 and wrote 0.01
+    # into config.yaml.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    args = _train_args(mini_store, run, fast_options, epochs=3, lr=1e-2)[1:] + ["--resume", "auto"]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "--resume: lr differ from the checkpoint's" in line and "--allow-config-change" in line
+    assert "lr: 0.001 -> 0.01" in result.output
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2  # nothing ran
+    result = CliRunner().invoke(train_main, [*args, "--allow-config-change"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["config"]["lr"] == 0.01
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.01  # applied, not only written
+    assert "lr: 0.01" in (run / "config.yaml").read_text()
+    rows = _rows(run)
+    assert "lr 0.001 -> 0.01" in rows[2]["note"] and rows[2]["lr"] == "0.01"
