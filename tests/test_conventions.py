@@ -118,6 +118,7 @@ def args_writing_to(name: str, planned: dict[str, Path], folder: Path) -> list[s
         "epic-validate": [
             "--predictions", planned["predictions"], "--annotations", planned["annotations"],
             "--split", "test", "--output-dir", folder / "out",
+            "--sls-pt", "1", "--sls-tl", "3", "--sls-td", "3",
         ],
     }[name]  # fmt: skip
 

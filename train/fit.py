@@ -345,8 +345,13 @@ def _resume(run: _Run, path: Path) -> None:
         )
     if changed:
         _apply_changes(run)
-        note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        log.warning("resumed with changed options (applied): %s", note)
+        log.info(
+            "resumed with changed options: %s",
+            "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+        )
+    if binding:
+        note = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in binding.items())
+        log.warning("resumed with options that change the result (applied): %s", note)
         run.note = f"resumed with {note}"
     log.info("resumed from %s at epoch %d step %d", path, run.start_epoch + 1, run.start_step)
 

@@ -139,7 +139,7 @@ def test_cli_yaml_defaults_dry_run_and_refusing_an_existing_run(
     result = CliRunner().invoke(train_main, args)
     assert result.exit_code != 0 and "--resume auto" in result.output
     result = CliRunner().invoke(train_main, args + ["--crop-size", "0"])
-    assert result.exit_code != 0 and "crop_size=0: must be >= 1" in result.output
+    assert result.exit_code == 2 and "'--crop-size': 0 is not in the range x>=1" in result.output
 
 
 def test_two_process_gloo_training_validates_exactly_the_validation_set(
