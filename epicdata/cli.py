@@ -253,6 +253,15 @@ def run_header(argv: list[str] | None = None, environ: dict[str, str] | None = N
     return " | ".join(parts)
 
 
+def add_log_file(path: str | Path) -> None:
+    """Also log into ``path`` from now on (a run folder's log, attached once the run is
+    sure to start: a refused start leaves no folder behind), starting with the header."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    logging.getLogger().addHandler(handler)
+    handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, run_header(), (), None))
+
+
 def start_command(
     *, verbose: bool | None = None, is_main: bool = True, log_file: str | Path | None = None
 ) -> None:
@@ -398,16 +407,22 @@ def free_bytes(path: str | Path) -> int:
 
 
 def preflight_output(path: str | Path, *, need_bytes: int, option: str) -> Path:
-    """Before expensive work: make sure folder ``path`` (created if missing) is writable and
-    its disk has ``need_bytes`` free (an estimate of what the command will write).
+    """Before expensive work: make sure folder ``path`` is writable (or, when it does not
+    exist yet, that its nearest existing parent is: nothing is created, so a refused start
+    leaves no folder behind) and its disk has ``need_bytes`` free (an estimate of what the
+    command will write).
 
     Raises :class:`EnvironmentProblem` (exit 2) naming the path when it cannot be written,
     :class:`OutOfSpaceError` (exit 4) with the bytes needed and free when it is too small.
     """
     path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".epic-preflight-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".epic-preflight-"):
             pass
     except OSError as exc:
         raise EnvironmentProblem(
@@ -415,7 +430,7 @@ def preflight_output(path: str | Path, *, need_bytes: int, option: str) -> Path:
             where=f"{path}: {exc.strerror or exc}",
             fix="choose a writable folder, or fix its permissions (`lsattr -d` shows immutable)",
         ) from None
-    free = free_bytes(path)
+    free = free_bytes(existing)
     if free < need_bytes:
         raise OutOfSpaceError(
             f"not enough space for {option}",

@@ -190,3 +190,48 @@ def worker_deaths_named(store: FrameStore) -> Iterator[None]:
             fix=f"if the job ran out of memory, {memory}; if not, a damaged shard can make "
             f"LMDB abort its reader: {check}",
         ) from None
+
+
+def check_readable(dataset: EpicActionDataset, *, limit: int = 5) -> None:
+    """Before the first step: every frame the dataset's sampler can ask for is in the store,
+    judged from the store's metadata (no JPEG is read). A random sampler (TSN training)
+    may ask for any frame of a segment; the deterministic ones for their exact frames.
+
+    Raises :class:`StoreError` (or :class:`StoreIncompleteError` for a missing shard)
+    summarising the segments that would fail, by video."""
+    table, store = dataset.table, dataset.store
+    any_frame = dataset.sampling == "tsn" and dataset.training
+    bad: dict[str, list[str]] = {}
+    for i in range(len(table)):
+        video_id = table.video_ids[i]
+        start, stop = int(table.start_frames[i]), int(table.stop_frames[i])
+        readable = (
+            store.holds_range(video_id, start, stop)
+            if any_frame
+            else store.holds(video_id, dataset.frame_numbers(i))
+        )
+        if not readable:
+            bad.setdefault(video_id, []).append(table.narration_ids[i])
+    if bad:
+        count = sum(len(v) for v in bad.values())
+        lines = [
+            f"  {vid}: {len(ids)} segments, e.g. {ids[0]}" for vid, ids in list(bad.items())[:limit]
+        ]
+        if len(bad) > limit:
+            lines.append(f"  ... and {len(bad) - limit} more videos")
+        keep = store.manifest.params
+        raise StoreError(
+            f"{count} segments of the {table.split} split ask for frames the store does not "
+            f"hold ({dataset.num_frames} frames, {dataset.sampling} sampling"
+            f"{', random offsets' if any_frame else ''}; the store keeps {keep.keep}"
+            + (
+                f" for clip lengths {','.join(map(str, keep.num_frames))}"
+                if keep.keep == "sampled"
+                else ""
+            )
+            + ")",
+            where=store.root,
+            fix="train with the clip length and sampling the store was planned for, or plan a "
+            "store that keeps these frames (--keep segments, or --keep sampled --num-frames N)",
+            details="\n".join(lines),
+        )

@@ -608,6 +608,31 @@ class FrameStore:
                 fix=f"run `epic-check --store {self.root}` and re-extract the shards it names",
             ) from None
 
+    def holds(self, video_id: str, frames: Sequence[int]) -> bool:
+        """Whether every frame of ``frames`` is readable (stored, or clamped near the end),
+        from the metadata alone: no JPEG is read, nothing is counted."""
+        meta, index = self._video(video_id)
+        last = meta.last_stored_frame
+        clamps = last == meta.decoded_frames
+        return all(
+            index.position(int(f)) is not None
+            or (clamps and last < f <= last + self.clamp_tolerance)
+            for f in frames
+        )
+
+    def holds_range(self, video_id: str, first: int, last_frame: int) -> bool:
+        """Whether every frame of ``[first, last_frame]`` is readable (see :meth:`holds`)."""
+        meta, index = self._video(video_id)
+        last = meta.last_stored_frame
+        if last_frame > last:
+            if not (last == meta.decoded_frames and last_frame <= last + self.clamp_tolerance):
+                return False
+            if first > last:  # wholly in the clamped tail
+                return True
+            last_frame = last
+        i = bisect.bisect_right(index.starts, first) - 1
+        return i >= 0 and last_frame <= index.ends[i]
+
     def resolve_frames(self, video_id: str, frames: Sequence[int]) -> list[int]:
         """Map requested frame numbers to stored ones (clamping near the end, counted)."""
         meta, index = self._video(video_id)

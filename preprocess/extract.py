@@ -424,6 +424,7 @@ def run_shard(
         workers,
         tmp_root,
     )
+    tmp_root.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"epic-shard-{shard_index:05d}-", dir=tmp_root))
     try:
         writer = ShardWriter(workdir / final.name, map_size=map_size)

@@ -157,8 +157,7 @@ def train_main(
     """
     ctx = click.get_current_context()
     info = distributed.discover()
-    log_file = None if dry_run or not info.is_main else Path(output_dir) / "train.log"
-    start_command(is_main=info.is_main, log_file=log_file)
+    start_command(is_main=info.is_main)
     values = load_yaml_defaults(config_file) if config_file else {}
     values.update(
         {

@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from epicdata.annotations import AnnotationDir, SegmentTable
-from epicdata.cli import preflight_output
+from epicdata.cli import add_log_file, preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
-from epicdata.dataset import worker_deaths_named
+from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError, ExitCode
 from epicdata.store import FrameStore
 from train import distributed
@@ -164,6 +164,8 @@ def fit(
     """Train per ``cfg``; returns the process exit code (0, or EXIT_REQUEUE after a signal).
     ``allow_config_change``: apply options that differ from the resumed checkpoint's."""
     stop = StopFlag()
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     try:
         return _fit(
             cfg,
@@ -175,6 +177,9 @@ def fit(
     finally:
         stop.restore()
         distributed.shutdown()
+        for handler in set(root.handlers) - set(handlers):  # this run's train.log
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _fit(
@@ -261,6 +266,10 @@ def _setup(
     )
     val_table = annotations.table(cfg.val_split)
     val_set, val_loader = build_eval_data(store, val_table, **clips)
+    # Every frame the samplers can ask for, from the metadata: a missing one fails here,
+    # not as a worker traceback mid-epoch.
+    check_readable(train.dataset)
+    check_readable(val_set)
 
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every run
     model = build_model(weights=cfg.weights, dropout=cfg.dropout, device=device, channels_last=pin)
@@ -303,6 +312,7 @@ def _setup(
         _resume(run, checkpoint_path)
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
+        add_log_file(run_dir / "train.log")
         cfg.save(run_dir / "config.yaml")
         run.runlog = RunLog(run_dir)
     log.info(

@@ -19,7 +19,7 @@ import torch
 from epicdata.annotations import AnnotationDir
 from epicdata.cli import preflight_output
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
-from epicdata.dataset import worker_deaths_named
+from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
@@ -84,6 +84,7 @@ def predict(
         info=info,
         pin_memory=device.type == "cuda",
     )
+    check_readable(dataset)
     log.info("%s: %d segments of %s with %s", checkpoint, len(dataset), split, device)
     with worker_deaths_named(dataset.store):
         preds = evaluate(

@@ -8,12 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from epicdata.annotations import AnnotationDir
 from epicdata.dataset import EpicActionDataset
+from epicdata.errors import ExitCode
 from epicdata.sampling import linspace_frames
 from epicdata.store import FrameStore
 from preprocess.check import check_store
+from train.cli import train_main
 from train.config import TrainConfig
 from train.fit import fit
 
@@ -61,3 +64,23 @@ def test_format_1_store_trains(old_store: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert fit(cfg) == 0
     assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_a_sampled_store_refuses_another_clip_length_before_the_first_step(
+    old_store: Path, tmp_path: Path
+) -> None:
+    # Regression: a missing frame surfaced as a DataLoader worker traceback mid-epoch, and
+    # the refused start left a run folder behind.
+    run = tmp_path / "run"
+    args = ["--store", old_store, "--annotations", FIXTURE / "annotations", "--output-dir", run]
+    args += ["--epochs", "1", "--batch-size", "4", "--crop-size", "16", "--weights", "none"]
+    args += ["--workers", "0"]
+    result = CliRunner().invoke(train_main, [str(a) for a in [*args, "--num-frames", "3"]])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "segments of the train split ask for frames the store does not hold" in line
+    assert "3 frames, linspace sampling; the store keeps sampled for clip lengths 2" in line
+    assert not run.exists()
+    result = CliRunner().invoke(train_main, [str(a) for a in [*args, "--sampling", "tsn"]])
+    assert result.exit_code == ExitCode.BAD_INPUT and "random offsets" in result.output
+    assert not run.exists()

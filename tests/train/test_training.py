@@ -172,22 +172,41 @@ def test_two_process_gloo_training_validates_exactly_the_validation_set(
         assert abs(float(rows[0][f"val_{key}"]) - value) < 1e-6, key
 
 
-def test_a_missing_shard_found_by_a_loader_worker_exits_5_without_a_traceback(
-    mini_store, fast_options, tmp_path
-):
-    # The store loses a shard after planning: the DataLoader worker that reads it raises,
-    # torch re-raises in the main process with the worker's traceback in the message, and
-    # the user must still see one named error line and the store-incomplete code.
+def test_a_missing_shard_is_refused_before_the_first_step(mini_store, fast_options, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(mini_store.store, store)
     (store / "shards" / "shard-00001.lmdb").unlink()
+    args = _train_args(mini_store, tmp_path / "run", fast_options)[1:]
+    args[args.index("--store") + 1] = str(store)
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert "shard-00001.lmdb" in line and "is not published" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_frames_found_by_a_loader_worker_exit_5_without_a_traceback(
+    mini_store, fast_options, tmp_path
+):
+    # Every JPEG of shard 1 has a flipped byte: the reader's CRC check fails in a DataLoader
+    # worker, torch re-raises it in the main process with the worker's traceback in the
+    # message, and the user must still see one named error line and the store's code.
+    store = tmp_path / "store"
+    shutil.copytree(mini_store.store, store)
+    path = store / "shards" / "shard-00001.lmdb"
+    data = bytearray(path.read_bytes())
+    start = data.find(b"\xff\xd8\xff")
+    while start >= 0:
+        data[start + 200] ^= 0x01
+        start = data.find(b"\xff\xd8\xff", start + 201)
+    path.write_bytes(bytes(data))
     args = _train_args(mini_store, tmp_path / "run", {**fast_options, "workers": 1})[1:]
     args[args.index("--store") + 1] = str(store)
     result = CliRunner().invoke(train_main, args)
     assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "shard-00001.lmdb" in errors[0], result.output
-    assert errors[0].startswith("error: segment P") and "epic-extract run" in errors[0]
+    assert errors[0].startswith("error: segment P") and "checksum mismatch" in errors[0]
     assert "Traceback" not in result.output and "Caught" not in result.output
 
 
