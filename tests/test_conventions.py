@@ -261,8 +261,8 @@ def test_no_room_is_refused_before_any_work(
     )
     assert str(tmp_path) in line
     assert not shard_path(planned["store"], 0).exists()
-    # Refused before any work, and nothing left behind (a run folder, a store, a mini-EPIC).
-    for made in ("run", "mini", "store", "out"):
+    # Refused before any work, and nothing left behind (a run folder, a mini-EPIC, output).
+    for made in ("run", "mini", "out"):
         assert not (tmp_path / made).exists(), made
 
 
