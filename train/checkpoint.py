@@ -19,15 +19,17 @@ weights_only=True)`` reads it without running code::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from epicdata.errors import EpicInputError
+from epicdata.errors import EpicInputError, OutOfSpaceError
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = frozenset(
@@ -73,8 +75,30 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as "RuntimeError: ... basic_ios::clear" or
+        # "file write failed": judge by the room left, and keep what was saved before.
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        no_space = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        if (
+            no_space
+            or free < max(written, 1 << 20)
+            or "write failed" in str(exc)
+            or "basic_ios" in str(exc)
+        ):
+            raise OutOfSpaceError(
+                f"no room to save {path.name} (it was cut at {written:,} bytes; "
+                f"{free:,} bytes free)",
+                where=path.parent,
+                fix="free space or move the run folder to a larger disk, then --resume auto: "
+                "the previous checkpoints are intact",
+            ) from None
+        raise
     return path
 
 

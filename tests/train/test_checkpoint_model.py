@@ -152,3 +152,21 @@ def test_every_config_field_carries_its_cli_help_type_and_bounds() -> None:
     assert result.exit_code == 2 and "--workers" in result.output
     with pytest.raises(EpicInputError, match="workers=-1: must be >= 0"):
         TrainConfig(store=".", annotations=".", output_dir="x", workers=-1)
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_leaves_no_temp(tiny_tmpfs):
+    # Regression: `RuntimeError: basic_ios::clear` and a 125 MB .best.pt.PID.tmp left behind.
+    from epicdata.errors import OutOfSpaceError
+
+    small = {"format_version": CHECKPOINT_VERSION, "weights": torch.zeros(10)}
+    path = tiny_tmpfs / "last.pt"
+    torch.save(small, path)
+    before = path.read_bytes()
+    model = torch.nn.Linear(300, 300)  # 361 KB of weights: more than the 64 KiB disk
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0)
+    scheduler = build_scheduler(optimizer, kind="plateau", epochs=3, factor=0.5, patience=3)
+    big = _state(model, optimizer, scheduler, make_scaler(False))
+    with pytest.raises(OutOfSpaceError, match="no room to save last.pt"):
+        save_checkpoint(big, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["last.pt"]
