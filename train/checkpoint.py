@@ -15,12 +15,17 @@ weights_only=True)`` reads it without running code::
     best_metric     float    best validation action top-1 so far (-1 before any)
     config          dict     TrainConfig.to_dict()
     normalization   dict     {"mean": [3 floats], "std": [3 floats]} the model was trained with
+    digest          str      SHA-256 of every value above (:func:`content_digest`), checked on
+                             load: a flipped bit in a weight is found, not trained on
+                             (format 2; format-1 checkpoints have none and still load)
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +36,11 @@ from torch import nn
 
 from epicdata.errors import EpicInputError, OutOfSpaceError
 
-CHECKPOINT_VERSION = 1
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 2
+#: Keys of every checkpoint, and those only format 2 adds.
+DIGEST_KEY = "digest"
 CHECKPOINT_KEYS = frozenset(
     {
         "format_version",
@@ -66,15 +75,47 @@ def checkpoint_bytes_estimate(model: nn.Module) -> int:
     return 3 * 4 * params + (1 << 20)
 
 
+class CheckpointDamagedError(EpicInputError):
+    """A checkpoint whose content does not match its digest (or does not load)."""
+
+
+def content_digest(state: dict[str, Any]) -> str:
+    """SHA-256 over every key, tensor (dtype, shape, bytes) and plain value of ``state``
+    (but its own digest), walked in sorted key order: independent of how torch.save lays
+    the file out."""
+    digest = hashlib.sha256()
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if not (prefix == "" and key == DIGEST_KEY):
+                    walk(f"{prefix}/{key}", value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{prefix}:{type(value).__name__}{len(value)}".encode())
+            for i, item in enumerate(value):
+                walk(f"{prefix}[{i}]", item)
+        elif isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{prefix}:{tensor.dtype}:{tuple(value.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(f"{prefix}={value!r}".encode())
+
+    walk("", state)
+    return digest.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``, so a
     kill mid-write leaves the previous file intact."""
     missing = CHECKPOINT_KEYS - set(state)
-    extra = set(state) - CHECKPOINT_KEYS
+    extra = set(state) - CHECKPOINT_KEYS - {DIGEST_KEY}
     if missing or extra:
         raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {**state, "format_version": CHECKPOINT_VERSION}  # what is written is format 2
+    state[DIGEST_KEY] = content_digest(state)
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -112,7 +153,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or foreign file: name it
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise EpicInputError(
+        raise CheckpointDamagedError(
             "not an epic-train checkpoint, or a truncated one",
             where=f"{path}: torch.load says {first}",
             fix=not_ours,
@@ -123,19 +164,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             where=f"{path}: a {type(state).__name__} without a format_version",
             fix=not_ours + "; a bare state dict is for --weights",
         )
-    if state["format_version"] != CHECKPOINT_VERSION:
+    version = state["format_version"]
+    if version not in (1, CHECKPOINT_VERSION):
         raise EpicInputError(
-            f"checkpoint format version {state['format_version']}, this code reads "
-            f"{CHECKPOINT_VERSION}",
+            f"checkpoint format version {version}, this code reads 1 and {CHECKPOINT_VERSION}",
             where=path,
             fix="use the epic-kitchens-pipeline release that wrote it",
         )
-    missing = sorted(CHECKPOINT_KEYS - set(state))
-    extra = sorted(set(state) - CHECKPOINT_KEYS)
+    expected = CHECKPOINT_KEYS | ({DIGEST_KEY} if version >= 2 else set())
+    missing = sorted(expected - set(state))
+    extra = sorted(set(state) - expected)
     if missing or extra:
         raise EpicInputError(
             f"checkpoint {path}: missing keys {missing}, unexpected keys {extra}; "
             "it was not written by this version of epic-train"
+        )
+    if version >= 2 and content_digest(state) != state[DIGEST_KEY]:
+        raise CheckpointDamagedError(
+            "checkpoint damaged: its content does not match its digest",
+            where=path,
+            fix="resume from an intact one (`--resume auto` falls back to the newest), or "
+            "retrain that epoch",
         )
     return state
 
@@ -232,6 +281,25 @@ def run_folder_bytes(model: nn.Module, *, epochs: int, checkpoint_every: int) ->
     """What a run writes at most: last.pt, best.pt, every kept epoch_NNN.pt, and one
     checkpoint's temp file while it is replaced; logs and plots are small."""
     return checkpoint_bytes_estimate(model) * (3 + epochs // checkpoint_every) + (16 << 20)
+
+
+def newest_intact(run_dir: Path, *, besides: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The intact checkpoint of ``run_dir`` (epoch_NNN.pt, best.pt; not ``besides``) that is
+    furthest along, with its state; None when there is none."""
+    found = []
+    for path in [*sorted(run_dir.glob("epoch_*.pt")), run_dir / "best.pt"]:
+        if path == besides or not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except EpicInputError as exc:
+            log.warning("%s", str(exc).splitlines()[0])
+            continue
+        found.append(((state["epoch"], state["step"]), path, state))
+    if not found:
+        return None
+    _, path, state = max(found, key=lambda item: item[0])
+    return path, state
 
 
 def find_resume(run_dir: Path, resume_arg: str | None) -> Path | None:

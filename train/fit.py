@@ -32,7 +32,9 @@ from epicdata.errors import EpicInputError, ExitCode
 from epicdata.store import FrameStore
 from train import distributed
 from train.checkpoint import (
+    CheckpointDamagedError,
     find_resume,
+    newest_intact,
     resume,
     run_folder_bytes,
     save_checkpoint,
@@ -309,12 +311,13 @@ def _setup(
         allow_config_change=allow_config_change,
     )
     if checkpoint_path is not None:
-        _resume(run, checkpoint_path)
+        _resume(run, checkpoint_path, auto=resume_from == "auto")
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         add_log_file(run_dir / "train.log")
         cfg.save(run_dir / "config.yaml")
-        run.runlog = RunLog(run_dir)
+        # Records of epochs after the resumed one are dropped: they are redone.
+        run.runlog = RunLog(run_dir, upto_epoch=run.start_epoch)
     log.info(
         "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s",
         len(train.dataset),
@@ -328,14 +331,27 @@ def _setup(
     return run
 
 
-def _resume(run: _Run, path: Path) -> None:
-    state = resume(
-        path,
-        model=run.model,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        scaler=run.scaler,
+def _resume(run: _Run, path: Path, *, auto: bool) -> None:
+    """Restore ``path``; with ``--resume auto`` a damaged one gives way to the newest intact
+    checkpoint of the run folder, with a warning."""
+    parts = dict(
+        model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler
     )
+    try:
+        state = resume(path, **parts)
+    except CheckpointDamagedError as exc:
+        fallback = newest_intact(run.run_dir, besides=path) if auto else None
+        if fallback is None:
+            raise
+        log.warning(
+            "%s; resuming from %s (epoch %d step %d), the newest intact checkpoint",
+            str(exc).splitlines()[0],
+            fallback[0],
+            fallback[1]["epoch"],
+            fallback[1]["step"],
+        )
+        path = fallback[0]
+        state = resume(path, **parts)
     run.start_epoch, run.start_step, run.best = state["epoch"], state["step"], state["best_metric"]
     changed = {
         k: (state["config"].get(k), v)

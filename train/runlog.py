@@ -19,32 +19,30 @@ CURVES = "curves.png"
 class RunLog:
     """Rows keyed by epoch; a resumed run replaces rows of epochs it redoes."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, upto_epoch: int = 0) -> None:
+        """Keeps the rows of epochs up to ``upto_epoch`` (those a resumed run does not redo)."""
         self.run_dir = Path(run_dir)
         self.rows: list[dict[str, Any]] = []
         path = self.run_dir / SUMMARY
         if path.is_file():
             with open(path, newline="") as handle:
-                self.rows = list(csv.DictReader(handle))
+                self.rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= upto_epoch]
+            self._write_summary()
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional (extra "dev")
             self.writer = None
             log.info("TensorBoard events off (not installed): `pip install tensorboard` for them")
         else:
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # purge_step drops the events of redone epochs (a resume from an older epoch).
+            self.writer = SummaryWriter(
+                str(self.run_dir / "tensorboard"), purge_step=upto_epoch + 1
+            )
 
     def write(self, row: dict[str, Any]) -> None:
         epoch = int(row["epoch"])
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch] + [row]
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        path = self.run_dir / SUMMARY
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(path)
+        self._write_summary()
         width = max(len(k) for k in row)
         lines = [f"{k:<{width}}  {_fmt(v)}" for k, v in row.items()]
         (self.run_dir / LATEST).write_text("\n".join(lines) + "\n")
@@ -54,6 +52,16 @@ class RunLog:
                     self.writer.add_scalar(key, value, epoch)
             self.writer.flush()
         self._plot()
+
+    def _write_summary(self) -> None:
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        path = self.run_dir / SUMMARY
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(path)
 
     def _plot(self) -> None:
         # Imported here: pyplot is slow to import and only rank 0 plots.

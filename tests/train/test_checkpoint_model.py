@@ -69,7 +69,7 @@ def test_resume_refuses_leftover_or_missing_keys(tmp_path):
     model, optimizer, scheduler, scaler = _parts()
     state = _state(model, optimizer, scheduler, scaler)
     leftover = dict(state, model={**state["model"], "extra_head.weight": torch.zeros(1)})
-    torch.save(leftover, tmp_path / "leftover.pt")
+    save_checkpoint(leftover, tmp_path / "leftover.pt")
     with pytest.raises(EpicInputError, match="extra_head"):
         resume(
             tmp_path / "leftover.pt",
@@ -79,7 +79,7 @@ def test_resume_refuses_leftover_or_missing_keys(tmp_path):
             scaler=scaler,
         )
     missing = {k: v for k, v in state.items() if k != "scaler"}
-    torch.save(missing, tmp_path / "missing.pt")
+    torch.save({**missing, "format_version": 1}, tmp_path / "missing.pt")
     with pytest.raises(EpicInputError, match="missing keys \\['scaler'\\]"):
         load_checkpoint(tmp_path / "missing.pt")
     _, _, cosine, _ = _parts("cosine")
@@ -170,3 +170,13 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_leaves_no_te
         save_checkpoint(big, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["last.pt"]
+
+
+def test_format_1_checkpoints_without_a_digest_still_load(tmp_path):
+    model, optimizer, scheduler, scaler = _parts()
+    state = {**_state(model, optimizer, scheduler, scaler), "format_version": 1}
+    torch.save(state, tmp_path / "v1.pt")
+    assert load_checkpoint(tmp_path / "v1.pt")["epoch"] == 2
+    saved = torch.load(save_checkpoint(state, tmp_path / "v2.pt"), weights_only=True)
+    assert saved["format_version"] == 2 and len(saved["digest"]) == 64
+    assert load_checkpoint(tmp_path / "v2.pt")["epoch"] == 2

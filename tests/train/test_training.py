@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -268,3 +269,51 @@ def test_changed_options_on_resume_are_refused_unless_allowed_and_then_applied(
     assert "lr: 0.01" in (run / "config.yaml").read_text()
     rows = _rows(run)
     assert "lr 0.001 -> 0.01" in rows[2]["note"] and rows[2]["lr"] == "0.01"
+
+
+def _flip_a_weight_bit(path):
+    """Flip one bit inside a stored weight (found in the file by its bytes): the file still
+    loads, one float is wrong."""
+    state = torch.load(path, weights_only=True)
+    weight = state["model"]["backbone.conv1.weight"].numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    offset = data.find(weight)
+    assert offset > 0
+    data[offset + len(weight) // 2 + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_found_and_resume_auto_falls_back(
+    trained_run, mini_store, fast_options, tmp_path
+):
+    # Regression: one flipped bit inside last.pt loaded silently (a weight became 3.46e36).
+    from train.checkpoint import CheckpointDamagedError, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _flip_a_weight_bit(run / "last.pt")
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2  # still loads
+    with pytest.raises(CheckpointDamagedError, match="does not match its digest"):
+        load_checkpoint(run / "last.pt")
+    for name in ("epoch_002.pt", "best.pt"):
+        if torch.load(run / name, weights_only=True)["epoch"] == 2:
+            _flip_a_weight_bit(run / name)
+    args = _train_args(mini_store, run, fast_options, epochs=2, checkpoint_every=1)[1:]
+    result = CliRunner().invoke(train_main, [*args, "--resume", "auto"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "checkpoint damaged" in result.output and "epoch_001.pt (epoch 1 step 0)" in result.output
+    )
+    state = load_checkpoint(run / "last.pt")  # epoch 2 redone, intact
+    assert state["epoch"] == 2 and [r["epoch"] for r in _rows(run)] == ["1", "2"]
+
+
+def test_resumed_records_drop_the_epochs_that_are_redone(tmp_path):
+    from train.runlog import RunLog
+
+    log = RunLog(tmp_path)
+    for epoch in (1, 2, 3):
+        log.write({"epoch": epoch, "train_loss": 1.0 / epoch})
+    log.close()
+    RunLog(tmp_path, upto_epoch=1).close()  # resumed from epoch 1's checkpoint
+    assert [r["epoch"] for r in _rows(tmp_path)] == ["1"]
