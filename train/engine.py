@@ -216,8 +216,10 @@ def evaluate(
             break
         frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
         with precision.autocast():
-            verb_logits, noun_logits = model(augment(frames, train=False))
-        verb_logits, noun_logits = verb_logits.float(), noun_logits.float()
+            features = model.features(augment(frames, train=False))  # (B, 512)
+        # The heads in float32, outside autocast: bf16 logits (8 bits of mantissa) would tie
+        # scores that the official ranking then orders arbitrarily.
+        verb_logits, noun_logits = model.heads(features.float())
         labelled = "verb" in batch
         if labelled:
             verbs = batch["verb"].to(device)

@@ -45,10 +45,18 @@ class ActionModel(nn.Module):
         self.noun_head = nn.Linear(feature_dim, num_nouns)
 
     def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.features(clips))
+
+    def features(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) clips -> (B, 512) temporally averaged frame features."""
         b, t = clips.shape[:2]
         features = self.backbone(clips.flatten(0, 1))  # (B*T, 512)
-        features = self.dropout(features.view(b, t, -1).mean(1))  # (B, 512)
-        return self.verb_head(features), self.noun_head(features)  # (B, 97), (B, 300)
+        return features.view(b, t, -1).mean(1)  # (B, 512)
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 512) features -> (verb logits (B, 97), noun logits (B, 300))."""
+        features = self.dropout(features)
+        return self.verb_head(features), self.noun_head(features)
 
 
 def imagenet_weights_path() -> Path:

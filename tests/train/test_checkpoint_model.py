@@ -180,3 +180,27 @@ def test_format_1_checkpoints_without_a_digest_still_load(tmp_path):
     saved = torch.load(save_checkpoint(state, tmp_path / "v2.pt"), weights_only=True)
     assert saved["format_version"] == 2 and len(saved["digest"]) == 64
     assert load_checkpoint(tmp_path / "v2.pt")["epoch"] == 2
+
+
+def test_evaluation_logits_are_float32_even_under_bf16_autocast():
+    # bf16 logits (8 mantissa bits) manufacture ties that the official ranking orders
+    # arbitrarily: the heads run in float32, outside autocast.
+    import numpy as np
+
+    from train.distributed import DistInfo
+    from train.engine import Precision, evaluate
+    from train.transforms import DeviceAugment
+
+    torch.manual_seed(0)
+    model = ActionModel(dropout=0.0)
+    frames = torch.randint(0, 256, (6, 2, 3, 32, 32), dtype=torch.uint8)
+    loader = [{"frames": frames, "index": torch.arange(6)}]
+    augment = DeviceAugment((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    preds = evaluate(
+        model, loader, augment=augment, precision=Precision("cpu", torch.bfloat16, enabled=True),
+        device=torch.device("cpu"), info=DistInfo(),
+    )  # fmt: skip
+    logits = torch.from_numpy(preds.verb_logits)
+    assert logits.dtype == torch.float32
+    assert (logits != logits.to(torch.bfloat16).float()).any()  # not bf16-rounded
+    assert np.isfinite(preds.noun_logits).all()
