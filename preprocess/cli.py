@@ -13,6 +13,7 @@ Exit codes: docs/conventions.md (:class:`epicdata.errors.ExitCode`), shared by e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -27,6 +28,18 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 #: What `plan` writes: manifest.json (a few MB for the whole of EPIC-100).
 PLAN_BYTES = 16 << 20
+
+
+def _existing_store_option(help: str) -> Callable[[Callable], Callable]:
+    return click.option(
+        "--store",
+        "store_root",
+        type=_EXISTING_DIR,
+        required=True,
+        envvar="EPIC_STORE",
+        show_envvar=True,
+        help=help,
+    )
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -165,15 +178,7 @@ def plan(**options: object) -> None:
 
 
 @extract.command(epilog=example("epic-extract run --store store --shard-index 3"))
-@click.option(
-    "--store",
-    "store_root",
-    type=_EXISTING_DIR,
-    required=True,
-    envvar="EPIC_STORE",
-    show_envvar=True,
-    help="Store folder made by `plan`.",
-)
+@_existing_store_option("Store folder made by `plan`.")
 @click.option(
     "--shard-index",
     type=click.IntRange(min=0),
@@ -269,15 +274,7 @@ def run(
     cls=EpicCommand,
     epilog=example("epic-check --store store --annotations annotations"),
 )
-@click.option(
-    "--store",
-    "store_root",
-    type=_EXISTING_DIR,
-    required=True,
-    envvar="EPIC_STORE",
-    show_envvar=True,
-    help="Store folder to check.",
-)
+@_existing_store_option("Store folder to check.")
 @click.option(
     "--annotations",
     "annotations_dir",
