@@ -36,6 +36,7 @@ from train import distributed
 from train.config import TrainConfig, load_yaml_defaults
 from train.fit import fit
 from train.metrics import format_metrics_table
+from train.preview import write_preview
 from train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,14 @@ def _store_option(*, required: bool) -> Callable[[click.Command], click.Command]
     help="Build everything, run 2 train and 2 validation batches, write nothing.",
 )
 @click.option(
+    "--preview",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default="none: train",
+    help="Only write RUN/preview.png: N training clips as stored and as augmented, with "
+    "their frame numbers, narration and labels.",
+)
+@click.option(
     "--allow-config-change",
     is_flag=True,
     help="On resume, apply options that differ from the checkpoint's (recorded in the run).",
@@ -148,6 +157,7 @@ def train_main(
     resume: str | None,
     dry_run: bool,
     allow_config_change: bool,
+    preview: int | None,
     **options: object,
 ) -> int:
     """Train the ResNet-18 action model on a frame store (defaults: the seed's recipe).
@@ -169,6 +179,9 @@ def train_main(
     # Absolute paths in config.yaml and the checkpoints: a run folder makes sense anywhere.
     paths = {k: str(Path(v).resolve()) for k, v in (("store", store), ("annotations", annotations), ("output_dir", output_dir))}  # fmt: skip
     cfg = TrainConfig(**paths, **values)
+    if preview is not None:
+        click.echo(f"wrote {write_preview(cfg, preview)}")
+        return 0
     return fit(cfg, resume_from=resume, dry_run=dry_run, allow_config_change=allow_config_change)
 
 

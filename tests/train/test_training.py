@@ -317,3 +317,28 @@ def test_resumed_records_drop_the_epochs_that_are_redone(tmp_path):
     log.close()
     RunLog(tmp_path, upto_epoch=1).close()  # resumed from epoch 1's checkpoint
     assert [r["epoch"] for r in _rows(tmp_path)] == ["1"]
+
+
+def test_preview_shows_the_sampled_frames_as_stored_and_as_augmented(
+    mini_store, fast_options, tmp_path
+):
+    from PIL import Image
+
+    from epicdata.annotations import AnnotationDir
+    from epicdata.sampling import linspace_frames
+
+    run = tmp_path / "preview"
+    args = _train_args(mini_store, run, fast_options)[1:] + ["--preview", "3"]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 0, result.output
+    with Image.open(run / "preview.png") as image:
+        assert image.format == "PNG" and image.height > image.width  # 6 rows of 2 frames
+    table = AnnotationDir(mini_store.annotations).table("train")
+    lines = [x for x in result.output.splitlines() if "preview " in x and "frames [" in x]
+    assert len(lines) == 3
+    for line in lines:
+        narration_id = line.split("preview ")[1].split(":")[0]
+        i = table.narration_ids.index(narration_id)
+        expected = linspace_frames(int(table.start_frames[i]), int(table.stop_frames[i]), 2)
+        assert line.endswith(f"frames {expected.tolist()}")
+    assert not (run / "last.pt").exists()  # a preview trains nothing
