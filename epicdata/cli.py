@@ -95,11 +95,18 @@ def _os_error(exc: OSError) -> EpicInputError | None:
             where=f"writing {where}: {exc.strerror}",
             fix="free space or point the option at a larger disk; nothing finished was lost",
         )
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    if exc.errno == errno.EROFS:
         return EnvironmentProblem(
-            "cannot write",
+            "cannot write: read-only file system",
+            where=where,
+            fix="choose a folder on a writable file system",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return EnvironmentProblem(
+            "permission denied",
             where=f"{where}: {exc.strerror}",
-            fix="choose a writable folder or fix its permissions (`lsattr -d` shows immutable)",
+            fix="fix the permissions of that path (`ls -l`; `lsattr` shows immutable files) "
+            "or choose another",
         )
     return None
 

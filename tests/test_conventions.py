@@ -428,3 +428,24 @@ def test_environment_variables_are_read(planned: dict[str, Path]) -> None:
     result = CliRunner().invoke(check, [], env={"EPIC_STORE": str(planned["store"])})
     assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
     assert str(planned["store"].resolve()) in result.output
+
+
+@pytest.mark.parametrize(
+    ("error", "needle"),
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/data/P01_01.MP4"),
+            "permission denied",
+        ),
+        (OSError(errno.EROFS, "Read-only file system", "/store/shards/x"), "read-only file system"),
+    ],
+)
+def test_an_os_error_about_a_path_is_named_not_a_traceback(
+    error: OSError, needle: str, planned: dict[str, Path], monkeypatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("preprocess.check.check_store", fail)
+    result = invoke("epic-check", "--store", planned["store"])
+    assert_named_error(result, ExitCode.BAD_INPUT, needle, error.filename)
