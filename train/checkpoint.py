@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 2
 #: Keys of every checkpoint, and those only format 2 adds.
 DIGEST_KEY = "digest"
+#: Present in a checkpoint taken mid-epoch: the RNG states and the epoch's sums so far.
+MID_EPOCH_KEYS = frozenset({"rng", "epoch_progress"})
 CHECKPOINT_KEYS = frozenset(
     {
         "format_version",
@@ -109,7 +111,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically: a temp file in the same folder, then ``os.replace``, so a
     kill mid-write leaves the previous file intact."""
     missing = CHECKPOINT_KEYS - set(state)
-    extra = set(state) - CHECKPOINT_KEYS - {DIGEST_KEY}
+    extra = set(state) - CHECKPOINT_KEYS - MID_EPOCH_KEYS - {DIGEST_KEY}
     if missing or extra:
         raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
     path = Path(path)
@@ -173,7 +175,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     expected = CHECKPOINT_KEYS | ({DIGEST_KEY} if version >= 2 else set())
     missing = sorted(expected - set(state))
-    extra = sorted(set(state) - expected)
+    extra = sorted(set(state) - expected - MID_EPOCH_KEYS)
     if missing or extra:
         raise EpicInputError(
             f"checkpoint {path}: missing keys {missing}, unexpected keys {extra}; "
@@ -240,9 +242,11 @@ def training_state(
     best_metric: float,
     config: dict[str, Any],
     normalization: dict[str, list[float]],
+    mid_epoch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict (see the module docstring): everything resume needs."""
-    return {
+    """The checkpoint dict (see the module docstring): everything resume needs.
+    ``mid_epoch``: ``rng`` and ``epoch_progress`` of a checkpoint taken inside an epoch."""
+    return (mid_epoch or {}) | {
         "format_version": CHECKPOINT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -36,6 +36,9 @@ def build_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        # Its own generator for the workers' base seed: drawing it from the global RNG
+        # would shift dropout's draws, and a mid-epoch resume could not replay them.
+        generator=torch.Generator(),
     )
 
 

@@ -53,6 +53,17 @@ class EpochStats:
     data_wait: float  # fraction of the epoch spent waiting for the loader (rank 0)
     steps: int  # optimizer steps done in this call
     interrupted: bool  # stopped early on a signal, at a step boundary
+    sums: tuple[float, ...] = ()  # loss*B, verb, noun, action hits over the epoch so far
+    wait_seconds: float = 0.0
+
+    def carry(self) -> dict:
+        """The epoch so far, for a checkpoint taken mid-epoch (plain data)."""
+        return {
+            "sums": list(self.sums),
+            "clips": self.clips,
+            "seconds": self.seconds,
+            "wait": self.wait_seconds,
+        }
 
 
 def train_one_epoch(
@@ -70,13 +81,22 @@ def train_one_epoch(
     stop_requested: Callable[[], bool],
     log_every: int = 50,
     header: str = "",
+    first_step: int = 0,
+    carry: dict | None = None,
 ) -> EpochStats:
     """Train for at most ``max_steps`` batches; returns early (``interrupted``) when any rank
-    has a pending stop request, with every rank at the same step."""
+    has a pending stop request, with every rank at the same step. After a mid-epoch resume,
+    ``first_step`` is the step the epoch resumes at and ``carry`` its sums so far
+    (:meth:`EpochStats.carry`), so that the epoch's record covers all of its batches."""
     model.train()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*B, verb, noun, action hits
     clips = steps = 0
-    wait = 0.0
+    wait = before = 0.0
+    if carry and info.is_main:  # the others add zeros when the sums are reduced
+        sums += torch.tensor(carry["sums"], device=device, dtype=torch.float64)
+        clips = int(carry["clips"])
+    if carry:
+        before, wait = float(carry["seconds"]), float(carry["wait"])
     start = tick = time.perf_counter()
     interrupted = False
     progress = Progress(max_steps, label=header or "train", unit="batches")
@@ -118,8 +138,8 @@ def train_one_epoch(
             log.info(
                 "%s step %d/%d loss %.4f data-wait %.0f%%",
                 header,
-                steps,
-                max_steps,
+                first_step + steps,
+                first_step + max_steps,
                 loss.item(),
                 100 * wait / (time.perf_counter() - start),
             )
@@ -136,7 +156,7 @@ def train_one_epoch(
     _raise_if_diverged(first_bad, info, header)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = before + time.perf_counter() - start
     if info.enabled:
         torch.distributed.all_reduce(sums)
         counts = torch.tensor([clips], device=device)
@@ -154,6 +174,8 @@ def train_one_epoch(
         data_wait=wait / max(seconds, 1e-9),
         steps=steps,
         interrupted=interrupted,
+        sums=(loss_sum, verb_hits, noun_hits, action_hits),
+        wait_seconds=wait,
     )
 
 

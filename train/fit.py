@@ -141,9 +141,12 @@ class _Run:
     start_epoch: int = 0
     start_step: int = 0
     best: float = -1.0
+    #: From a checkpoint taken mid-epoch: RNG states and the epoch's sums so far.
+    resumed_mid_epoch: dict | None = None
 
-    def state(self, epoch: int, step: int) -> dict:
+    def state(self, epoch: int, step: int, mid_epoch: dict | None = None) -> dict:
         return training_state(
+            mid_epoch=mid_epoch,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
@@ -200,7 +203,12 @@ def _fit(
         stats = _train_epoch(run, epoch, step0, stop)
         if stats.interrupted:
             if run.runlog is not None:
-                save_checkpoint(run.state(epoch, step0 + stats.steps), run.run_dir / "last.pt")
+                mid_epoch = {
+                    "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state()},
+                    "epoch_progress": stats.carry(),
+                }
+                state = run.state(epoch, step0 + stats.steps, mid_epoch)
+                save_checkpoint(state, run.run_dir / "last.pt")
                 log.warning(
                     "signal %s: saved last.pt at epoch %d step %d; exiting with %d to requeue",
                     stop.signum,
@@ -353,6 +361,8 @@ def _resume(run: _Run, path: Path, *, auto: bool) -> None:
         path = fallback[0]
         state = resume(path, **parts)
     run.start_epoch, run.start_step, run.best = state["epoch"], state["step"], state["best_metric"]
+    if "rng" in state:
+        run.resumed_mid_epoch = {"rng": state["rng"], "epoch_progress": state["epoch_progress"]}
     changed = {
         k: (state["config"].get(k), v)
         for k, v in run.cfg.to_dict().items()
@@ -401,7 +411,15 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
     cfg = run.cfg
     run.train.dataset.set_epoch(epoch)
     run.train.sampler.set_epoch(epoch, skip=step0 * cfg.batch_size)
-    _seed_epoch(cfg.seed, epoch, step0, run.info.rank, run.generator)
+    mid = run.resumed_mid_epoch if step0 else None
+    run.resumed_mid_epoch = None
+    if mid is not None and run.info.world_size == 1:
+        # Where the interrupted run stood: dropout and augmentation draw on as it would have.
+        torch.set_rng_state(mid["rng"]["torch"])
+        run.generator.set_state(mid["rng"]["augment"])
+    else:
+        # Ranks > 0 of a resumed DDP run (only rank 0's states are saved) reseed.
+        _seed_epoch(cfg.seed, epoch, step0, run.info.rank, run.generator)
     with worker_deaths_named(run.store):
         return train_one_epoch(
             run.ddp_model,
@@ -417,6 +435,8 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
             stop_requested=stop,
             log_every=cfg.log_every,
             header=f"epoch {epoch + 1}/{cfg.epochs}",
+            first_step=step0,
+            carry=mid["epoch_progress"] if mid is not None else None,
         )
 
 

@@ -342,3 +342,35 @@ def test_preview_shows_the_sampled_frames_as_stored_and_as_augmented(
         expected = linspace_frames(int(table.start_frames[i]), int(table.stop_frames[i]), 2)
         assert line.endswith(f"frames {expected.tolist()}")
     assert not (run / "last.pt").exists()  # a preview trains nothing
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(
+    trained_run, fast_config, tmp_path, monkeypatch
+):
+    # Regression: SIGUSR1 at epoch 2 step 3 then --resume auto gave other losses and weights
+    # (augmentation and dropout reseeded, the DataLoader drew from the global RNG), and the
+    # epoch's row averaged only the batches after the resume. Dropout is on (0.3).
+    import itertools
+
+    import train.fit as fit_module
+
+    calls = itertools.count(1)
+    # The stop check runs after every step but an epoch's last, and once per epoch end:
+    # epoch 1 makes 22 calls, so call 25 is epoch 2, step 3.
+    monkeypatch.setattr(fit_module.StopFlag, "__call__", lambda self: next(calls) == 25)
+    run = tmp_path / "run"
+    cfg = fast_config(run, epochs=2, checkpoint_every=1)
+    assert fit(cfg) == EXIT_REQUEUE
+    stopped = torch.load(run / "last.pt", weights_only=True)
+    assert (stopped["epoch"], stopped["step"]) == (1, 3) and "rng" in stopped
+    monkeypatch.setattr(fit_module.StopFlag, "__call__", lambda self: False)
+    assert fit(cfg, resume_from="auto") == 0
+    resumed = torch.load(run / "last.pt", weights_only=True)
+    straight = torch.load(trained_run / "last.pt", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    wall_clock = ("clips_per_s", "data_wait", "epoch_s")
+    for mine, theirs in zip(_rows(run), _rows(trained_run), strict=True):
+        assert {k: v for k, v in mine.items() if k not in wall_clock} == {
+            k: v for k, v in theirs.items() if k not in wall_clock
+        }
