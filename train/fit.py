@@ -282,7 +282,9 @@ def _setup(
     check_readable(val_set)
 
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every run
-    model = build_model(weights=cfg.weights, dropout=cfg.dropout, device=device, channels_last=pin)
+    # Resuming, the checkpoint replaces the weights: nothing to load (or to log as loaded).
+    weights = None if checkpoint_path is not None else cfg.weights
+    model = build_model(weights=weights, dropout=cfg.dropout, device=device, channels_last=pin)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(
         optimizer,
@@ -443,6 +445,11 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
 def _validate_epoch(run: _Run) -> tuple[dict[str, float], float]:
     """Official metrics of the validation split (rank 0; {} elsewhere) and its loss; every
     rank steps its scheduler on rank 0's selection metric."""
+    if run.info.enabled:
+        # Each rank's last training forward updated its own BatchNorm running stats: all
+        # ranks validate with rank 0's, which are the ones saved.
+        for buffer in run.model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     with worker_deaths_named(run.store):
         preds = evaluate(
             run.model,

@@ -112,10 +112,12 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
 
 
 def build_model(
-    *, weights: str, dropout: float, device: torch.device, channels_last: bool
+    *, weights: str | None, dropout: float, device: torch.device, channels_last: bool
 ) -> ActionModel:
+    """``weights`` None: a checkpoint is about to replace them (resume): nothing is loaded."""
     model = ActionModel(dropout=dropout)
-    load_backbone_weights(model, weights)
+    if weights is not None:
+        load_backbone_weights(model, weights)
     model = model.to(device)
     if channels_last:
         # cuDNN's fastest convolutions on tensor cores want NHWC.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -269,6 +270,7 @@ def test_changed_options_on_resume_are_refused_unless_allowed_and_then_applied(
     assert "lr: 0.01" in (run / "config.yaml").read_text()
     rows = _rows(run)
     assert "lr 0.001 -> 0.01" in rows[2]["note"] and rows[2]["lr"] == "0.01"
+    assert f"run folder {run}" in result.output  # the run ends by saying where it is
 
 
 def _flip_a_weight_bit(path):
@@ -345,7 +347,7 @@ def test_preview_shows_the_sampled_frames_as_stored_and_as_augmented(
 
 
 def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(
-    trained_run, fast_config, tmp_path, monkeypatch
+    trained_run, fast_config, tmp_path, monkeypatch, caplog
 ):
     # Regression: SIGUSR1 at epoch 2 step 3 then --resume auto gave other losses and weights
     # (augmentation and dropout reseeded, the DataLoader drew from the global RNG), and the
@@ -364,7 +366,10 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(
     stopped = torch.load(run / "last.pt", weights_only=True)
     assert (stopped["epoch"], stopped["step"]) == (1, 3) and "rng" in stopped
     monkeypatch.setattr(fit_module.StopFlag, "__call__", lambda self: False)
-    assert fit(cfg, resume_from="auto") == 0
+    with caplog.at_level(logging.INFO):
+        assert fit(cfg, resume_from="auto") == 0
+    assert "random initialisation" not in caplog.text  # the checkpoint's weights are used
+    assert "resumed from" in caplog.text and "step 3" in caplog.text
     resumed = torch.load(run / "last.pt", weights_only=True)
     straight = torch.load(trained_run / "last.pt", weights_only=True)
     for key, value in straight["model"].items():
@@ -374,3 +379,12 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(
         assert {k: v for k, v in mine.items() if k not in wall_clock} == {
             k: v for k, v in theirs.items() if k not in wall_clock
         }
+
+
+def test_the_run_log_says_when_tensorboard_is_off(tmp_path, monkeypatch, caplog):
+    from train.runlog import RunLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with caplog.at_level(logging.INFO):
+        RunLog(tmp_path).close()
+    assert "TensorBoard events off" in caplog.text and "pip install tensorboard" in caplog.text
