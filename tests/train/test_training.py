@@ -366,6 +366,7 @@ def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(
     stopped = torch.load(run / "last.pt", weights_only=True)
     assert (stopped["epoch"], stopped["step"]) == (1, 3) and "rng" in stopped
     monkeypatch.setattr(fit_module.StopFlag, "__call__", lambda self: False)
+    caplog.clear()  # only the resumed run's records
     with caplog.at_level(logging.INFO):
         assert fit(cfg, resume_from="auto") == 0
     assert "random initialisation" not in caplog.text  # the checkpoint's weights are used
