@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +18,30 @@ from epicdata.store import FrameStore
 from train import distributed
 from train.distributed import DistInfo
 from train.transforms import EvalClipTransform, TrainClipTransform
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker ignores SIGUSR1 and every SIGTERM but its
+    parent's.
+
+    torch's worker SIGTERM handler exits quietly for the parent's SIGTERM (how the loader
+    ends a stuck worker) and dies of any other, so a SIGTERM sent to the job's processes
+    killed the workers and the main process then failed with "DataLoader worker ... killed
+    by signal: Terminated" instead of saving last.pt. Here SIGTERM is blocked and a thread
+    takes it with sigwaitinfo, which tells who sent it.
+    """
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # Blocked before the thread starts, so that the thread (and any thread the worker
+    # starts later) inherits the mask and the signal waits for sigwaitinfo.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, name="sigterm", daemon=True).start()
+
+
+def _exit_on_parents_sigterm() -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == os.getppid():
+            os._exit(0)
 
 
 def build_loader(
@@ -36,6 +63,7 @@ def build_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=leave_stop_signals_to_the_main_process if workers else None,
         # Its own generator for the workers' base seed: drawing it from the global RNG
         # would shift dropout's draws, and a mid-epoch resume could not replay them.
         generator=torch.Generator(),

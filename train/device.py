@@ -1,41 +1,139 @@
-"""Where and how precisely a run computes: the device, mixed precision and its scaler."""
+"""Where and how precisely a run computes: the device, mixed precision and its scaler.
+
+A GPU job never falls back to the CPU silently: ``--device cuda`` (what the slurm scripts
+pass) fails at once with torch's own reason, and ``--device auto`` in a SLURM job that was
+given GPUs fails the same way. The precision follows the GPU's compute capability, not
+``torch.cuda.is_bf16_supported()``, which from torch 2.3 also reports emulated bf16.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
 from epicdata.errors import EnvironmentProblem
+from train.distributed import DistInfo
 from train.engine import Precision
 
 log = logging.getLogger(__name__)
 
+#: bf16 convolutions run natively from Ampere (8.0: A100, H100, L40S); V100 (7.0) and T4
+#: (7.5) emulate them, far slower than fp16.
+BF16_MIN_CAPABILITY = (8, 0)
+#: Variables SLURM sets in a job (or step) that was given GPUs: lists of GPU ids, and a
+#: count.
+SLURM_GPU_LISTS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+SLURM_GPU_COUNT = "SLURM_GPUS_ON_NODE"
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:N``; refuses CUDA where
-    there is none."""
+
+def cuda_unavailable_reason() -> str:
+    """Why torch cannot use CUDA here, in torch's own words where it has them."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU build"
+    try:
+        torch.cuda.init()
+    except (RuntimeError, AssertionError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+    else:
+        reason = "no GPU is visible"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    context = f"torch {torch.__version__} built for CUDA {torch.version.cuda}"
+    if visible is not None:
+        context += f", CUDA_VISIBLE_DEVICES={visible!r}"
+    return f"{reason} ({context})"
+
+
+def _slurm_gpus() -> str | None:
+    """The job's GPU allocation as SLURM states it, or None when it gave none."""
+    for name in SLURM_GPU_LISTS:
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    count = os.environ.get(SLURM_GPU_COUNT, "0")
+    return f"{SLURM_GPU_COUNT}={count}" if count.isdigit() and int(count) > 0 else None
+
+
+def _no_cuda(where: str) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"CUDA cannot be used on this node: {cuda_unavailable_reason()}",
+        where=where,
+        fix="check the job's GPU request and `nvidia-smi` on the node; a driver older than "
+        "the CUDA of this torch needs a torch built for an older CUDA (`module load` the "
+        "site's PyTorch module); or pass --device cpu to train on the CPU on purpose",
+    )
+
+
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """The device for ``--device name`` on this rank.
+
+    ``auto``: cuda when usable, else cpu (refused in a SLURM job that was given GPUs);
+    ``cuda``: this rank's GPU (its local rank); ``cuda:N``: GPU N, honoured as given in one
+    process and refused under DDP when it is not this rank's; ``cpu``.
+    """
+    info = info or DistInfo()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            name = "cuda"
+        else:
+            gpus = _slurm_gpus()
+            if gpus is not None:
+                raise _no_cuda(f"--device auto in a SLURM job with GPUs ({gpus})")
+            log.info("--device auto: CPU (%s)", cuda_unavailable_reason())
+            return torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise _no_cuda(f"--device {name}")
+    count = torch.cuda.device_count()
+    own = info.local_rank % count if info.enabled else 0
+    if device.index is None:
+        return torch.device("cuda", own)
+    if device.index >= count:
         raise EnvironmentProblem(
-            "CUDA is not available on this node",
-            where=f"--device {name}",
-            fix="run on a GPU node (check the job's GPU request and `nvidia-smi`) or pass "
-            "--device cpu",
+            f"--device {name}: this process sees {count} GPU(s), cuda:0 to cuda:{count - 1}",
+            where=f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}",
+            fix="pick a visible GPU, or --device cuda",
+        )
+    if info.enabled and device.index != own:
+        raise EnvironmentProblem(
+            f"--device {name} conflicts with this rank's GPU cuda:{own} (rank {info.rank}, "
+            f"local rank {info.local_rank})",
+            where="DDP",
+            fix="pass --device cuda under DDP: each rank takes the GPU of its local rank "
+            "(srun --gpus-per-task or CUDA_VISIBLE_DEVICES choose which GPUs a job sees)",
         )
     return device
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """bf16 where the GPU supports it, else fp16 (with a scaler); full precision on CPU."""
+    """``auto``: bf16 on compute capability 8.0+, else fp16 (with a scaler); full precision
+    on the CPU or with ``off``. The decision is logged with the GPU it was made for."""
     if device.type != "cuda" or amp == "off":
         if amp in ("bf16", "fp16"):
             log.warning("--amp %s ignored on %s: mixed precision is for CUDA", amp, device)
         return Precision(device.type, torch.bfloat16, enabled=False)
+    capability = tuple(torch.cuda.get_device_capability(device))
+    gpu = f"{torch.cuda.get_device_name(device)} ({device}, compute capability "
+    gpu += f"{capability[0]}.{capability[1]})"
+    native_bf16 = capability >= BF16_MIN_CAPABILITY
     if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        amp = "bf16" if native_bf16 else "fp16"
+        log.info(
+            "--amp auto: %s on %s; bf16 needs compute capability %d.%d+, else fp16 with "
+            "loss scaling",
+            amp,
+            gpu,
+            *BF16_MIN_CAPABILITY,
+        )
+    elif amp == "bf16" and not native_bf16:
+        log.warning(
+            "--amp bf16 on %s: bf16 is emulated below compute capability %d.%d (slow "
+            "convolutions); --amp auto would use fp16",
+            gpu,
+            *BF16_MIN_CAPABILITY,
+        )
     return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16, enabled=True)
 
 

@@ -24,9 +24,10 @@ from train.transforms import DeviceAugment
 
 log = logging.getLogger(__name__)
 
-#: Under DDP the ranks agree on a pending stop request every this many steps: agreeing is
-#: an all-reduce plus a host-device sync, which every step would stall the GPU queue for.
-#: SLURM signals minutes before the limit, so a few steps of delay cost nothing.
+#: Every this many steps the loop looks at the loss (is it finite?) and, under DDP, the
+#: ranks agree on a pending stop request: both wait for the GPU's queued work, which every
+#: step would stall the queue for. SLURM signals minutes before the limit, so a few steps
+#: of delay cost nothing.
 STOP_SYNC_STEPS = 20
 
 
@@ -145,12 +146,15 @@ def train_one_epoch(
             )
         if steps >= max_steps:
             break
-        sync_now = not info.enabled or steps % STOP_SYNC_STEPS == 0
-        if sync_now:
+        # Looking at the loss waits for the GPU: every STOP_SYNC_STEPS steps only. In one
+        # process a stop request is a host flag, looked at every step.
+        every = steps % STOP_SYNC_STEPS == 0
+        if every:
             _raise_if_diverged(first_bad, info, header)
-            if any_rank(stop_requested(), info, device):
-                interrupted = True
-                break
+        if (every or not info.enabled) and any_rank(stop_requested(), info, device):
+            _raise_if_diverged(first_bad, info, header)  # last.pt is never non-finite
+            interrupted = True
+            break
         tick = time.perf_counter()
     progress.close()
     _raise_if_diverged(first_bad, info, header)
@@ -231,7 +235,7 @@ def evaluate(
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
     progress = Progress(total, label="validation", unit="batches")
     indices, verb_out, noun_out = [], [], []
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     labelled = False
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
@@ -244,22 +248,23 @@ def evaluate(
         verb_logits, noun_logits = model.heads(features.float())
         labelled = "verb" in batch
         if labelled:
-            verbs = batch["verb"].to(device)
-            nouns = batch["noun"].to(device)
+            verbs = batch["verb"].to(device, non_blocking=True)
+            nouns = batch["noun"].to(device, non_blocking=True)
             loss = F.cross_entropy(verb_logits, verbs, reduction="sum") + F.cross_entropy(
                 noun_logits, nouns, reduction="sum"
             )
-            loss_sum += loss.item()
+            loss_sum += loss.double()
+        # Kept on the device until the end: a copy to the host per batch waits for the GPU.
         indices.append(batch["index"].numpy())
-        verb_out.append(verb_logits.cpu().numpy())
-        noun_out.append(noun_logits.cpu().numpy())
+        verb_out.append(verb_logits)
+        noun_out.append(noun_logits)
         progress.update()
     progress.close()
     local = (
         np.concatenate(indices) if indices else np.zeros(0, np.int64),
-        np.concatenate(verb_out) if verb_out else np.zeros((0, 0), np.float32),
-        np.concatenate(noun_out) if noun_out else np.zeros((0, 0), np.float32),
-        loss_sum,
+        torch.cat(verb_out).cpu().numpy() if verb_out else np.zeros((0, 0), np.float32),
+        torch.cat(noun_out).cpu().numpy() if noun_out else np.zeros((0, 0), np.float32),
+        loss_sum.item(),
         labelled,
     )
     parts = gather_to_main(local, info)

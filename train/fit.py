@@ -89,10 +89,37 @@ class StopFlag:
         return self.signum is not None
 
 
+def stop_source(stop: StopFlag, info: DistInfo, device: torch.device) -> str:
+    """Where a stop the ranks agreed on came from, for every rank's log: "SIGTERM received
+    by this process", "SIGUSR1 received by rank 2" (a collective: every rank calls it)."""
+    own = int(stop.signum or 0)
+    signum, rank = own, info.rank
+    if info.enabled:
+        reduce = torch.distributed.all_reduce
+        highest = torch.tensor([own], device=device)
+        reduce(highest, op=torch.distributed.ReduceOp.MAX)
+        signum = int(highest.item())
+        got_it = own != 0 and own == signum
+        first = torch.tensor([info.rank if got_it else info.world_size], device=device)
+        reduce(first, op=torch.distributed.ReduceOp.MIN)
+        rank = int(first.item())
+    if not signum:
+        return "stop requested"
+    name = signal.Signals(signum).name
+    if rank == info.rank:
+        return f"{name} received by this process" + (f" (rank {rank})" if info.enabled else "")
+    return f"{name} received by rank {rank}"
+
+
 def build_optimizer(
     model: torch.nn.Module, *, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    """AdamW; the fused CUDA kernel on a GPU, which also takes fp16's GradScaler step
+    without the host sync (an ``.item()`` on the inf check) of the other implementations."""
+    on_cuda = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=weight_decay, fused=True if on_cuda else None
+    )
 
 
 def build_scheduler(
@@ -202,6 +229,7 @@ def _fit(
         step0 = run.start_step if epoch == run.start_epoch else 0
         stats = _train_epoch(run, epoch, step0, stop)
         if stats.interrupted:
+            source = stop_source(stop, run.info, run.device)
             if run.runlog is not None:
                 mid_epoch = {
                     "rng": {"torch": torch.get_rng_state(), "augment": run.generator.get_state()},
@@ -210,8 +238,17 @@ def _fit(
                 state = run.state(epoch, step0 + stats.steps, mid_epoch)
                 save_checkpoint(state, run.run_dir / "last.pt")
                 log.warning(
-                    "signal %s: saved last.pt at epoch %d step %d; exiting with %d to requeue",
-                    stop.signum,
+                    "%s: saved last.pt at epoch %d step %d; exiting with %d to requeue",
+                    source,
+                    epoch + 1,
+                    step0 + stats.steps,
+                    EXIT_REQUEUE,
+                )
+            else:
+                log.warning(
+                    "%s: stopping at epoch %d step %d with the other ranks (rank 0 saves "
+                    "last.pt); exiting with %d",
+                    source,
                     epoch + 1,
                     step0 + stats.steps,
                     EXIT_REQUEUE,
@@ -223,8 +260,8 @@ def _fit(
         _end_epoch(run, epoch, stats, metrics, val_loss, lr=lr)
         if stop_now:
             log.warning(
-                "signal %s: epoch %d saved; exiting with %d to requeue",
-                stop.signum,
+                "%s: epoch %d saved; exiting with %d to requeue",
+                stop_source(stop, run.info, run.device),
                 epoch + 1,
                 EXIT_REQUEUE,
             )
@@ -239,10 +276,10 @@ def _setup(
     cfg: TrainConfig, *, resume_from: str | None, dry_run: bool, allow_config_change: bool
 ) -> _Run:
     """Device and ranks, the run folder's preflight, data, model and optimiser, resume."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, distributed.discover())
     info = distributed.init(device.type)
     if device.type == "cuda":
-        device = distributed.local_device(info)
+        torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic

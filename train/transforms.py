@@ -105,8 +105,12 @@ class DeviceAugment(torch.nn.Module):
     Training: brightness then contrast jitter (factors in [0.8, 1.2], one pair per clip;
     contrast blends with each frame's grey mean, as ColorJitter does on a frame),
     normalisation, then RandomErasing of one rectangle per clip (same place in every
-    frame) set to 0, the normalised mean. Evaluation: normalisation only. Random
-    parameters come from ``generator`` (CPU), so a run is reproducible on any device.
+    frame) set to 0, the normalised mean. Evaluation: normalisation only.
+
+    The random parameters of a batch come from ``generator`` (CPU, so a run draws the same
+    on any device) as one (7, B) tensor, moved with one non-blocking copy from pinned
+    memory: a step never waits for the GPU's queued work (one blocking copy per parameter
+    did, 7 times a step).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -119,40 +123,43 @@ class DeviceAugment(torch.nn.Module):
     ) -> torch.Tensor:
         x = clips.float().div_(255)  # (B, T, C, H, W) in [0, 1]
         if train:
-            x = self._jitter(x, generator)
+            draws = self.draw(len(x), x.device, generator)
+            x = self._jitter(x, draws)
         x = (x - self.mean) / self.std
         if train:
-            x = x * self._erase_keep_mask(x.shape, x.device, generator)
+            x = x * self._erase_keep_mask(x.shape, draws)
         return x  # (B, T, C, H, W) float32, normalised
 
-    def _uniform(self, n: int, low: float, high: float, generator: torch.Generator | None):
-        return torch.empty(n).uniform_(low, high, generator=generator)
+    @staticmethod
+    def draw(batch: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        """(7, B) uniform [0, 1) draws on ``device``: brightness, contrast, erase or not,
+        erase area, erase log-ratio, erase top, erase left."""
+        draws = torch.rand(7, batch, generator=generator)
+        if device.type == "cuda":
+            draws = draws.pin_memory()
+        return draws.to(device, non_blocking=True)
 
-    def _jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        b = len(x)
-        shape = (b, 1, 1, 1, 1)
-        brightness = self._uniform(b, 1 - BRIGHTNESS, 1 + BRIGHTNESS, generator).view(shape)
-        contrast = self._uniform(b, 1 - CONTRAST, 1 + CONTRAST, generator).view(shape)
-        brightness, contrast = brightness.to(x.device), contrast.to(x.device)
+    def _jitter(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        shape = (len(x), 1, 1, 1, 1)
+        brightness = (1 - BRIGHTNESS + 2 * BRIGHTNESS * draws[0]).view(shape)
+        contrast = (1 - CONTRAST + 2 * CONTRAST * draws[1]).view(shape)
         x = (x * brightness).clamp_(0, 1)
         grey = TF.rgb_to_grayscale(x.flatten(0, 1)).view(*x.shape[:2], 1, *x.shape[3:])
         mean = grey.mean(dim=(-2, -1), keepdim=True)  # (B, T, 1, 1, 1): per frame
         return (contrast * x + (1 - contrast) * mean).clamp_(0, 1)
 
-    def _erase_keep_mask(
-        self, shape: torch.Size, device: torch.device, generator: torch.Generator | None
-    ) -> torch.Tensor:
+    def _erase_keep_mask(self, shape: torch.Size, draws: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, H, W) float: 0 inside each erased clip's rectangle, 1 elsewhere."""
         b, _, _, h, w = shape
-        apply = self._uniform(b, 0, 1, generator) < ERASE_P
-        area = self._uniform(b, *ERASE_SCALE, generator) * h * w
-        log_ratio = self._uniform(b, math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), generator)
-        ratio = log_ratio.exp()
+        device = draws.device
+        apply = draws[2] < ERASE_P
+        area = (ERASE_SCALE[0] + (ERASE_SCALE[1] - ERASE_SCALE[0]) * draws[3]) * h * w
+        low, high = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+        ratio = (low + (high - low) * draws[4]).exp()
         eh = (area * ratio).sqrt().round().clamp(1, h).long()
         ew = (area / ratio).sqrt().round().clamp(1, w).long()
-        top = (self._uniform(b, 0, 1, generator) * (h - eh + 1)).long()
-        left = (self._uniform(b, 0, 1, generator) * (w - ew + 1)).long()
-        top, eh, left, ew, apply = (t.to(device) for t in (top, eh, left, ew, apply))
+        top = (draws[5] * (h - eh + 1)).long()
+        left = (draws[6] * (w - ew + 1)).long()
         rows = torch.arange(h, device=device).view(1, h, 1)
         cols = torch.arange(w, device=device).view(1, 1, w)
         inside = (

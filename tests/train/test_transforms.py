@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from train.transforms import (
@@ -75,3 +76,46 @@ def test_eval_transform_is_a_centre_crop_at_the_training_scale():
     clip = torch.zeros(2, 3, 256, 456, dtype=torch.uint8)
     assert EvalClipTransform(224)(clip).shape == (2, 3, 224, 224)  # 256 short side: no resize
     assert EvalClipTransform(112)(clip).shape == (2, 3, 112, 112)  # resized to 128 first
+
+
+class _HostToDevice(TorchDispatchMode):
+    """Records every op that takes a CPU tensor and returns a tensor on another device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: list[tuple[str, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        if any(a.device.type == "cpu" for a in inputs) and any(
+            isinstance(o, torch.Tensor) and o.device.type != "cpu" for o in outputs
+        ):
+            self.copies.append((str(func), kwargs))
+        return out
+
+
+def test_a_training_augmentation_makes_one_non_blocking_copy_to_the_device():
+    # Regression: 7 blocking copies a step, each waiting for the GPU's queued work. On the
+    # meta device any op that needs the values on the host (a sync on a GPU) would raise.
+    augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to("meta")
+    clips = torch.empty(8, 4, 3, 32, 40, dtype=torch.uint8, device="meta")
+    with _HostToDevice() as recorder:
+        out = augment(clips, train=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == clips.shape and out.device.type == "meta"
+    assert len(recorder.copies) == 1, recorder.copies
+    assert recorder.copies[0][1].get("non_blocking") is True
+
+
+def test_the_draws_do_not_depend_on_the_device():
+    # Parameters come from a CPU generator: the same seed gives the same clips on any device.
+    clips = torch.stack([_clip_of_identical_frames(s) for s in range(16)])
+    augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD)
+    first = augment(clips, train=True, generator=torch.Generator().manual_seed(3))
+    again = augment(clips, train=True, generator=torch.Generator().manual_seed(3))
+    other = augment(clips, train=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    draws = DeviceAugment.draw(16, torch.device("cpu"), torch.Generator().manual_seed(3))
+    assert draws.shape == (7, 16) and ((draws >= 0) & (draws < 1)).all()
