@@ -166,7 +166,7 @@ def train_main(
     --resume auto); other codes: docs/conventions.md.
     """
     ctx = click.get_current_context()
-    info = distributed.discover()
+    info = distributed.discover(batch_shell="refuse")  # exit 2 at once, not a hang
     start_command(is_main=info.is_main)
     values = load_yaml_defaults(config_file) if config_file else {}
     values.update(
@@ -287,7 +287,7 @@ def validate_main(
     sls_td: int | None,
 ) -> None:
     """Official EPIC-100 metrics of a checkpoint or a predictions file, or a test submission."""
-    start_command(is_main=distributed.discover().is_main)
+    start_command(is_main=distributed.discover(batch_shell="single").is_main)
     result = validate(
         annotations=annotations,
         split=split,

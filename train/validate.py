@@ -60,10 +60,10 @@ def predict(
     """
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    device = resolve_device(device_name)
-    info = distributed.init(device.type)
+    device = resolve_device(device_name, distributed.discover())
+    info = distributed.init(device.type, batch_shell="single")
     if device.type == "cuda":
-        device = distributed.local_device(info)
+        torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
     model = ActionModel(dropout=cfg.dropout)
     model.load_state_dict(state["model"], strict=True)
     model = model.to(device)

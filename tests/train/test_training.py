@@ -105,7 +105,7 @@ def test_sigusr1_saves_at_a_step_boundary_and_exits_to_be_requeued(
     assert done.returncode == 0, done.stderr
     assert f"resumed from {run / 'last.pt'} at epoch 1 step {state['step']}" in done.stderr
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    assert "signal" in (run / "train.log").read_text()
+    assert "SIGUSR1 received by this process: saved last.pt" in (run / "train.log").read_text()
 
 
 def test_sigterm_to_every_process_of_the_job_saves_last_pt_and_resumes_bit_exact(
@@ -440,3 +440,45 @@ def test_the_run_log_says_when_tensorboard_is_off(tmp_path, monkeypatch, caplog)
     with caplog.at_level(logging.INFO):
         RunLog(tmp_path).close()
     assert "TensorBoard events off" in caplog.text and "pip install tensorboard" in caplog.text
+
+
+def _stop_source_on_rank(rank: int, port: int, results) -> None:
+    import types
+
+    import torch.distributed as dist
+
+    from train.distributed import DistInfo
+    from train.fit import stop_source
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=3)
+    flag = types.SimpleNamespace(signum=signal.SIGUSR1 if rank == 2 else None)
+    info = DistInfo(rank=rank, world_size=3, local_rank=rank)
+    results.put((rank, stop_source(flag, info, torch.device("cpu"))))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_every_rank_says_which_rank_got_the_signal():
+    # Regression: a rank that stopped because another rank got the signal logged
+    # "signal None".
+    import multiprocessing
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    ranks = [
+        context.Process(target=_stop_source_on_rank, args=(r, port, results)) for r in range(3)
+    ]
+    for process in ranks:
+        process.start()
+    said = dict(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    assert said == {
+        0: "SIGUSR1 received by rank 2",
+        1: "SIGUSR1 received by rank 2",
+        2: "SIGUSR1 received by this process (rank 2)",
+    }
