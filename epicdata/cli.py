@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.util
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -237,6 +239,22 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _torch() -> str:
+    """torch's version, CUDA build and folder, read without importing torch (which takes
+    seconds): which torch a job really runs with (module or venv) is what a log must say."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return "torch not installed"
+    folder = Path(spec.origin).parent
+    try:
+        text = (folder / "version.py").read_text()
+    except OSError:
+        text = ""
+    cuda = re.search(r"^cuda(?:: \S+)? = '([^']+)'", text, flags=re.MULTILINE)
+    build = f"CUDA {cuda.group(1)}" if cuda else "CPU build"
+    return f"torch {_version('torch')} ({build}, {folder})"
+
+
 def run_header(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> str:
     """One line for the top of a job log: when, where (host, SLURM ids), with what versions,
     and the command line."""
@@ -253,7 +271,7 @@ def run_header(argv: list[str] | None = None, environ: dict[str, str] | None = N
         slurm += f" restart {env.get('SLURM_RESTART_COUNT', '0')}"
         parts.append(slurm)
     parts.append(
-        f"python {platform.python_version()}, torch {_version('torch')}, "
+        f"python {platform.python_version()}, {_torch()}, "
         f"ffmpeg {ffmpeg_version()}, lmdb {_version('lmdb')}, {PROJECT} {_version(PROJECT)}"
     )
     parts.append("command: " + shlex.join([Path(argv[0]).name, *argv[1:]]))

@@ -129,13 +129,16 @@ class CheckReport:
 
     @property
     def resubmit_command(self) -> str | None:
-        """The sbatch line that redoes the bad shards (EPIC_FORCE=1 when some are published)."""
+        """The line that redoes the bad shards with the site's settings (``--force`` when
+        some are published); it names $EPIC_SITE, which every job has."""
         if not self.resubmit_indices:
             return None
+        from epicslurm.submit import site_of_environment, user_line
+
         force = any(s.published for s in self.shards if s.problems)
-        export = f"ALL,EPIC_STORE={self.store}" + (",EPIC_FORCE=1" if force else "")
         spec = ",".join(str(i) for i in self.resubmit_indices)
-        return f"sbatch --array={spec} --export={export} slurm/extract.sbatch"
+        site = site_of_environment()
+        return user_line("extract", site, store=self.store, array=spec, force=force)
 
     def to_dict(self) -> dict:
         return {
@@ -515,5 +518,5 @@ def format_report(report: CheckReport) -> str:
         )
     elif report.resubmit_command:
         spec = ",".join(str(i) for i in report.resubmit_indices)
-        lines.append(f"resubmit: --array={spec}\n  {report.resubmit_command}")
+        lines.append(f"resubmit shards {spec}:\n  {report.resubmit_command}")
     return "\n".join(lines)

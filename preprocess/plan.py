@@ -350,8 +350,9 @@ def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
     return problems
 
 
-def plan_summary(manifest: Manifest, store_root: str | Path) -> str:
-    """Human summary of a plan: counts, estimates, the keep trade-off and the sbatch line."""
+def plan_summary(manifest: Manifest, store_root: str | Path, *, show_next: bool = True) -> str:
+    """Human summary of a plan: counts, estimates, the keep trade-off and (``show_next``)
+    the line that submits the extraction array with the site's settings."""
     videos = [v for s in manifest.shards for v in s.videos]
     frames = sum(v.planned_frames for v in videos)
     all_frames = sum(v.expected_frames for v in videos)
@@ -386,10 +387,16 @@ def plan_summary(manifest: Manifest, store_root: str | Path) -> str:
         lines.append(
             "sizing-only plan (from video_info.csv): re-plan with --videos to extract frames"
         )
-    else:
+    elif show_next:
+        from epicslurm.submit import site_of_environment, user_line
+
         last = len(manifest.shards) - 1
-        lines.append(
-            f"next: sbatch --array=0-{last} --export=ALL,EPIC_STORE={Path(store_root).resolve()} "
-            f"slurm/extract.sbatch"
-        )
+        site = site_of_environment()
+        line = user_line("extract", site, store=Path(store_root).resolve(), array=f"0-{last}")
+        lines.append(f"next: {line}")
+        if site is None:
+            lines.append(
+                "(with your site file: export EPIC_SITE=FILE first, copied from "
+                "slurm/sites/ and edited; or add --site FILE after `submit`)"
+            )
     return "\n".join(lines)

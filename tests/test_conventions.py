@@ -19,11 +19,12 @@ from epicdata.cli import Progress, run_header
 from epicdata.errors import ExitCode
 from epicdata.store import shard_path
 from epicdata.synthetic import main as synth
+from epicslurm.cli import main as slurm
 from preprocess.cli import check, extract
 from train.cli import train_main, validate_main
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("epicdata", "preprocess", "train")
+PACKAGES = ("epicdata", "preprocess", "train", "epicslurm")
 
 #: Every leaf command: (name, click command, leading args).
 COMMANDS = {
@@ -33,6 +34,8 @@ COMMANDS = {
     "epic-check": (check, []),
     "epic-train": (train_main, []),
     "epic-validate": (validate_main, []),
+    "epic-slurm submit": (slurm, ["submit"]),
+    "epic-slurm pipeline": (slurm, ["pipeline"]),
 }
 #: Options the slurm scripts set through the environment (docs/conventions.md).
 ENVVARS = {
@@ -168,10 +171,16 @@ def test_bad_input_exits_2_with_one_error_line(planned: dict[str, Path], tmp_pat
             ["--annotations", planned["annotations"], "--output-dir", tmp_path / "v"],
             ["--checkpoint and --predictions"],
         ),
+        "epic-slurm submit": (["--site", tmp_path / "none.env", "check"], ["none.env"]),
+        "epic-slurm pipeline": (
+            ["--annotations", planned["annotations"], "--run-dir", tmp_path / "r"],
+            ["no site file", "EPIC_SITE"],
+        ),
     }  # fmt: skip
     assert set(cases) == set(COMMANDS)
     for name, (args, needles) in cases.items():
-        assert_named_error(invoke(name, *args), ExitCode.BAD_INPUT, *needles)
+        result = invoke(name, *args, env={"EPIC_SITE": None})
+        assert_named_error(result, ExitCode.BAD_INPUT, *needles)
 
 
 def test_a_run_folder_in_use_is_bad_input(planned: dict[str, Path], tmp_path: Path) -> None:
@@ -197,7 +206,7 @@ def test_missing_ffmpeg_is_an_environment_error_not_a_bad_video(
 def test_a_store_with_a_missing_shard_exits_5(planned: dict[str, Path]) -> None:
     result = invoke("epic-check", "--store", planned["store"])
     assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
-    assert "resubmit: --array=0" in result.output
+    assert "resubmit shards 0:" in result.output
 
 
 @pytest.mark.parametrize(

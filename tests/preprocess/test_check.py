@@ -66,7 +66,7 @@ def test_flipped_byte_in_a_jpeg_is_reported_with_video_and_frame(store: dict[str
     code, output = _check("--store", str(store["store"]))
     assert code == ExitCode.STORE_INCOMPLETE
     assert "shard 0: P01_101 frame 40: checksum mismatch" in output
-    assert "--array=0" in output and "EPIC_FORCE=1" in output
+    assert "epic-slurm submit extract" in output and "--array 0 --force" in output
 
 
 def test_truncated_shard_is_reported_without_crashing(store: dict[str, Path]) -> None:
@@ -81,7 +81,8 @@ def test_truncated_shard_is_reported_without_crashing(store: dict[str, Path]) ->
 def test_missing_shard_is_reported(small_store: dict[str, Path]) -> None:
     report = check_store(small_store["store"])
     assert report.resubmit_indices == [0] and "not published" in report.problems[0]
-    assert "EPIC_FORCE" not in report.resubmit_command
+    assert "--force" not in report.resubmit_command  # nothing published to redo
+    assert report.resubmit_command.startswith("epic-slurm submit")
 
 
 def test_csv_naming_a_video_not_in_the_plan_is_reported(
@@ -141,7 +142,7 @@ def test_flipped_byte_in_meta_json_is_a_problem_row_not_a_traceback(
     result = CliRunner().invoke(check, ["--store", str(store["store"])])
     assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
     assert f"problem: {row}" in result.output
-    assert "resubmit: --array=0" in result.output and "Traceback" not in result.output
+    assert "resubmit shards 0:" in result.output and "Traceback" not in result.output
 
 
 def test_malformed_metadata_and_checksums_are_problem_rows(store: dict[str, Path]) -> None:
@@ -242,7 +243,7 @@ def test_lmdb_abort_on_one_shard_is_a_problem_row_and_the_other_shards_are_check
     ]
     code, output = _check("--store", str(two_shards))
     assert code == ExitCode.STORE_INCOMPLETE
-    assert "resubmit: --array=0\n" in output and "EPIC_FORCE=1" in output
+    assert "resubmit shards 0:\n" in output and "--array 0 --force" in output
 
 
 def test_shard_whose_read_hangs_is_killed_and_reported(

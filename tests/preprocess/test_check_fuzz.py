@@ -235,7 +235,7 @@ def test_flipped_child_page_number_in_branch_page_is_reported_not_an_lmdb_abort(
     done = _check_cli(shard.store)
     assert done.returncode == ExitCode.STORE_INCOMPLETE, done.stdout + done.stderr
     assert "problem: shard 0: shard-00000.lmdb is corrupt" in done.stdout
-    assert "resubmit: --array=0" in done.stdout and "EPIC_FORCE=1" in done.stdout
+    assert "resubmit shards 0:" in done.stdout and "--array 0 --force" in done.stdout
     assert "Traceback" not in done.stderr
 
 
@@ -272,7 +272,7 @@ def test_shard_that_kills_its_reader_is_a_problem_row_not_a_crash(shard: Shard) 
         "problem: shard 0: reading shard-00000.lmdb killed the checker process (signal "
         in done.stdout
     )
-    assert "the shard is corrupt" in done.stdout and "resubmit: --array=0" in done.stdout
+    assert "the shard is corrupt" in done.stdout and "resubmit shards 0:" in done.stdout
 
 
 def _outcome(shard: Shard) -> str:

@@ -94,7 +94,8 @@ def test_plan_balances_shards_and_prints_the_sbatch_line(tmp_path: Path, epic_fi
         ["P01_02", "P01_03", "P01_04"],
     ]
     assert [s.planned_frames for s in manifest.shards] == [180, 180]
-    assert "sbatch --array=0-1 --export=ALL,EPIC_STORE=" in output
+    # The next step, with the site's settings (EPIC_SITE names the site file).
+    assert f"next: epic-slurm submit extract --store {tmp_path / 'store'} --array 0-1" in output
 
 
 def test_sampled_keeps_only_the_frames_the_samplers_read(tmp_path: Path, epic_files) -> None:

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -188,6 +189,12 @@ def _batch_shell_env(tmp_path: Path, mini_store, run: Path) -> dict[str, str]:
         shutil.copy(FAKES / name, fakes / name)
         (fakes / name).chmod(0o755)  # whatever the checkout kept of the mode
     job_id = str(_free_port())
+    # The CPU site example with this venv, as epic-slurm submit would pass it.
+    site = tmp_path / "site.env"
+    site.write_text(
+        f"source {REPO / 'slurm' / 'sites' / 'cpu.env'}\n"
+        f"EPIC_VENV={BIN.parent}\nEPIC_LOGS={tmp_path / 'logs'}\n"
+    )
     return {
         **_launcher_free(dict(os.environ)),
         **BATCH_SHELL,
@@ -199,7 +206,8 @@ def _batch_shell_env(tmp_path: Path, mini_store, run: Path) -> dict[str, str]:
         "EPIC_STORE": str(mini_store.store),
         "EPIC_ANNOTATIONS": str(mini_store.annotations),
         "EPIC_RUN_DIR": str(run),
-        "EPIC_DEVICE": "cpu",
+        "EPIC_HOME": str(REPO),
+        "EPIC_SITE": str(site),
         "OMP_NUM_THREADS": "1",
     }
 
@@ -228,7 +236,8 @@ def test_train_multi_sbatch_on_2_nodes_x_1_task_trains_both_ranks_together(two_n
     assert tasks == [["0", "0"], ["1", "1"]]
     assert "2 process(es)" in result.stderr
     assert "master localhost:" in result.stdout
-    assert f"torch {torch.__version__} (CUDA " in result.stdout  # what the job runs with
+    # The job's header says which torch it runs with (the module's or the venv's).
+    assert re.search(r"\| python \S+, torch \S+ \((CUDA \S+|CPU build), /", result.stdout)
     assert not (fake_dir / "requeued").exists()
     assert [r["epoch"] for r in _rows(run)] == ["1"]  # written once, by rank 0
     state = torch.load(run / "last.pt", weights_only=True)
@@ -305,7 +314,7 @@ def test_usr1_to_the_ranks_of_train_multi_sbatch_saves_and_requeues(
     finally:
         watchdog.cancel()
     assert code == 0, err[-5000:]
-    assert "checkpoint saved; requeueing job" in out
+    assert f"checkpoint saved; requeued job {env['SLURM_JOB_ID']}" in out
     assert (tmp_path / "requeued").read_text().split() == [env["SLURM_JOB_ID"]]
     assert "SIGUSR1 received by this process (rank 0)" in err
     assert "exiting with 75 to requeue" in err

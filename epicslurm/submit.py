@@ -1,0 +1,117 @@
+"""sbatch command lines built from the site file alone, and the lines printed for users.
+
+Every job gets ``--export=ALL,EPIC_HOME=<repository>,EPIC_SITE=<site file>`` plus its data
+paths as EPIC_* variables; the job script sources ``slurm/lib.sh``, which reads the site
+file on the node (modules, venv) and prints the job's header.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from epicdata.errors import EnvironmentProblem, EpicInputError
+from epicslurm.site import HOME, JOBS, SCRIPTS, SITE_VARIABLE, Site
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sbatch submission: which job, its data paths and where it sits in a chain."""
+
+    kind: str
+    env: Mapping[str, str] = field(default_factory=dict)  # EPIC_STORE=..., etc.
+    array: str | None = None
+    after_ok: Sequence[str] = ()
+    after_any: Sequence[str] = ()
+    comment: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 1
+    script_args: Sequence[str] = ()
+
+    def sbatch(self, site: Site) -> list[str]:
+        """The whole sbatch command line for ``site``."""
+        options = site.sbatch_options(
+            self.kind, array=self.array, nodes=self.nodes, gpus_per_node=self.gpus_per_node
+        )
+        deps = []
+        if self.after_any:
+            deps.append("afterany:" + ":".join(self.after_any))
+        if self.after_ok:
+            deps.append("afterok:" + ":".join(self.after_ok))
+        if deps:
+            # A failed dependency cancels the job instead of leaving it pending for ever.
+            options += [f"--dependency={','.join(deps)}", "--kill-on-invalid-dep=yes"]
+        if self.comment:
+            options.append(f"--comment={self.comment}")
+        export = {"EPIC_HOME": str(HOME), "EPIC_SITE": str(site.path), **self.env}
+        for key, value in export.items():
+            if "," in value:  # sbatch's --export list is comma-separated
+                raise EpicInputError(
+                    f"{key} contains a comma, which sbatch --export cannot pass",
+                    where=value,
+                    fix="use a path without commas (a symbolic link will do)",
+                )
+        exports = ",".join(["ALL", *(f"{k}={v}" for k, v in export.items())])
+        script = SCRIPTS / JOBS[self.kind][0]
+        return [
+            "sbatch",
+            "--parsable",
+            *options,
+            f"--export={exports}",
+            str(script),
+            *self.script_args,
+        ]
+
+    def log(self, site: Site, job_id: str) -> str:
+        """Where this job's log goes once submitted as ``job_id``."""
+        pattern = site.log_path(self.kind, self.array is not None)
+        return pattern.replace("%A", job_id).replace("%j", job_id).replace("%a", "<task>")
+
+
+def submit(job: Job, site: Site) -> str:
+    """Submit ``job``; returns its job id. The log folder is made first (sbatch does not make
+    it, and a job whose log folder is missing fails without a word)."""
+    site.logs.mkdir(parents=True, exist_ok=True)
+    command = job.sbatch(site)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise EnvironmentProblem(
+            "sbatch not found",
+            where="PATH",
+            fix="run this on a login node of the cluster (or load the slurm module)",
+        ) from None
+    if result.returncode != 0:
+        raise EpicInputError(
+            f"sbatch refused the {job.kind} job",
+            where=str(site.path),
+            fix="check the site file's account, partition and resources against "
+            "`sinfo -s` and `sacctmgr show assoc user=$USER`",
+            details=f"{shlex.join(command)}\n{result.stderr.strip()}",
+        )
+    return result.stdout.strip().split(";")[0]  # "123" or "123;cluster"
+
+
+def user_line(kind: str, site_path: Path | None, **options: object) -> str:
+    """The ``epic-slurm submit`` line a tool prints for the user: complete for the site
+    (``--site`` when known, else $EPIC_SITE must be exported), runnable as printed."""
+    words = ["epic-slurm", "submit"]
+    if site_path is not None:
+        words += ["--site", str(site_path)]
+    words.append(kind)
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words)
+
+
+def site_of_environment() -> Path | None:
+    """The site file a printed line should name: $EPIC_SITE (set in every job)."""
+    value = os.environ.get(SITE_VARIABLE)
+    return Path(value).resolve() if value else None
