@@ -61,6 +61,15 @@ def shard_filename(index: int) -> str:
     return f"shard-{index:05d}.lmdb"
 
 
+#: A shard's last failed extraction, for epic-check to name: store/failures/shard-NNNNN.txt.
+FAILURES_DIR = "failures"
+
+
+def failure_record_path(store_root: str | Path, shard_index: int) -> Path:
+    """Where ``epic-extract run`` records why shard ``shard_index`` was not published."""
+    return Path(store_root) / FAILURES_DIR / f"shard-{shard_index:05d}.txt"
+
+
 def shard_path(store_root: str | Path, index: int) -> Path:
     return Path(store_root) / SHARDS_DIR / shard_filename(index)
 

@@ -53,6 +53,7 @@ from epicdata.store import (
     ShardPlan,
     VideoMeta,
     checksum_key,
+    failure_record_path,
     frame_checksum,
     frame_key,
     frames_in_ranges,
@@ -401,7 +402,13 @@ def check_shard(
     path = shard_path(store_root, plan.index)
     result = ShardCheck(index=plan.index, path=str(path), published=path.is_file())
     if not result.published:
-        result.problems.append(f"not published ({path.name} missing): run its array task")
+        failure = failure_record_path(store_root, plan.index)
+        why = (
+            f"its last extraction failed: {failure.read_text().strip()}"
+            if failure.is_file()
+            else "run its array task"
+        )
+        result.problems.append(f"not published ({path.name} missing): {why}")
         return result, {}
     result.bytes = path.stat().st_size
     timeout_s = shard_timeout_s(result.bytes, deep=deep)

@@ -9,6 +9,7 @@ published; a bad video fails the shard with a message naming it and quoting ffmp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from epicdata.cli import preflight_output
@@ -38,6 +40,7 @@ from epicdata.store import (
     ShardPlan,
     VideoMeta,
     checksum_key,
+    failure_record_path,
     frame_checksum,
     pack_checksums,
     shard_path,
@@ -365,6 +368,51 @@ def load_runnable_manifest(store_root: str | Path) -> Manifest:
 
 
 def run_shard(
+    *,
+    store_root: str | Path,
+    shard_index: int,
+    workers: int | None = None,
+    tmp_dir: str | Path | None = None,
+    force: bool = False,
+    map_size: int | None = None,
+    on_frames: Callable[[int], None] | None = None,
+    videos_root: str | Path | None = None,
+) -> ShardResult:
+    """:func:`extract_shard`, recording a failure in ``store/failures/`` (what failed, the
+    SLURM job, when) so that ``epic-check`` can say why a shard is not published; a
+    successful run removes the record."""
+    record = failure_record_path(store_root, shard_index)
+    try:
+        result = extract_shard(
+            store_root=store_root,
+            shard_index=shard_index,
+            workers=workers,
+            tmp_dir=tmp_dir,
+            force=force,
+            map_size=map_size,
+            on_frames=on_frames,
+            videos_root=videos_root,
+        )
+    except BaseException as exc:
+        _record_failure(record, exc)
+        raise
+    record.unlink(missing_ok=True)
+    return result
+
+
+def _record_failure(record: Path, exc: BaseException) -> None:
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        where = f"job {env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '?')}"
+    else:
+        where = f"job {env['SLURM_JOB_ID']}" if env.get("SLURM_JOB_ID") else "outside SLURM"
+    what = " ".join(str(exc).split()) or type(exc).__name__
+    with contextlib.suppress(OSError):  # a full disk must not hide the real error
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(f"{datetime.now().isoformat(timespec='seconds')} {where}: {what}\n")
+
+
+def extract_shard(
     *,
     store_root: str | Path,
     shard_index: int,

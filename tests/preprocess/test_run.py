@@ -116,6 +116,17 @@ def test_bad_video_fails_the_shard_quoting_ffmpeg(small_store: dict[str, Path]) 
     assert "download it again" in output
     assert not shard_path(small_store["store"], 0).exists()
     assert list(small_store["tmp"].iterdir()) == []
+    # The checker, run later (another job), says why the shard is missing, naming the video.
+    (problem,) = check_store(small_store["store"]).problems
+    assert "its last extraction failed" in problem and "P01_101" in problem, problem
+    # Repaired and rerun, the record goes with the failure.
+    shutil.copy2(small_store["videos"] / "P01" / "videos" / "P01_01.MP4", video)
+    data["shards"][0]["videos"] = [
+        v for v in data["shards"][0]["videos"] if v["video_id"] != "P01_101"
+    ]
+    manifest.write_text(json.dumps(data))
+    assert run_shard(store_root=small_store["store"], shard_index=0, tmp_dir=small_store["tmp"])
+    assert not (small_store["store"] / "failures" / "shard-00000.txt").exists()
 
 
 def test_too_small_map_size_is_a_clear_error_and_publishes_nothing(
