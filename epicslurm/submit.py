@@ -72,10 +72,62 @@ class Job:
         return pattern.replace("%A", job_id).replace("%j", job_id).replace("%a", "<task>")
 
 
+def _largest_node(partition: str, site: Site) -> tuple[int, int] | None:
+    """(CPUs, MB of memory) of the partition's largest node, from sinfo; None if unknown."""
+    command = ["sinfo", "--noheader", f"--partition={partition}", "--format=%c|%m"]
+    if site.get("EPIC_CLUSTERS"):
+        command.append(f"--clusters={site.get('EPIC_CLUSTERS')}")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sizes = []
+    for line in result.stdout.splitlines():
+        cpus, _, memory = line.partition("|")
+        if cpus.strip().rstrip("+").isdigit() and memory.strip().rstrip("+").isdigit():
+            sizes.append((int(cpus.strip().rstrip("+")), int(memory.strip().rstrip("+"))))
+    return (max(c for c, _ in sizes), max(m for _, m in sizes)) if sizes else None
+
+
+def _megabytes(value: str) -> int | None:
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    value = value.strip().upper()
+    if value[-1:] in units and value[:-1].isdigit():
+        return int(int(value[:-1]) * units[value[-1]])
+    return int(value) if value.isdigit() else None
+
+
+def check_fits(job: Job, site: Site) -> None:
+    """Refuse a job no node of its partition can run: SLURM accepts it and it pends for
+    ever (a 2-CPU node given an 8-CPU extraction task, say)."""
+    _script, gpu, prefix = JOBS[job.kind]
+    partition = site.get("EPIC_PARTITION_GPU" if gpu else "EPIC_PARTITION_CPU")
+    largest = _largest_node(partition, site)
+    if largest is None:
+        return
+    cpus = int(site.get(f"EPIC_{prefix}_CPUS") or 1)
+    cpus *= job.gpus_per_node if job.kind == "train-multi" else 1
+    memory = _megabytes(site.get(f"EPIC_{prefix}_MEM") or "0") or 0
+    for what, asked, most, name in (
+        ("CPUs", cpus, largest[0], f"EPIC_{prefix}_CPUS"),
+        ("MB of memory", memory, largest[1], f"EPIC_{prefix}_MEM"),
+    ):
+        if asked > most:
+            raise EpicInputError(
+                f"the {job.kind} job asks {asked} {what} per node but the nodes of partition "
+                f"{partition} have at most {most}: SLURM would keep it pending for ever",
+                where=str(site.path),
+                fix=f"lower {name} in the site file (sinfo -p {partition} -o '%c %m' shows "
+                "the nodes)",
+            )
+
+
 def submit(job: Job, site: Site) -> str:
     """Submit ``job``; returns its job id. The log folder is made first (sbatch does not make
-    it, and a job whose log folder is missing fails without a word)."""
+    it, and a job whose log folder is missing fails without a word), and a job no node can
+    run is refused (:func:`check_fits`)."""
     site.logs.mkdir(parents=True, exist_ok=True)
+    check_fits(job, site)
     command = job.sbatch(site)
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -166,3 +166,12 @@ def test_a_training_job_sent_usr1_mid_epoch_requeues_and_finishes(
     with open(run / "summary.csv", newline="") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2"]
     assert run_status(run).state == "done"
+
+
+def test_a_job_no_node_can_run_is_refused_instead_of_pending_for_ever(slurm, tmp_path):
+    site = _site(slurm, tmp_path)
+    site.write_text(site.read_text() + f"EPIC_CHECK_CPUS={slurm.cpus + 1}\n")
+    result = _epic_slurm(slurm, site, "submit", "check", "--store", tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"asks {slurm.cpus + 1} CPUs per node" in result.stderr
+    assert "EPIC_CHECK_CPUS" in result.stderr and not slurm.queue()
