@@ -65,7 +65,7 @@ def _now() -> str:
     epilog=example("epic-slurm submit extract --store $VSC_SCRATCH/epic100-store --array 3,7"),
 )
 @_SITE
-@click.argument("kind", type=click.Choice(sorted(JOBS)))
+@click.argument("kind", type=click.Choice(sorted(set(JOBS) - {"sweep"})))  # sweep: its own command
 @click.option("--store", type=_DIR, show_default="the site's EPIC_STORE", help="The frame store.")
 @click.option("--annotations", type=_DIR, show_default="none", help="The annotations folder.")
 @click.option("--run-dir", type=_DIR, show_default="none", help="train*: the run folder.")
@@ -100,7 +100,7 @@ def submit_command(
     dry_run: bool,
     script_args: tuple[str, ...],
 ) -> None:
-    """Submit one job (extract, check, train, train-multi, validate, sweep) with the site's
+    """Submit one job (extract, check, train, train-multi, validate) with the site's
     account, partition, resources and log path. Arguments after `--` go to the command."""
     start_command()
     the_site = load_site(site)
@@ -231,3 +231,120 @@ def pipeline(
             click.echo(shlex.join(job.command))
         else:
             click.echo(f"{job.kind:<9} job {job.job_id:<10} log {job.log}")
+
+
+@main.command(
+    cls=EpicCommand,
+    epilog=example(
+        "epic-slurm sweep --grid slurm/sweeps/seed-week2.yaml --annotations "
+        "$VSC_DATA/epic-kitchens-100-annotations --runs-root $VSC_DATA/runs/week2"
+    ),
+)
+@_SITE
+@click.option(
+    "--grid",
+    "grid_file",
+    type=_FILE,
+    required=True,
+    help="The grid file: epic-train options -> lists of values (slurm/sweeps/*.yaml).",
+)
+@click.option("--store", type=_DIR, show_default="the site's EPIC_STORE", help="The frame store.")
+@click.option("--annotations", type=_DIR, required=True, help="The EPIC-100 annotations folder.")
+@click.option(
+    "--runs-root",
+    type=_DIR,
+    required=True,
+    help="Folder of the runs: sweep.json and one run folder per grid point.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the sbatch command, submit nothing.")
+def sweep(
+    site: Path | None,
+    grid_file: Path,
+    store: Path | None,
+    annotations: Path,
+    runs_root: Path,
+    dry_run: bool,
+) -> None:
+    """Train every run of a grid as one array job: task N trains run N into RUNS/<name>
+    (e.g. bs32-lr1e-4-f8), resumable and requeued like one training. The store must serve
+    every clip length of the grid. Rerun it to resubmit the runs not done."""
+    from epicslurm.sweep import load_grid, run_sweep
+
+    start_command()
+    load_grid(grid_file)  # a bad grid is named before the site is needed
+    the_site = load_site(site)
+    store = store or (Path(the_site.get("EPIC_STORE")) if the_site.get("EPIC_STORE") else None)
+    if store is None:
+        raise EpicInputError(
+            "no store", where="--store", fix="give --store or EPIC_STORE in the site file"
+        )
+    runs_root = runs_root.resolve()
+    job_id, command = run_sweep(
+        the_site,
+        grid_file=grid_file,
+        store=store.resolve(),
+        annotations=annotations.resolve(),
+        runs_root=runs_root,
+        dry_run=dry_run,
+    )
+    if not command:
+        click.echo(f"nothing to submit: every run of {runs_root} is done")
+    elif dry_run:
+        click.echo(shlex.join(command))
+    else:
+        spec = next(w.split("=", 1)[1] for w in command if w.startswith("--array="))
+        log_pattern = Job("sweep", array=spec).log(the_site, job_id or "")
+        click.echo(f"sweep: job {job_id}, array {spec}, log {log_pattern}")
+        click.echo(f"results: epic-slurm summary {shlex.quote(str(runs_root))}")
+
+
+@main.command(cls=EpicCommand, epilog=example("epic-slurm summary $VSC_DATA/runs/week2"))
+@click.argument("runs_root", type=_DIR)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=_FILE,
+    show_default="RUNS_ROOT/sweep_summary.csv",
+    help="Where to write the table as CSV.",
+)
+def summary(runs_root: Path, csv_path: Path | None) -> None:
+    """The table of a sweep's runs, best validation action top-1 first: verb, noun and
+    action top-1 of the best epoch, that epoch, epochs done, status (done, running: queued,
+    running or requeued, failed, pending: not started). Read from the run folders alone."""
+    from epicslurm import sweep as sweeps
+
+    rows = sweeps.summary(runs_root)
+    click.echo(sweeps.format_summary(rows))
+    written = sweeps.write_csv(rows, csv_path or runs_root / sweeps.SUMMARY_CSV)
+    click.echo(f"wrote {written}")
+
+
+@main.command("sweep-task", cls=EpicCommand, hidden=True)
+@click.option(
+    "--grid",
+    "sweep_json",
+    type=_FILE,
+    envvar="EPIC_GRID",
+    required=True,
+    help="The sweep's RUNS/sweep.json.",
+)
+@click.option(
+    "--index",
+    type=click.IntRange(min=0),
+    envvar="SLURM_ARRAY_TASK_ID",
+    required=True,
+    help="The run's index (the array task id).",
+)
+def sweep_task(sweep_json: Path, index: int) -> None:
+    """Print run INDEX of a sweep for slurm/sweep.sbatch, one word a line: its folder name,
+    then its epic-train options (--lr=0.0001)."""
+    from epicslurm.sweep import read_sweep
+
+    runs = read_sweep(sweep_json)
+    if index >= len(runs):
+        raise EpicInputError(
+            f"run {index} does not exist: the sweep has {len(runs)} runs (0-{len(runs) - 1})",
+            where=str(sweep_json),
+            fix="submit with epic-slurm sweep, which writes sweep.json and the array together",
+        )
+    click.echo("\n".join([runs[index].name, *runs[index].train_args()]))

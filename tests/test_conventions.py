@@ -36,6 +36,8 @@ COMMANDS = {
     "epic-validate": (validate_main, []),
     "epic-slurm submit": (slurm, ["submit"]),
     "epic-slurm pipeline": (slurm, ["pipeline"]),
+    "epic-slurm sweep": (slurm, ["sweep"]),
+    "epic-slurm summary": (slurm, ["summary"]),
 }
 #: Options the slurm scripts set through the environment (docs/conventions.md).
 ENVVARS = {
@@ -152,6 +154,8 @@ def test_bad_input_exits_2_with_one_error_line(planned: dict[str, Path], tmp_pat
     stale = tmp_path / "synth" / "EPIC-KITCHENS" / "P99" / "videos" / "P99_01.MP4"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"")
+    bad_grid = tmp_path / "grid.yaml"
+    bad_grid.write_text("batch_sise: [16, 32]\n")
     cases = {
         "epic-synth": (["--out", tmp_path / "synth"], ["pass an empty --out folder"]),
         "epic-extract plan": (
@@ -176,6 +180,12 @@ def test_bad_input_exits_2_with_one_error_line(planned: dict[str, Path], tmp_pat
             ["--annotations", planned["annotations"], "--run-dir", tmp_path / "r"],
             ["no site file", "EPIC_SITE"],
         ),
+        "epic-slurm sweep": (
+            ["--grid", bad_grid, "--annotations", planned["annotations"],
+             "--runs-root", tmp_path / "runs"],
+            ["'batch_sise'", str(bad_grid), "batch_size"],
+        ),
+        "epic-slurm summary": ([tmp_path / "runs"], ["sweep.json", "epic-slurm sweep"]),
     }  # fmt: skip
     assert set(cases) == set(COMMANDS)
     for name, (args, needles) in cases.items():

@@ -175,3 +175,38 @@ def test_a_job_no_node_can_run_is_refused_instead_of_pending_for_ever(slurm, tmp
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"asks {slurm.cpus + 1} CPUs per node" in result.stderr
     assert "EPIC_CHECK_CPUS" in result.stderr and not slurm.queue()
+
+
+def test_a_2_task_sweep_array_trains_two_run_folders_and_summarises_them(
+    slurm, mini_epic: MiniEpic, small_store, tmp_path
+):
+    site = _site(slurm, tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "lr: [0.001, 0.002]\nfixed:\n  epochs: 1\n  crop_size: 64\n  num_frames: 2\n"
+        "  batch_size: 8\n  weights: none\n  deterministic: true\n  limit_batches: 4\n"
+    )
+    runs = tmp_path / "runs"
+    submitted = _epic_slurm(
+        slurm, site, "sweep", "--grid", grid, "--store", small_store,
+        "--annotations", mini_epic.annotations_dir, "--runs-root", runs,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"job (\d+)", submitted.stdout).group(1)
+    ends = slurm.wait(job_id, timeout=600)
+    assert sorted(ends) == [f"{job_id}_0", f"{job_id}_1"]
+    assert all(end.state == "COMPLETED" for end in ends.values()), ends
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["lr1e-3", "lr2e-3"]
+    summary = _epic_slurm(slurm, site, "summary", runs)
+    assert summary.returncode == 0, summary.stderr
+    lines = [line for line in summary.stdout.splitlines() if line.startswith("lr")]
+    assert len(lines) == 2 and all(" done " in line for line in lines), summary.stdout
+    with open(runs / "sweep_summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["name"] for r in rows) == ["lr1e-3", "lr2e-3"]
+    # Everything done: the same command submits nothing.
+    again = _epic_slurm(
+        slurm, site, "sweep", "--grid", grid, "--store", small_store,
+        "--annotations", mini_epic.annotations_dir, "--runs-root", runs,
+    )  # fmt: skip
+    assert again.returncode == 0 and "job" not in again.stdout, again.stdout

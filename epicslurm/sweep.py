@@ -1,0 +1,634 @@
+"""A grid of training runs as one SLURM array job, and the table of their results.
+
+A grid file (``slurm/sweeps/seed-week2.yaml``) maps epic-train options to lists of values;
+every combination is one run. ``epic-slurm sweep`` writes ``RUNS/sweep.json`` (index,
+name, options of each run) and submits one array of ``slurm/sweep.sbatch``: task N reads
+entry N and trains into ``RUNS/<name>`` with ``--resume auto``, requeueing itself like a
+single training. Rerun, it submits only the runs not done. ``epic-slurm summary RUNS``
+reads every run folder: best validation top-1 and status.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epicdata.errors import EpicInputError
+from epicdata.store import Manifest
+from epicslurm.pipeline import FAILED_MARKER, array_spec, queued_jobs, run_status
+from epicslurm.site import Site
+from epicslurm.submit import Job, submit, user_line
+from train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT_VERSION = 1
+SUMMARY_CSV = "sweep_summary.csv"
+#: The grid file's key for options every run gets.
+FIXED_KEY = "fixed"
+#: Set by the sweep itself (the store, the annotations, RUNS/<name>).
+NOT_IN_GRID = ("store", "annotations", "output_dir")
+#: Short names in run folder names; other keys appear as key=value.
+SHORT_NAMES = {"batch_size": "bs", "lr": "lr", "num_frames": "f"}
+#: The summary.csv columns (train/fit.py _end_epoch: "val_" + train/metrics.py keys, in %).
+ACTION_COLUMN = "val_all_action_accuracy_at_1"
+VERB_COLUMN = "val_all_verb_accuracy_at_1"
+NOUN_COLUMN = "val_all_noun_accuracy_at_1"
+#: run_status states as the summary names them ("started": queued, running or requeued).
+STATUS_NAMES = {"done": "done", "started": "running", "failed": "failed", "new": "pending"}
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._+=-]+")
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep: its array index, its folder name and its epic-train options."""
+
+    index: int
+    name: str
+    options: dict[str, Any]
+
+    def train_args(self) -> list[str]:
+        """The epic-train options as command-line words (``--lr=0.0001``, ``--deterministic``):
+        one word each, so a value starting with ``-`` cannot be taken for an option."""
+        words = []
+        for key, value in self.options.items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                words.append(flag if value else f"--no-{flag[2:]}")
+            elif value is not None:  # None: the field's default, which is None
+                words.append(f"{flag}={value!r}" if isinstance(value, float) else f"{flag}={value}")
+        return words
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "options": self.options}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid file, validated and expanded: ``axes`` (key -> values, in file order),
+    ``fixed`` options and the runs (cartesian product, the last key varying fastest)."""
+
+    path: Path
+    axes: dict[str, tuple[Any, ...]]
+    fixed: dict[str, Any]
+    runs: tuple[Run, ...]
+
+    @property
+    def clip_lengths(self) -> list[int]:
+        return sorted({int(r.options.get("num_frames", _default("num_frames"))) for r in self.runs})
+
+    @property
+    def samplings(self) -> list[str]:
+        return sorted({str(r.options.get("sampling", _default("sampling"))) for r in self.runs})
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """TrainConfig's grid-able fields: name -> (type, whether None is allowed)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_IN_GRID:
+            continue
+        kind, optional = hints[f.name], False
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+            optional = True
+        out[f.name] = (kind, optional)
+    return out
+
+
+def _typed(value: Any, kind: type, optional: bool) -> Any:
+    """``value`` as a ``kind`` field takes it, or ValueError saying what was expected."""
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("null is not allowed here")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError("expected true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError("expected an integer")
+    if kind is float:
+        try:  # text too: YAML 1.1 reads 5e-5 (no dot) as text
+            if isinstance(value, bool):
+                raise TypeError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+        if math.isfinite(number):
+            return number
+        raise ValueError("expected a finite number")
+    if isinstance(value, str) and value and not any(c < " " for c in value):
+        return value
+    raise ValueError("expected a one-line text")
+
+
+def _word(value: Any) -> str:
+    """A value as it reads in a folder name: 1e-4, 0.3, 16, true, cosine."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-2:
+            mantissa, exponent = f"{value:.12e}".split("e")
+            mantissa = mantissa.rstrip("0").rstrip(".")
+            return f"{mantissa}e{int(exponent)}"
+        return repr(value)
+    return _NAME_CHARS.sub("_", str(value))
+
+
+def run_name(values: dict[str, Any]) -> str:
+    """The folder name of a run from its grid values: ``bs32-lr1e-4-f8`` (short names for
+    batch_size, lr and num_frames, ``key=value`` for other keys), in the grid's key order."""
+    return "-".join(
+        f"{SHORT_NAMES[k]}{_word(v)}" if k in SHORT_NAMES else f"{k}={_word(v)}"
+        for k, v in values.items()
+    )
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file (keys: TrainConfig fields; values: non-empty lists;
+    ``fixed:`` a mapping) and expand it; every run's options must make a valid TrainConfig."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise EpicInputError(
+            "grid file not found",
+            where=where,
+            fix="give --grid a YAML file such as slurm/sweeps/seed-week2.yaml",
+        ) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise EpicInputError(
+            "cannot read the grid file", where=where, fix="fix the YAML", details=str(exc)
+        ) from None
+    if not isinstance(data, dict) or not data:
+        raise EpicInputError(
+            "a grid file is a mapping of epic-train options to lists of values",
+            where=where,
+            fix="write e.g. `batch_size: [16, 32]` (see slurm/sweeps/seed-week2.yaml)",
+        )
+    fields = _field_types()
+    valid = ", ".join(sorted(fields))
+
+    def key_of(raw: Any, section: str) -> str:
+        key = str(raw).replace("-", "_")
+        if key not in fields:
+            raise EpicInputError(
+                f"unknown option {raw!r} in {section}",
+                where=where,
+                fix=f"use epic-train options (TrainConfig fields): {valid}",
+            )
+        return key
+
+    def typed(key: str, value: Any, section: str) -> Any:
+        try:
+            return _typed(value, *fields[key])
+        except ValueError as exc:
+            raise EpicInputError(
+                f"{section} {key}: value {value!r}: {exc}", where=where, fix="correct the value"
+            ) from None
+
+    fixed_raw = data.pop(FIXED_KEY, None) or {}
+    if not isinstance(fixed_raw, dict):
+        raise EpicInputError(
+            f"'{FIXED_KEY}' must be a mapping of option: value",
+            where=where,
+            fix=f"write e.g. `{FIXED_KEY}: {{epochs: 30}}`",
+        )
+    fixed = {}
+    for raw, value in fixed_raw.items():
+        key = key_of(raw, FIXED_KEY)
+        fixed[key] = typed(key, value, FIXED_KEY)
+    axes: dict[str, tuple[Any, ...]] = {}
+    for raw, values in data.items():
+        key = key_of(raw, "the grid")
+        if key in axes or key in fixed:
+            raise EpicInputError(
+                f"option {key} is given twice", where=where, fix="keep one of them"
+            )
+        if not isinstance(values, list) or not values:
+            raise EpicInputError(
+                f"grid option {key}: expected a non-empty list of values, got {values!r}",
+                where=where,
+                fix=f"write `{key}: [value, ...]`, or put a single value under `{FIXED_KEY}:`",
+            )
+        axes[key] = tuple(typed(key, v, "grid option") for v in values)
+        if len(set(map(repr, axes[key]))) != len(axes[key]):
+            raise EpicInputError(
+                f"grid option {key} repeats a value", where=where, fix="list each value once"
+            )
+    if not axes:
+        raise EpicInputError(
+            "the grid has no option with a list of values",
+            where=where,
+            fix="add e.g. `lr: [5e-5, 1e-4]` next to `fixed:`",
+        )
+    runs = []
+    for index, combo in enumerate(itertools.product(*axes.values())):
+        values = dict(zip(axes, combo, strict=True))
+        run = Run(index, run_name(values), {**fixed, **values})
+        try:
+            TrainConfig(store="-", annotations="-", output_dir="-", **run.options)
+        except EpicInputError as exc:
+            raise EpicInputError(
+                f"run {run.name}: {exc}", where=where, fix="correct the grid's values"
+            ) from None
+        runs.append(run)
+    names = [r.name for r in runs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise EpicInputError(
+            f"runs with the same folder name: {', '.join(clash[:3])}",
+            where=where,
+            fix="use values that differ once written as a name (letters, digits, . _ + -)",
+        )
+    return Grid(path, axes, fixed, tuple(runs))
+
+
+# ----------------------------------------------------------------------------- sweep.json
+
+
+def sweep_file(runs_root: str | Path) -> Path:
+    return Path(runs_root) / SWEEP_FILE
+
+
+def read_sweep(path: str | Path) -> list[Run]:
+    """The runs of a ``sweep.json``; an error naming the file when it is missing or
+    malformed (run names must be plain folder names, options epic-train's: a task prints
+    them one a line for bash)."""
+    path = Path(path)
+    fix = "submit the sweep with `epic-slurm sweep --grid FILE --runs-root RUNS`, which writes it"
+    try:
+        data = json.loads(path.read_text())
+        runs = [Run(int(r["index"]), str(r["name"]), dict(r["options"])) for r in data["runs"]]
+    except FileNotFoundError:
+        raise EpicInputError("no sweep here", where=f"{path} not found", fix=fix) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EpicInputError(
+            "malformed sweep file", where=f"{path}: {type(exc).__name__} {exc}", fix=fix
+        ) from None
+    fields = _field_types()
+    for position, run in enumerate(runs):
+        problem = ""
+        if run.index != position:
+            problem = f"index {run.index}"
+        elif not _SAFE_NAME.fullmatch(run.name) or run.name in (".", ".."):
+            problem = f"name {run.name!r} is not a plain folder name"
+        for key, value in run.options.items():
+            try:
+                if key not in fields:
+                    raise ValueError("not an epic-train option")
+                _typed(value, *fields[key])
+            except ValueError as exc:
+                problem = problem or f"option {key}={value!r}: {exc}"
+        if problem:
+            raise EpicInputError(
+                f"malformed sweep file: run {position}: {problem}", where=str(path), fix=fix
+            )
+    return runs
+
+
+def _differences(old: Sequence[Run], new: Sequence[Run], limit: int = 3) -> str:
+    """What differs between two lists of runs, in a few words."""
+    old_by, new_by = {r.name: r for r in old}, {r.name: r for r in new}
+    parts = []
+    gone = [n for n in old_by if n not in new_by]
+    added = [n for n in new_by if n not in old_by]
+    if len(old) != len(new):
+        parts.append(f"{len(old)} runs -> {len(new)}")
+    if gone:
+        parts.append(f"runs only in the old grid: {', '.join(gone[:limit])}")
+    if added:
+        parts.append(f"runs only in the new grid: {', '.join(added[:limit])}")
+    for name in (n for n in old_by if n in new_by):
+        a, b = old_by[name], new_by[name]
+        if a.index != b.index:
+            parts.append(f"run {name}: index {a.index} -> {b.index}")
+        for key in dict.fromkeys([*a.options, *b.options]):
+            if a.options.get(key) != b.options.get(key):
+                parts.append(f"run {name}: {key} {a.options.get(key)!r} -> {b.options.get(key)!r}")
+        if len(parts) > limit:
+            break
+    return "; ".join(parts[: limit + 1])
+
+
+def _refuse_another_sweep(runs_root: Path, runs: Sequence[Run]) -> None:
+    """A different grid may not replace a sweep.json whose runs have folders already."""
+    path = sweep_file(runs_root)
+    if not path.exists():
+        return
+    old = read_sweep(path)
+    if [r.to_dict() for r in old] == [r.to_dict() for r in runs]:
+        return
+    started = [r.name for r in old if (runs_root / r.name).exists()]
+    if started:
+        raise EpicInputError(
+            f"{runs_root} holds a different sweep with {len(started)} run folder(s) "
+            f"({', '.join(started[:3])})",
+            where=str(path),
+            fix="use a new --runs-root for this grid (or resubmit the same grid file); to "
+            "replace the sweep, delete sweep.json and its run folders first",
+            details=_differences(old, runs),
+        )
+
+
+def write_sweep(runs_root: str | Path, grid: Grid) -> Path:
+    """Write ``RUNS/sweep.json`` (the array tasks read it) and return its path. The same
+    grid again is fine (a resubmission); a different one while runs exist is refused."""
+    runs_root = Path(runs_root)
+    _refuse_another_sweep(runs_root, grid.runs)
+    runs_root.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format_version": SWEEP_FORMAT_VERSION,
+        "grid_file": str(grid.path.resolve()),
+        "axes": {k: list(v) for k, v in grid.axes.items()},
+        "fixed": grid.fixed,
+        "runs": [r.to_dict() for r in grid.runs],
+    }
+    path = sweep_file(runs_root)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+def check_store_serves(
+    store: str | Path, clip_lengths: Iterable[int], samplings: Iterable[str] = ()
+) -> None:
+    """Refuse a store that cannot serve every clip length (and sampling) of the grid: a
+    ``--keep sampled`` store holds only the frames of the clip lengths it was planned for
+    (manifest params ``num_frames``) and no random TSN offsets; ``all`` and ``segments``
+    serve any."""
+    params = Manifest.load(store).params
+    if params.keep != "sampled":
+        return
+    planned = sorted(params.num_frames)
+    wanted = sorted(set(clip_lengths))
+    missing = [n for n in wanted if n not in planned]
+    lengths = ",".join(map(str, sorted(set(planned) | set(wanted))))
+    fix = (
+        f"plan and extract a store that serves them, into a new folder: `epic-extract plan "
+        f"--keep sampled --num-frames {lengths} ...` (or --keep segments), then pass it as "
+        f"--store"
+    )
+    if missing:
+        raise EpicInputError(
+            f"the store keeps sampled frames for clip lengths {','.join(map(str, planned))} "
+            f"only; the grid also needs {','.join(map(str, missing))}",
+            where=str(store),
+            fix=fix,
+        )
+    if "tsn" in set(samplings):
+        raise EpicInputError(
+            "the grid trains with sampling tsn (random frame offsets), which a --keep "
+            "sampled store cannot serve",
+            where=str(store),
+            fix="plan a store with --keep segments, or drop tsn from the grid",
+        )
+
+
+def sweep_key(runs_root: Path) -> str:
+    """The --comment of a sweep's array job: one per runs root."""
+    digest = hashlib.sha1(str(runs_root.resolve()).encode()).hexdigest()
+    return f"epic-sweep-{digest[:12]}"
+
+
+def _require_extracted(store: Path, site: Site) -> None:
+    """Every shard published and intact (the checker's quick mode), or an error with the
+    line that extracts the rest: a sweep on a half-made store would fail in every task."""
+    from preprocess.check import check_store
+
+    report = check_store(store)
+    if report.resubmit_indices:
+        raise EpicInputError(
+            f"the store is not complete: {len(report.resubmit_indices)} of "
+            f"{len(report.shards)} shards to extract",
+            where=str(store),
+            fix="extract them first (or run `epic-slurm pipeline`): "
+            + user_line(
+                "extract",
+                site.path,
+                store=store,
+                array=array_spec(report.resubmit_indices),
+                force=any(s.published for s in report.shards if s.problems),
+            ),
+        )
+
+
+def run_sweep(
+    site: Site,
+    *,
+    grid_file: str | Path,
+    store: Path,
+    annotations: Path,
+    runs_root: Path,
+    dry_run: bool = False,
+) -> tuple[str | None, list[str]]:
+    """Check the store, write ``RUNS/sweep.json`` and submit one array job of the runs not
+    done. Returns (job id, sbatch command): (None, command) for a dry run, which writes
+    and submits nothing and does not ask squeue; (None, []) when every run is done.
+    Refused while an array of this runs root is queued or running."""
+    grid = load_grid(grid_file)
+    check_store_serves(store, grid.clip_lengths, grid.samplings)
+    _require_extracted(store, site)
+    key = sweep_key(runs_root)
+    if dry_run:
+        _refuse_another_sweep(runs_root, grid.runs)
+        path = sweep_file(runs_root)
+    else:
+        # A second array while one is queued would train two tasks into each run folder.
+        waiting = queued_jobs(key, site)
+        if waiting:
+            raise EpicInputError(
+                f"a sweep of this runs root is still queued or running (jobs {', '.join(waiting)})",
+                where=str(runs_root),
+                fix="wait for it (squeue --me) or scancel it; rerun this command afterwards "
+                "and it submits only the runs not done",
+            )
+        path = write_sweep(runs_root, grid)
+    todo = [r.index for r in grid.runs if run_status(runs_root / r.name).state != "done"]
+    log.info(
+        "sweep %s: %d runs, %d done, %d to submit",
+        grid.path,
+        len(grid.runs),
+        len(grid.runs) - len(todo),
+        len(todo),
+    )
+    if not todo:
+        return None, []
+    env = {
+        "EPIC_STORE": str(store),
+        "EPIC_ANNOTATIONS": str(annotations),
+        "EPIC_RUN_DIR": str(runs_root),
+        "EPIC_GRID": str(path),
+    }
+    job = Job("sweep", env, array=array_spec(todo), comment=key)
+    if dry_run:
+        return None, job.sbatch(site)
+    return submit(job, site), job.sbatch(site)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run in the summary. Accuracies in percent (None: no epoch validated yet)."""
+
+    index: int
+    name: str
+    status: str  # done, running (queued, running or requeued), failed, pending
+    epochs_done: int
+    epochs: int
+    best_epoch: int | None = None
+    action: float | None = None
+    verb: float | None = None
+    noun: float | None = None
+    detail: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _best_epoch(run_dir: Path) -> dict[str, str] | None:
+    """The summary.csv row with the highest validation action top-1 (the first if tied)."""
+    path = run_dir / "summary.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if _number(r.get(ACTION_COLUMN)) is not None]
+    return max(rows, key=lambda r: _number(r[ACTION_COLUMN]), default=None)
+
+
+def summary(runs_root: str | Path) -> list[Row]:
+    """Every run of ``RUNS/sweep.json`` from its folder, best action top-1 first (runs
+    without a validated epoch last, in index order)."""
+    runs_root = Path(runs_root)
+    rows = []
+    for run in read_sweep(sweep_file(runs_root)):
+        run_dir = runs_root / run.name
+        status = run_status(run_dir)
+        epochs = status.epochs or int(run.options.get("epochs", _default("epochs")))
+        best = _best_epoch(run_dir)
+        scores = {}
+        if best is not None:
+            scores = {
+                "best_epoch": int(best["epoch"]),
+                "action": _number(best[ACTION_COLUMN]),
+                "verb": _number(best.get(VERB_COLUMN)),
+                "noun": _number(best.get(NOUN_COLUMN)),
+            }
+        detail = status.detail
+        if status.state == "failed" and not detail:
+            detail = f"{FAILED_MARKER} present"
+        rows.append(
+            Row(
+                run.index,
+                run.name,
+                STATUS_NAMES[status.state],
+                status.epochs_done,
+                epochs,
+                detail=detail,
+                options=run.options,
+                **scores,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.action is None, -(r.action or 0.0), r.index))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_summary(rows: Sequence[Row]) -> str:
+    """The rows as a text table, one line per run."""
+    header = ["run", "status", "action@1", "verb@1", "noun@1", "best epoch", "epochs", "note"]
+    table = [
+        [
+            r.name,
+            r.status,
+            _percent(r.action),
+            _percent(r.verb),
+            _percent(r.noun),
+            "-" if r.best_epoch is None else str(r.best_epoch),
+            f"{r.epochs_done}/{r.epochs}",
+            r.detail,
+        ]
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
+    numeric = {2, 3, 4, 5, 6}
+    lines = []
+    for line in [header, *table]:
+        cells = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    counts = {s: sum(r.status == s for r in rows) for s in ("done", "running", "failed", "pending")}
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
+    """The rows as CSV (written to a temp file and renamed), with one column per option."""
+    path = Path(path)
+    option_keys = list(dict.fromkeys(k for r in rows for k in r.options))
+    columns = [
+        "index", "name", "status", "epochs_done", "epochs", "best_epoch",
+        "val_action_top1", "val_verb_top1", "val_noun_top1", "detail", *option_keys,
+    ]  # fmt: skip
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow(
+                [
+                    r.index, r.name, r.status, r.epochs_done, r.epochs,
+                    "" if r.best_epoch is None else r.best_epoch,
+                    *("" if v is None else f"{v:.4f}" for v in (r.action, r.verb, r.noun)),
+                    r.detail, *(r.options.get(k, "") for k in option_keys),
+                ]
+            )  # fmt: skip
+    os.replace(tmp, path)
+    return path
