@@ -65,13 +65,23 @@ QUEUE_BATCHES_PER_WORKER = 4
 class BadVideoError(BadSourceError):
     """One or more input videos of a shard are unusable; ``errors`` maps video id -> reason."""
 
-    def __init__(self, shard_index: int, errors: dict[str, str]) -> None:
+    def __init__(
+        self, shard_index: int, errors: dict[str, str], store_root: str | Path | None = None
+    ) -> None:
         self.errors = dict(sorted(errors.items()))
         lines = "\n".join(f"  {video}: {why}" for video, why in self.errors.items())
+        fix = "check them with ffprobe, download them again and resubmit this index"
+        if store_root is not None:
+            from epicslurm.submit import site_of_environment, user_line
+
+            store = Path(store_root).resolve()
+            fix += ": " + user_line(
+                "extract", site_of_environment(), store=store, array=shard_index
+            )
         super().__init__(
             f"shard {shard_index} not published: {len(errors)} bad input video(s)",
             where=", ".join(self.errors),
-            fix="check them with ffprobe, download them again and resubmit this index",
+            fix=fix,
             details=lines,
         )
 
@@ -486,7 +496,7 @@ def extract_shard(
                 on_frames=on_frames,
             )
             if bad:
-                raise BadVideoError(shard_index, bad)
+                raise BadVideoError(shard_index, bad, store_root)
             shard_meta = ShardMeta(
                 format_version=STORE_FORMAT_VERSION,
                 shard_index=shard_index,

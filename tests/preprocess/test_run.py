@@ -114,6 +114,7 @@ def test_bad_video_fails_the_shard_quoting_ffmpeg(small_store: dict[str, Path]) 
     assert code == ExitCode.BAD_SOURCE
     assert "P01_101" in output and "moov atom not found" in output
     assert "download it again" in output
+    assert f"epic-slurm submit extract --store {small_store['store'].resolve()} --array 0" in output
     assert not shard_path(small_store["store"], 0).exists()
     assert list(small_store["tmp"].iterdir()) == []
     # The checker, run later (another job), says why the shard is missing, naming the video.
