@@ -72,10 +72,24 @@ def _rate(function, items: list) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
+def decode_simplejpeg(jpeg: bytes) -> torch.Tensor:
+    """simplejpeg (libjpeg-turbo) to a (C, H, W) uint8 tensor, as the loader's decoders."""
+    import simplejpeg
+
+    return torch.from_numpy(simplejpeg.decode_jpeg(jpeg, colorspace="RGB")).permute(2, 0, 1)
+
+
 def decode_rates(jpegs: list[bytes]) -> dict[str, float]:
-    """Frames/s on one core for each decoder, over the same JPEGs."""
+    """Frames/s on one core for each decoder, over the same JPEGs (simplejpeg where
+    installed: `pip install simplejpeg`)."""
     torch.set_num_threads(1)
-    return {"pil": _rate(decode_pil, jpegs), "torchvision": _rate(decode_torchvision, jpegs)}
+    rates = {"pil": _rate(decode_pil, jpegs), "torchvision": _rate(decode_torchvision, jpegs)}
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return rates
+    rates["simplejpeg"] = _rate(decode_simplejpeg, jpegs)
+    return rates
 
 
 def pil_rates(jpegs: list[bytes]) -> dict[str, object]:
@@ -176,7 +190,13 @@ def main() -> None:
             machine_line(),
             f"Stored JPEGs {width}x{height}; single-core decode: Pillow "
             f"{rates['pil']:.0f} frames/s, torchvision.io.decode_jpeg "
-            f"{rates['torchvision']:.0f} frames/s (x{rates['torchvision'] / rates['pil']:.2f}).",
+            f"{rates['torchvision']:.0f} frames/s (x{rates['torchvision'] / rates['pil']:.2f})"
+            + (
+                f", simplejpeg {rates['simplejpeg']:.0f} frames/s "
+                f"(x{rates['simplejpeg'] / rates['pil']:.2f})."
+                if "simplejpeg" in rates
+                else " (simplejpeg not installed)."
+            ),
             "Pillow builds on the same JPEGs, one core (decode to RGB; bilinear resize of the "
             "decoded frame to short side 224):",
             markdown_table(

@@ -1,8 +1,11 @@
 """The checks only a GPU can run, in one script for the first session with a GPU machine.
 
-Usage (one run, a few minutes on one GPU; writes the gpu section of docs/benchmarks.md)::
+Usage (one run, under about 5 minutes on one H200 with 16 cores; writes the gpu section of
+docs/benchmarks.md)::
 
     python -m bench.gpu_suite [--steps 40] [--batch-size 32] [--num-frames 8] [--skip-run]
+                              [--store-frames 150000] [--pipeline-steps 60]
+                              [--pipeline-workers 4,all] [--skip-pipeline]
 
 1. environment: torch, its CUDA and cuDNN, the GPUs and their compute capability;
 2. device and precision: ``--device cuda`` / ``cuda:N`` land where asked (``cuda:1``
@@ -13,7 +16,17 @@ Usage (one run, a few minutes on one GPU; writes the gpu section of docs/benchma
    loop looks at the loss once every ``STOP_SYNC_STEPS`` steps, nothing else syncs;
 4. a short real run (unless ``--skip-run``): the mini-EPIC extracted, 2 epochs of
    ``epic-train --device cuda --amp auto`` with loader workers, then ``epic-validate`` of
-   ``last.pt`` in a new process, which must give the metrics the run logged.
+   ``last.pt`` in a new process, which must give the metrics the run logged;
+5. throughput (unless ``--skip-pipeline``), on a synthetic EPIC-like store of
+   ``--store-frames`` 456x256 JPEGs (ffmpeg gradients + grain, extracted by the real
+   ``epic-extract`` at its JPEG quality; the mean frame size is reported): the training
+   step on clips already on the device (the compute bound), with ``--compile`` too; the
+   full pipeline from the store (workers read, decode or not, crop; the step) with 4
+   workers and with every core, for ``--decoder torchvision`` and ``--decoder nvjpeg``:
+   clips/s, per worker, GPU utilisation (``torch.cuda.utilization``, needs pynvml),
+   data-wait fraction, the fraction of the compute bound (target >= 95%), and the
+   projected time of one EPIC-100 epoch (67,217 clips) and of 30; and the mean absolute
+   pixel difference of the nvjpeg clips from the CPU path's (target < 2 levels).
 
 On a machine without CUDA it runs what it can (the loop bodies on the CPU, where there is no
 sync to see) and says what it could not check; it writes nothing to docs/ then.
@@ -25,25 +38,48 @@ import argparse
 import collections
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.report import machine_line, markdown_table, write_section
+from epicdata.annotations import AnnotationDir
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
+from epicdata.ffmpeg_bin import ffmpeg_path
+from epicdata.store import FrameStore
+from train.data import build_train_data, clip_loader
 from train.device import BF16_MIN_CAPABILITY, make_scaler, resolve_device, resolve_precision
 from train.distributed import DistInfo
 from train.engine import STOP_SYNC_STEPS, EpochStats, Precision, evaluate, train_one_epoch
 from train.fit import build_optimizer
-from train.model import build_model
+from train.model import build_model, compile_model
+from train.nvjpeg import check_nvjpeg, collate_jpeg_clips
 from train.transforms import DeviceAugment
 
 Row = tuple[str, str, str]  # check, result, verdict
+
+#: Training clips of EPIC-100 (one per segment of EPIC_100_train.csv) and the seed's epochs.
+EPIC_TRAIN_CLIPS = 67_217
+EPOCHS = 30
+#: The full pipeline must reach this fraction of the compute bound.
+PIPELINE_TARGET = 0.95
+#: nvJPEG vs the CPU decoder, mean absolute difference of the uint8 clips.
+NVJPEG_MAX_MEAN_DIFF = 2.0
+#: Frames of one synthetic video (100 s at 60 fps; several videos make the store).
+VIDEO_FRAMES = 6_000
+RATE = 60
+#: Distinct rendered sources of the synthetic videos, and their frames (20 s).
+SOURCES = 4
+SOURCE_FRAMES = 1_200
 
 
 def environment() -> list[Row]:
@@ -87,7 +123,15 @@ def _verdict(ok: bool) -> str:
 class _Batches:
     """A loader stand-in: the same pinned uint8 batches, as a DataLoader with pin_memory."""
 
-    def __init__(self, count: int, batch: int, frames: int, size: int, pin: bool) -> None:
+    def __init__(
+        self,
+        count: int,
+        batch: int,
+        frames: int,
+        size: int,
+        pin: bool,
+        device: torch.device | None = None,
+    ) -> None:
         gen = torch.Generator().manual_seed(0)
         clips = torch.randint(0, 256, (batch, frames, 3, size, size), generator=gen)
         self.batch = {
@@ -98,6 +142,8 @@ class _Batches:
         }
         if pin:
             self.batch = {k: v.pin_memory() if k != "index" else v for k, v in self.batch.items()}
+        if device is not None:  # already on the device: the step alone (the compute bound)
+            self.batch = {k: v.to(device) if k != "index" else v for k, v in self.batch.items()}
         self.count = count
 
     def __iter__(self):
@@ -260,6 +306,339 @@ def real_run(args: argparse.Namespace) -> list[Row]:
         ]
 
 
+# ----------------------------------------------------------------------------- throughput
+
+
+def _video_sizes(total: int) -> list[int]:
+    """Frames per synthetic video: ``total`` in videos of VIDEO_FRAMES (the last shorter)."""
+    sizes = [VIDEO_FRAMES] * (total // VIDEO_FRAMES)
+    if total % VIDEO_FRAMES or not sizes:
+        sizes.append(max(total % VIDEO_FRAMES, 2 * RATE))
+    return sizes
+
+
+def _segment_rows(video_id: str, frames: int, rng: np.random.Generator) -> list[str]:
+    """EPIC_100_train.csv rows: segments of 1-4 s back to back with short gaps."""
+    rows, start, n = [], 1, 0
+    while True:
+        length = int(rng.integers(RATE, 4 * RATE))
+        stop = start + length
+        if stop > frames:
+            return rows
+        verb, noun = int(rng.integers(0, 97)), int(rng.integers(0, 300))
+        times = [_timestamp((f - 1) / RATE) for f in (start, start, stop)]
+        rows.append(
+            f"{video_id}_{n},P01,{video_id},{times[0]},{times[1]},{times[2]},{start},{stop},"
+            f"verb {verb} noun {noun},verb{verb},{verb},noun{noun},{noun},['noun{noun}'],[{noun}]"
+        )
+        start, n = stop + int(rng.integers(0, RATE // 2)), n + 1
+
+
+def _timestamp(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:05.2f}"
+
+
+def synthetic_store(root: Path, frames: int, workers: int) -> tuple[Path, Path, float]:
+    """A keep=all store of about ``frames`` EPIC-like 456x256 frames (ffmpeg gradients with
+    grain, H.264, then the real extraction at the store's JPEG quality) and its train
+    annotations: (store, annotations, mean JPEG bytes of a sample of frames)."""
+    from preprocess.extract import run_shard
+    from preprocess.plan import plan_store
+
+    videos = root / "videos"
+    sizes = _video_sizes(frames)
+    ids = [f"P01_{i + 1:02d}" if i < 99 else f"P01_{i + 1}" for i in range(len(sizes))]
+    (videos / "P01" / "videos").mkdir(parents=True, exist_ok=True)
+    ffmpeg = [ffmpeg_path(), "-nostdin", "-loglevel", "error", "-y"]
+    # A few distinct 20-s sources, each video one of them looped (a stream copy): rendering
+    # the grain costs ~10 ms a frame, too slow for 10^5 frames in minutes. No B-frames, so
+    # that a loop cut at any frame decodes to the end.
+    sources = [root / f"source{k}.mp4" for k in range(min(len(sizes), SOURCES))]
+
+    def render(k: int) -> None:
+        grain = (
+            f"gradients=size=456x256:rate={RATE}:speed=0.02:seed={k},"
+            "noise=alls=2:allf=t+u,gblur=sigma=0.4"
+        )  # about the bytes of a real kitchen frame at -q:v 4
+        subprocess.run(
+            [*ffmpeg, "-f", "lavfi", "-i", grain, "-frames:v", str(min(SOURCE_FRAMES, max(sizes))),
+             "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-bf", "0",
+             "-pix_fmt", "yuv420p", "-threads", "2", str(sources[k])],
+            check=True,
+        )  # fmt: skip
+
+    def loop(i: int) -> None:
+        path = videos / "P01" / "videos" / f"{ids[i]}.MP4"
+        subprocess.run(
+            [*ffmpeg, "-stream_loop", "-1", "-i", str(sources[i % len(sources)]),
+             "-frames:v", str(sizes[i]), "-c", "copy", str(path)],
+            check=True,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max(1, workers // 2)) as pool:
+        list(pool.map(render, range(len(sources))))
+        list(pool.map(loop, range(len(sizes))))
+    annotations = root / "annotations"
+    annotations.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    header = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,"
+    header += "stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,"
+    header += "noun_class,all_nouns,all_noun_classes"
+    rows = [row for vid, n in zip(ids, sizes, strict=True) for row in _segment_rows(vid, n, rng)]
+    (annotations / "EPIC_100_train.csv").write_text("\n".join([header, *rows]) + "\n")
+    store = root / "store"
+    manifest = plan_store(
+        store_root=store,
+        annotations_dir=annotations,
+        videos_root=videos,
+        splits=("train",),
+        shards=max(1, min(len(sizes), workers)),
+        keep="all",
+    )
+    for shard in manifest.shards:
+        run_shard(store_root=store, shard_index=shard.index, workers=workers)
+    reader = FrameStore(store)
+    sample = reader.read_frames(ids[0], list(range(1, min(sizes[0], 300), 7)))
+    return store, annotations, sum(map(len, sample)) / len(sample)
+
+
+class _Measured:
+    """A loader seen by the training loop: after ``warmup`` batches (worker start-up, cuDNN
+    autotuning), the time the loop waits for each batch, and when the measured part began."""
+
+    def __init__(self, loader, warmup: int) -> None:
+        self.loader, self.warmup = loader, warmup
+        self.wait = 0.0
+        self.started: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for n, batch in enumerate(_timed(iter(self.loader), self)):
+            if n == self.warmup:
+                self.started = time.perf_counter()
+            yield batch
+
+    def count(self, seconds: float) -> None:
+        if self.started is not None:
+            self.wait += seconds
+
+
+def _timed(batches, measured: _Measured):
+    while True:
+        tick = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        measured.count(time.perf_counter() - tick)
+        yield batch
+
+
+class _Utilisation:
+    """Mean GPU utilisation (%) sampled every 0.2 s, or None without pynvml."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.samples = device, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device))
+            except Exception:  # pynvml missing, or NVML unusable: "n/a"
+                return
+
+    def __enter__(self) -> _Utilisation:
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def text(self) -> str:
+        return f"{sum(self.samples) / len(self.samples):.0f}%" if self.samples else "n/a"
+
+
+class _Trainer:
+    """The model, optimiser and augmentation of the real run, to time steps with."""
+
+    def __init__(self, device: torch.device, compiled: bool = False) -> None:
+        torch.manual_seed(0)
+        cuda = device.type == "cuda"
+        self.device = device
+        self.precision = (
+            resolve_precision("auto", device) if cuda else Precision("cpu", torch.bfloat16, False)
+        )
+        self.model = build_model(weights="none", dropout=0.3, device=device, channels_last=cuda)
+        self.optimizer = build_optimizer(self.model, lr=1e-4, weight_decay=1e-4)
+        self.step_model = compile_model(self.model) if compiled else self.model
+        self.scaler = make_scaler(self.precision.enabled and self.precision.dtype == torch.float16)
+        self.augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device)
+
+    def run(self, loader, steps: int, load_clips=None) -> EpochStats:
+        return train_one_epoch(
+            self.step_model,
+            loader,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            augment=self.augment,
+            generator=torch.Generator().manual_seed(0),
+            precision=self.precision,
+            device=self.device,
+            info=DistInfo(),
+            max_steps=steps,
+            stop_requested=lambda: False,
+            log_every=0,
+            load_clips=load_clips,
+        )
+
+
+def _rate(
+    trainer: _Trainer, loader, steps: int, warmup: int, load_clips=None
+) -> tuple[float, float, str]:
+    """(clips/s, data-wait fraction, GPU utilisation text) of ``steps`` measured steps."""
+    measured = _Measured(loader, warmup)
+    with _Utilisation(trainer.device) as utilisation:
+        stats = trainer.run(measured, warmup + steps, load_clips)
+        ended = time.perf_counter()
+    seconds = ended - measured.started
+    clips = stats.clips / stats.steps * (stats.steps - warmup)  # trained after the warm-up
+    return clips / seconds, measured.wait / seconds, utilisation.text()
+
+
+def _projection(rate: float) -> str:
+    epoch = EPIC_TRAIN_CLIPS / rate
+    return f"EPIC-100 epoch {epoch / 60:.1f} min, {EPOCHS} epochs {EPOCHS * epoch / 3600:.1f} h"
+
+
+def throughput(args: argparse.Namespace) -> list[Row]:
+    """The compute bound, the full pipeline per decoder and worker count, nvJPEG's images."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    cores = len(os.sched_getaffinity(0))
+    rows: list[Row] = []
+    shape = (args.batch_size, args.num_frames, args.crop_size)
+    trainer = _Trainer(device)
+    bound, _, util = _rate(trainer, _Batches(3 + args.steps, *shape, cuda, device), args.steps, 3)
+    rows.append(
+        (
+            "step on clips already on the device",
+            f"{bound:.4g} clips/s per GPU, GPU {util}; {_projection(bound)}",
+            "info (the compute bound)",
+        )
+    )
+    if cuda:
+        try:
+            compiled = _Trainer(device, compiled=True)
+            batches = _Batches(3 + args.steps, *shape, True, device)
+            rate, _, util = _rate(compiled, batches, args.steps, 3)
+            rows.append(
+                (
+                    "step with --compile",
+                    f"{rate:.4g} clips/s ({rate / bound:.2f}x uncompiled), GPU {util}",
+                    "info",
+                )
+            )
+        except Exception as exc:  # reported as a row: the other checks still run
+            rows.append(("step with --compile", str(exc).splitlines()[0][:300], "FAILED"))
+    else:
+        rows.append(
+            ("step with --compile", "no CUDA (compiling on a CPU takes minutes)", "not checked")
+        )
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
+        started = time.perf_counter()
+        store, annotations, jpeg_bytes = synthetic_store(Path(tmp), args.store_frames, cores)
+        table = AnnotationDir(annotations).table("train")
+        rows.append(
+            (
+                "synthetic store",
+                f"{args.store_frames} frames 456x256, {jpeg_bytes / 1000:.1f} kB per JPEG, "
+                f"{len(table)} clips; built in {time.perf_counter() - started:.0f} s",
+                "info",
+            )
+        )
+        reader = FrameStore(store)
+        counts = [cores if w == "all" else int(w) for w in args.pipeline_workers.split(",")]
+        for decoder in ("torchvision", "nvjpeg"):
+            if decoder == "nvjpeg":
+                try:
+                    check_nvjpeg(device)
+                except Exception as exc:
+                    rows.append(("--decoder nvjpeg", str(exc).splitlines()[0], "not checked"))
+                    continue
+                rows.append(_nvjpeg_difference(reader, table, args, device))
+            for workers in counts:
+                rows.append(
+                    _pipeline_row(reader, table, args, trainer, decoder, workers, bound, cores)
+                )
+        reader.close()
+    return rows
+
+
+def _pipeline_row(reader, table, args, trainer, decoder, workers, bound, cores) -> Row:
+    data = build_train_data(
+        reader,
+        table,
+        num_frames=args.num_frames,
+        sampling="linspace",
+        crop_size=args.crop_size,
+        decoder=decoder,
+        seed=0,
+        batch_size=args.batch_size,
+        workers=workers,
+        info=DistInfo(),
+        pin_memory=trainer.device.type == "cuda",
+        limit_batches=None,
+    )
+    warmup = min(3, data.steps_per_epoch // 2)  # worker start-up, cuDNN autotuning
+    steps = min(args.pipeline_steps, data.steps_per_epoch - warmup)
+    if steps < 1:
+        return (f"pipeline {decoder}, {workers} workers", "store too small", "not checked")
+    data.dataset.set_epoch(0)
+    data.sampler.set_epoch(0)
+    load = clip_loader(data.dataset, trainer.device)
+    rate, wait, util = _rate(trainer, data.loader, steps, warmup, load)
+    share = rate / bound
+    per_worker = f", {rate / workers:.3g} per worker" if workers else ""
+    return (
+        f"pipeline {decoder}, {workers} of {cores} cores",
+        f"{rate:.4g} clips/s{per_worker}, GPU {util}, data wait {100 * wait:.0f}%, "
+        f"{100 * share:.0f}% of the bound; {_projection(rate)}",
+        "ok" if share >= PIPELINE_TARGET else f"below the {PIPELINE_TARGET:.0%} target",
+    )
+
+
+def _nvjpeg_difference(reader, table, args, device: torch.device) -> Row:
+    """Mean absolute difference of nvjpeg's uint8 clips from the CPU path's (same crops)."""
+    from epicdata.dataset import EpicActionDataset
+    from train.nvjpeg import NvjpegClips
+    from train.transforms import TrainClipTransform
+
+    transform = TrainClipTransform(args.crop_size)
+    common = dict(num_frames=args.num_frames, training=True, transform=transform, seed=0)
+    cpu = EpicActionDataset(reader, table, decoder="torchvision", **common)
+    gpu = EpicActionDataset(reader, table, decoder="nvjpeg", **common)
+    indices = list(range(0, len(table), max(1, len(table) // 64)))[:64]
+    expected = torch.stack([cpu[i]["frames"] for i in indices])  # (N, T, C, S, S)
+    batch = collate_jpeg_clips([gpu[i] for i in indices])
+    got = NvjpegClips(transform, device, store_root=str(reader.root))(batch).cpu()
+    diff = (got.int() - expected.int()).abs()
+    mean = diff.float().mean().item()
+    return (
+        f"nvjpeg vs CPU decode, {len(indices)} clips",
+        f"mean |difference| {mean:.3f} levels, largest {int(diff.max())}",
+        _verdict(mean < NVJPEG_MAX_MEAN_DIFF),
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -267,10 +646,17 @@ def main() -> int:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--skip-run", action="store_true", help="skip the real 2-epoch run")
+    parser.add_argument("--store-frames", type=int, default=150_000, help="synthetic store size")
+    parser.add_argument("--pipeline-steps", type=int, default=60, help="steps timed per row")
+    parser.add_argument("--pipeline-workers", default="4,all", help="worker counts ('all': cores)")
+    parser.add_argument("--work-dir", default=None, help="where the synthetic store is built")
+    parser.add_argument("--skip-pipeline", action="store_true", help="skip the throughput rows")
     args = parser.parse_args()
     rows = environment() + device_and_precision() + host_syncs(args)
     if not args.skip_run:
         rows += real_run(args)
+    if not args.skip_pipeline:
+        rows += throughput(args)
     body = f"{machine_line()}\n\n" + markdown_table(("check", "result", "verdict"), rows)
     if torch.cuda.is_available():
         write_section("gpu", "GPU checks (bench/gpu_suite.py)", body)

@@ -7,6 +7,16 @@ A sample is a dict::
     narration_id  str
     index         int, the segment's row in the split (to put outputs back in order)
 
+With ``decoder="nvjpeg"`` the workers decode nothing: ``frames`` is replaced by
+
+    jpegs         list of T uint8 tensors (N_t,), the stored JPEG bytes
+    crop          int64 tensor (5,): top, left, height, width, flip drawn by the transform
+    frame_numbers int64 tensor (T,)
+    video_id      str
+
+and the main process decodes and crops on the GPU (train/nvjpeg.py), with the crop drawn
+here from the same per-clip generator as the CPU path's.
+
 A frame that cannot be read or decoded is an error naming the narration id, the video, the
 frame and the shard: never a substitute sample.
 """
@@ -32,9 +42,13 @@ from epicdata.sampling import linspace_frames, tsn_frames
 from epicdata.store import FrameStore, shard_filename
 
 SAMPLINGS = ("linspace", "tsn")
-DECODERS = ("torchvision", "pil")
+#: Where the JPEGs are decoded: in the loader workers (torchvision, pil), or on the GPU in
+#: the main process (nvjpeg: the workers return the bytes).
+DECODERS = ("torchvision", "pil", "nvjpeg")
 
-#: (frames (T, C, H, W) uint8, generator) -> frames (T, C, h, w) uint8
+#: (frames (T, C, H, W) uint8, generator) -> frames (T, C, h, w) uint8. With
+#: ``decoder="nvjpeg"`` the transform also needs ``draw(height, width, generator)``,
+#: returning a tuple of 5 ints (see train.transforms.TrainClipTransform).
 ClipTransform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 
 
@@ -96,7 +110,8 @@ class EpicActionDataset(Dataset):
         self.sampling = sampling
         self.training = training
         self.transform = transform
-        self.decode = _DECODE[decoder]
+        self.decoder = decoder
+        self.decode = _DECODE.get(decoder)
         self.seed = seed
         self.epoch = 0
         self._shard_of = store.manifest.video_to_shard()
@@ -125,6 +140,25 @@ class EpicActionDataset(Dataset):
         except StoreError as exc:
             kind = StoreIncompleteError if isinstance(exc, StoreIncompleteError) else StoreError
             raise kind(f"segment {narration_id}: {exc}") from None
+        if self.decoder == "nvjpeg":
+            sample = self._jpeg_sample(video_id, frames, jpegs, rng)
+        else:
+            sample = {"frames": self._decoded_clip(index, video_id, frames, jpegs, rng)}
+        sample.update(narration_id=narration_id, index=index)
+        if self.table.labelled:
+            sample["verb"] = int(self.table.verb_classes[index])
+            sample["noun"] = int(self.table.noun_classes[index])
+        return sample
+
+    def _decoded_clip(
+        self,
+        index: int,
+        video_id: str,
+        frames: np.ndarray,
+        jpegs: list[bytes],
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        narration_id = self.table.narration_ids[index]
         decoded = []
         for frame, jpeg in zip(frames, jpegs, strict=True):
             try:
@@ -139,11 +173,28 @@ class EpicActionDataset(Dataset):
         clip = torch.stack(decoded)  # (T, C, H, W) uint8
         if self.transform is not None:
             clip = self.transform(clip, rng)
-        sample: dict[str, Any] = {"frames": clip, "narration_id": narration_id, "index": index}
-        if self.table.labelled:
-            sample["verb"] = int(self.table.verb_classes[index])
-            sample["noun"] = int(self.table.noun_classes[index])
-        return sample
+        return clip
+
+    def _jpeg_sample(
+        self,
+        video_id: str,
+        frames: np.ndarray,
+        jpegs: list[bytes],
+        rng: np.random.Generator,
+    ) -> dict[str, Any]:
+        """The bytes and the crop, drawn from the stored frame size (the video's metadata:
+        what the decoded frames' shape is on the CPU path) after the same draws of ``rng``."""
+        meta = self.store.video_meta(video_id)
+        if self.transform is None:
+            crop: tuple[int, ...] = (0, 0, meta.height, meta.width, 0)
+        else:
+            crop = tuple(self.transform.draw(meta.height, meta.width, rng))  # type: ignore[attr-defined]
+        return {
+            "jpegs": [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs],
+            "crop": torch.tensor([int(v) for v in crop], dtype=torch.int64),  # (5,)
+            "frame_numbers": torch.from_numpy(np.asarray(frames, dtype=np.int64)),  # (T,)
+            "video_id": video_id,
+        }
 
 
 #: torch's messages for a dead worker: "DataLoader worker (pid 123) is killed by signal:

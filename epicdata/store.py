@@ -50,6 +50,11 @@ SHARD_META_KEY = b"__meta__/shard"
 _VIDEO_META_PREFIX = b"__meta__/video/"
 _CHECKSUM_PREFIX = b"__meta__/crc32/"
 KEEP_MODES = ("segments", "all", "sampled")
+#: Where a video's frames come from (``source_kind`` of the plan and of the shard metadata):
+#: decoded from its MP4, or copied from EPIC's official RGB frames (tar or folder).
+SOURCE_VIDEO = "video"
+SOURCE_FRAMES = "frames"
+SOURCE_KINDS = (SOURCE_VIDEO, SOURCE_FRAMES)
 #: Frames at the end of every video stored whatever the keep mode (2 x the clamp
 #: tolerance): the stored end is the decoder's end.
 TAIL_FRAMES = 2 * CLAMP_TOLERANCE_FRAMES
@@ -223,6 +228,10 @@ class PlannedVideo:
     #: Content fingerprint at plan time (``preprocess.probe.fingerprint``); None in stores
     #: planned before it existed.
     fingerprint: str | None = None
+    #: Where the frames come from: :data:`SOURCE_VIDEO` (``path`` is an MP4, decoded) or
+    #: :data:`SOURCE_FRAMES` (``path`` is an official ``rgb_frames`` tar or folder, copied
+    #: byte for byte). Absent (video) in manifests written before official frames existed.
+    source_kind: str = "video"
 
     @property
     def tail_from(self) -> int:
@@ -270,7 +279,12 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=False)
+        data = asdict(self)
+        for shard in data["shards"]:
+            for video in shard["videos"]:
+                if video.get("source_kind") == SOURCE_VIDEO:
+                    del video["source_kind"]  # the default: older releases read the manifest
+        return json.dumps(data, indent=1, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
@@ -385,9 +399,17 @@ class VideoMeta:
     native_frames: int = -1
     #: ``preprocess.probe.fingerprint`` of the file extracted; None before it existed.
     fingerprint: str | None = None
+    #: :data:`SOURCE_VIDEO` or :data:`SOURCE_FRAMES` (see :class:`PlannedVideo`); absent
+    #: (video) in shards written before official frames existed.
+    source_kind: str = "video"
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        data = asdict(self)
+        if data["source_kind"] == SOURCE_VIDEO:
+            # Left out when it is the default: a store extracted from videos stays readable
+            # by the releases before official frames existed.
+            del data["source_kind"]
+        return json.dumps(data, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> VideoMeta:
@@ -429,12 +451,14 @@ class ShardMeta:
 
 
 def open_shard_readonly(path: str | Path, *, sequential: bool = False) -> lmdb.Environment:
-    """Open a published shard for reading, per DESIGN.md (no lock, no readahead).
+    """Open a published shard for reading (no lock).
 
-    ``sequential=True`` turns the kernel's readahead on, for a reader that walks the whole
-    shard in key order (the checker): without it every page fault reads one 4 KiB page,
-    which measured 0.04x of `cat`'s speed from a cold cache (bench/bench_check.py). Random
-    frame reads (training) keep it off so that they do not pull in neighbouring pages.
+    ``sequential=True`` turns the kernel's readahead on: a page fault reads the pages
+    around it, not one 4 KiB page. The checker walks whole shards with it (off, a walk ran
+    at 0.04x of `cat`'s speed cold, bench/bench_check.py), and the training reader uses it
+    too (:data:`READAHEAD`): cold clip reads measured 1.5x as fast with it as without, the
+    B-tree pages of a lookup lying near each other (bench/bench_alternatives.py). DESIGN.md
+    had it off for random reads; that was a guess, not a measurement.
     """
     return lmdb.open(
         str(path),
@@ -496,6 +520,13 @@ def _describe_ranges(ranges: Sequence[Range], limit: int = 6) -> str:
     return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
 
 
+#: The kernel's readahead for the shards a FrameStore reads: a page fault then reads the
+#: pages around it, not one 4 KiB page. Measured cold (page cache dropped, 6 shards open):
+#: clip reads 1.5x as fast as with it off, which was as slow as one file per frame
+#: (docs/benchmarks.md, "The store vs one file per frame vs the MP4").
+READAHEAD = True
+
+
 class FrameStore:
     """Read JPEG bytes of frames by (video id, frame number).
 
@@ -515,11 +546,13 @@ class FrameStore:
         *,
         clamp_tolerance: int = CLAMP_TOLERANCE_FRAMES,
         verify: bool = True,
+        readahead: bool = READAHEAD,
     ) -> None:
         self.root = Path(root)
         self.manifest = Manifest.load(self.root)
         self.clamp_tolerance = clamp_tolerance
         self.verify = verify
+        self.readahead = readahead
         self._video_shard = self.manifest.video_to_shard()
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
@@ -566,7 +599,7 @@ class FrameStore:
                     f"run `epic-extract run --store {self.root} --shard-index {index}`"
                 )
             try:
-                env = open_shard_readonly(path)
+                env = open_shard_readonly(path, sequential=self.readahead)
             except lmdb.Error as exc:
                 raise StoreIncompleteError(
                     f"shard {path} cannot be opened ({exc}); run `epic-check --store {self.root}`"

@@ -44,6 +44,7 @@ from epicdata.errors import MalformedMetadataError
 from epicdata.sampling import sampled_frames_to_keep
 from epicdata.store import (
     SHARD_META_KEY,
+    SOURCE_FRAMES,
     STORE_FORMAT_VERSION,
     ExtractParams,
     Manifest,
@@ -114,6 +115,8 @@ class CheckReport:
     store: str
     shards: list[ShardCheck]
     store_problems: list[str] = field(default_factory=list)
+    #: Videos per source kind (``video``, ``frames``) among the shards read.
+    sources: dict[str, int] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[str]:
@@ -147,6 +150,7 @@ class CheckReport:
             "ok": self.ok,
             "shards": [asdict(s) for s in self.shards],
             "store_problems": self.store_problems,
+            "sources": self.sources,
             "resubmit_indices": self.resubmit_indices,
             "resubmit_command": self.resubmit_command,
         }
@@ -189,6 +193,10 @@ def _check_video(
     if (meta.short_side, meta.jpeg_qscale) != (params.short_side, params.jpeg_qscale):
         problems.append(
             f"{vid}: made with short side {meta.short_side}, -q:v {meta.jpeg_qscale}; the plan says {params.short_side}, {params.jpeg_qscale}"
+        )
+    if meta.source_kind != planned.source_kind:
+        problems.append(
+            f"{vid}: made from {meta.source_kind}, the plan takes it from {planned.source_kind}"
         )
     if (
         None not in (meta.fingerprint, planned.fingerprint)
@@ -501,6 +509,8 @@ def check_store(
         all_metas.update(metas)
         if on_shard is not None:
             on_shard()
+    for meta in all_metas.values():
+        report.sources[meta.source_kind] = report.sources.get(meta.source_kind, 0) + 1
     if annotations_dir is not None:
         report.store_problems.extend(_check_annotations(manifest, Path(annotations_dir), all_metas))
     return report
@@ -518,6 +528,10 @@ def format_report(report: CheckReport) -> str:
     lines.append(
         f"{'total':>6} {sum(s.videos for s in report.shards):>7} {total_frames:>10,} {total_bytes:>15,} {len(report.problems):>9}"
     )
+    if report.sources:
+        copied = report.sources.get(SOURCE_FRAMES, 0)
+        decoded = sum(report.sources.values()) - copied
+        lines.append(f"sources: {decoded} videos from MP4, {copied} from official frames")
     lines.extend(f"problem: {p}" for p in report.problems)
     if report.ok:
         lines.append(

@@ -160,7 +160,18 @@ def extract(verbose: bool) -> None:
     "--video-info",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     show_default="probe the --videos",
-    help="EPIC_100_video_info.csv: plan from durations, without videos (sizing only).",
+    help="EPIC_100_video_info.csv: plan from durations, without videos (sizing only; "
+    "with --frames, the durations that estimate frame counts).",
+)
+@click.option(
+    "--frames",
+    "frames_root",
+    type=_EXISTING_DIR,
+    show_default="none: decode the --videos",
+    help="EPIC's official RGB frames root (PXX/rgb_frames/PXX_YY.tar or PXX_YY/): copy "
+    "their JPEGs instead of decoding; frame counts estimated from --video-info (default: "
+    "the annotations' EPIC_100_video_info.csv). With --videos too, videos without frames "
+    "and the erratum's P01_109, P27_103 are decoded.",
 )
 @click.option(
     "--allow-missing",
@@ -291,19 +302,43 @@ def run(
     show_envvar=True,
     help="Also decode every JPEG and check its size (CPU-bound).",
 )
+@click.option(
+    "--compare-frames",
+    "frames_root",
+    type=_EXISTING_DIR,
+    show_default="no comparison",
+    help="Instead of the integrity check, compare the videos the store decoded with EPIC's "
+    "official frames in this folder (PXX/rgb_frames/PXX_YY.tar or PXX_YY/): best frame "
+    "shift (must be 0), difference, PSNR, frame counts; exit 5 on a mismatch.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def check(
-    store_root: Path, annotations_dir: Path | None, deep: bool, as_json: bool, verbose: bool
+    store_root: Path,
+    annotations_dir: Path | None,
+    deep: bool,
+    frames_root: Path | None,
+    as_json: bool,
+    verbose: bool,
 ) -> int:
     """Verify a frame store; prints a table, the problems and the --array spec to resubmit.
 
-    Exits 5 when the store is incomplete or damaged (docs/conventions.md).
+    Exits 5 when the store is incomplete or damaged, or with --compare-frames when a
+    video's frames do not match the official ones (docs/conventions.md).
     """
     from epicdata.store import Manifest
     from preprocess.check import check_store, format_report
 
     start_command()
+    if frames_root is not None:
+        from preprocess.compare import compare_frames, format_comparison
+
+        videos = len(Manifest.load(store_root).video_to_shard())
+        with Progress(videos, label="compare", unit="videos") as progress:
+            compared = compare_frames(store_root, frames_root, on_video=lambda: progress.update(1))
+        text = json.dumps(compared.to_dict(), indent=1) if as_json else format_comparison(compared)
+        click.echo(text)
+        return ExitCode.OK if compared.ok else ExitCode.STORE_INCOMPLETE
     shards = len(Manifest.load(store_root).shards)
     with Progress(shards, label="epic-check", unit="shards") as progress:
         report = check_store(

@@ -9,7 +9,9 @@ published; a bad video fails the shard with a message naming it and quoting ffmp
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -31,6 +33,8 @@ from epicdata.sampling import count_in_ranges
 from epicdata.store import (
     SHARD_META_KEY,
     SHARDS_DIR,
+    SOURCE_FRAMES,
+    SOURCE_VIDEO,
     STORE_FORMAT_VERSION,
     ExtractParams,
     Manifest,
@@ -46,7 +50,14 @@ from epicdata.store import (
     shard_path,
     video_meta_key,
 )
-from preprocess.decode import DecodeStats, VideoDecodeError, decode_video
+from preprocess.decode import (
+    DecodeStats,
+    JpegStreamError,
+    VideoDecodeError,
+    decode_video,
+    jpeg_size,
+)
+from preprocess.official_frames import FramesSourceError, FramesStats, iter_frames
 from preprocess.plan import estimate_bytes
 from preprocess.probe import fingerprint
 from preprocess.writer import (
@@ -70,7 +81,10 @@ class BadVideoError(BadSourceError):
     ) -> None:
         self.errors = dict(sorted(errors.items()))
         lines = "\n".join(f"  {video}: {why}" for video, why in self.errors.items())
-        fix = "check them with ffprobe, download them again and resubmit this index"
+        fix = (
+            "check them (ffprobe for videos, `tar -tf` for frame tars), download them again "
+            "and resubmit this index"
+        )
         if store_root is not None:
             from epicslurm.submit import site_of_environment, user_line
 
@@ -131,15 +145,36 @@ class _Video:
         self.planned = planned
         self.ranges: list[list[int]] = []
         self.checksums: list[int] = []
+        self.numbers: list[int] = []
         self.jpeg_bytes = 0
+        self.ordered = True
 
     def add(self, frame: int, jpeg: bytes) -> None:
+        if self.ranges and frame <= self.ranges[-1][1]:
+            self.ordered = False
         if self.ranges and frame == self.ranges[-1][1] + 1:
             self.ranges[-1][1] = frame
         else:
             self.ranges.append([frame, frame])
         self.checksums.append(frame_checksum(jpeg))
+        self.numbers.append(frame)
         self.jpeg_bytes += len(jpeg)
+
+    def sort(self) -> None:
+        """Put ranges and checksums in frame order: a tar lists its members in the order
+        they were added (a folder's directory order), not necessarily by number."""
+        if self.ordered:
+            return
+        pairs = sorted(zip(self.numbers, self.checksums, strict=True))
+        self.numbers = [n for n, _ in pairs]
+        self.checksums = [c for _, c in pairs]
+        self.ranges = []
+        for frame in self.numbers:
+            if self.ranges and frame == self.ranges[-1][1] + 1:
+                self.ranges[-1][1] = frame
+            else:
+                self.ranges.append([frame, frame])
+        self.ordered = True
 
 
 def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) -> None:
@@ -180,6 +215,108 @@ def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) 
         )
 
 
+def _check_frame_counts(video: PlannedVideo, stats: FramesStats, stored: list[Range]) -> None:
+    """Raise FramesSourceError when official frames do not match the plan: fewer frames
+    than the annotations reach, or a count far from duration x R (another video's frames)."""
+    where = video.path
+    if stats.frames < video.max_annotated_frame:
+        raise FramesSourceError(
+            f"{where}: {stats.frames} frames, but a segment ends at frame "
+            f"{video.max_annotated_frame}: the frames do not reach the annotations",
+            fix="download the video's frames again",
+        )
+    if abs(stats.frames - video.expected_frames) > CLAMP_TOLERANCE_FRAMES:
+        raise FramesSourceError(
+            f"{where}: {stats.frames} frames, but its duration {video.duration:.3f} s x "
+            f"{video.rate} = {video.expected_frames} (+-{CLAMP_TOLERANCE_FRAMES}): these are "
+            f"not this video's frames, or they are incomplete",
+            fix="download the video's frames again",
+        )
+    expected_stored = video.expected_ranges(stats.frames)
+    if stored != expected_stored:
+        raise RuntimeError(
+            f"{video.video_id}: stored ranges {stored[:4]}... differ from the planned "
+            f"{expected_stored[:4]}... ({count_in_ranges(stored)} vs "
+            f"{count_in_ranges(expected_stored)} frames)"
+        )
+
+
+def _wanted_frames(video: PlannedVideo) -> Callable[[int], bool]:
+    """Whether frame n of ``video`` is stored: in its keep ranges or from its tail on."""
+    if video.keep_ranges is None:
+        return lambda n: True
+    starts = [a for a, _ in video.keep_ranges]
+    ends = [b for _, b in video.keep_ranges]
+    tail_from = video.tail_from
+
+    def wanted(n: int) -> bool:
+        i = bisect.bisect_right(starts, n) - 1
+        return n >= tail_from or (i >= 0 and n <= ends[i])
+
+    return wanted
+
+
+def _put_unless_cancelled(out: queue.Queue, cancel: threading.Event, item: tuple) -> bool:
+    """Put ``item`` into the writer's queue, waiting while it is full; False once the run
+    is cancelled (the writer stopped: the producer thread returns)."""
+    while not cancel.is_set():
+        try:
+            out.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _copy_frames_into_queue(
+    video: PlannedVideo, *, path: Path, out: queue.Queue, cancel: threading.Event
+) -> None:
+    """Official-frames thread: the same protocol as :func:`_decode_into_queue`, the JPEGs
+    read from a tar stream (or folder) as they are; ``done`` carries a FramesStats."""
+
+    put = functools.partial(_put_unless_cancelled, out, cancel)
+    stats = FramesStats()
+    size: tuple[int, int] | None = None
+    try:
+        found = fingerprint(path) if path.is_file() and video.fingerprint else None
+        if found is not None and found != video.fingerprint:
+            raise FramesSourceError(
+                f"{path}: changed since `epic-extract plan` (size:hash {found}, planned "
+                f"{video.fingerprint})",
+                fix="restore the planned file, or plan a new --store for the new one",
+            )
+        batch: list[tuple[int, bytes]] = []
+        for frame, jpeg in iter_frames(
+            path, wanted=_wanted_frames(video), stats=stats, cancel=cancel
+        ):
+            try:
+                this = jpeg_size(jpeg)
+            except JpegStreamError:
+                raise FramesSourceError(
+                    f"{path} frame {frame}: a JPEG without a frame header",
+                    fix="download the video's frames again",
+                ) from None
+            if size is None:
+                size = this
+            elif this != size:
+                raise FramesSourceError(
+                    f"{path} frame {frame}: {this[0]}x{this[1]} pixels, the frames before it "
+                    f"{size[0]}x{size[1]}",
+                    fix="download the video's frames again",
+                )
+            batch.append((frame, jpeg))
+            if len(batch) >= BATCH_FRAMES:
+                if not put(("frames", video.video_id, batch)):
+                    return
+                batch = []
+        if batch and not put(("frames", video.video_id, batch)):
+            return
+        stats.width, stats.height = size or (0, 0)
+        put(("done", video.video_id, stats))
+    except Exception as exc:  # noqa: BLE001 - handed to the writer thread, which decides
+        put(("failed", video.video_id, exc))
+
+
 def _decode_into_queue(
     video: PlannedVideo,
     *,
@@ -191,15 +328,7 @@ def _decode_into_queue(
 ) -> None:
     """Decode thread: put ("frames", id, batch) items, then ("done"|"failed", id, payload)."""
 
-    def put(item: tuple) -> bool:
-        while not cancel.is_set():
-            try:
-                out.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
+    put = functools.partial(_put_unless_cancelled, out, cancel)
     stats = DecodeStats()
     try:
         if not path.is_file():
@@ -262,6 +391,15 @@ def _write_videos(
     with ThreadPoolExecutor(concurrency, thread_name_prefix="decode") as pool:
         try:
             for video in videos:
+                if video.source_kind == SOURCE_FRAMES:
+                    pool.submit(
+                        _copy_frames_into_queue,
+                        video,
+                        path=sources[video.video_id],
+                        out=out,
+                        cancel=cancel,
+                    )
+                    continue
                 pool.submit(
                     _decode_into_queue,
                     video,
@@ -291,10 +429,15 @@ def _write_videos(
                     bad[video_id] = str(payload)
                     log.error("%s: %s", video_id, payload)
                     continue
-                meta, result = _finish_video(current, payload, params, sources[video_id])
+                current.sort()
+                if current.planned.source_kind == SOURCE_FRAMES:
+                    finish, check = _finish_frames, _check_frame_counts
+                else:
+                    finish, check = _finish_video, _check_counts
+                meta, result = finish(current, payload, params, sources[video_id])
                 try:
-                    _check_counts(current.planned, payload, [tuple(r) for r in current.ranges])
-                except VideoDecodeError as exc:
+                    check(current.planned, payload, [tuple(r) for r in current.ranges])
+                except BadSourceError as exc:
                     bad[video_id] = str(exc)
                     log.error("%s: %s", video_id, exc)
                     continue
@@ -322,8 +465,47 @@ def _write_videos(
 def _finish_video(
     current: _Video, stats: DecodeStats, params: ExtractParams, source: Path
 ) -> tuple[VideoMeta, VideoResult]:
-    video = current.planned
     decoded = stats.retimed_frames if stats.retimed_frames >= 0 else stats.last_frame
+    return _outcome(
+        current,
+        params,
+        source,
+        decoded=decoded,
+        native_frames=stats.native_frames,
+        size=(stats.width, stats.height),
+        seconds=stats.seconds,
+        source_kind=SOURCE_VIDEO,
+    )
+
+
+def _finish_frames(
+    current: _Video, stats: FramesStats, params: ExtractParams, source: Path
+) -> tuple[VideoMeta, VideoResult]:
+    return _outcome(
+        current,
+        params,
+        source,
+        decoded=stats.frames,
+        native_frames=-1,  # no video was decoded
+        size=(stats.width, stats.height),
+        seconds=stats.seconds,
+        source_kind=SOURCE_FRAMES,
+    )
+
+
+def _outcome(
+    current: _Video,
+    params: ExtractParams,
+    source: Path,
+    *,
+    decoded: int,
+    native_frames: int,
+    size: tuple[int, int],
+    seconds: float,
+    source_kind: str,
+) -> tuple[VideoMeta, VideoResult]:
+    """A written video's metadata (for its shard) and its outcome (for the log)."""
+    video = current.planned
     meta = VideoMeta(
         video_id=video.video_id,
         rate=video.rate,
@@ -332,20 +514,21 @@ def _finish_video(
         decoded_frames=decoded,
         stored_frames=len(current.checksums),
         stored_ranges=tuple((a, b) for a, b in current.ranges),
-        width=stats.width,
-        height=stats.height,
+        width=size[0],
+        height=size[1],
         short_side=params.short_side,
         jpeg_qscale=params.jpeg_qscale,
         source=str(source),
-        native_frames=stats.native_frames,
+        native_frames=native_frames,
         fingerprint=video.fingerprint,
+        source_kind=source_kind,
     )
     result = VideoResult(
         video_id=video.video_id,
-        native_frames=stats.native_frames,
+        native_frames=native_frames,
         decoded_frames=decoded,
         stored_frames=meta.stored_frames,
-        seconds=stats.seconds,
+        seconds=seconds,
         jpeg_bytes=current.jpeg_bytes,
     )
     return meta, result
@@ -356,7 +539,10 @@ def video_source(
 ) -> Path:
     """Where to read ``video`` from: its planned path, or the same place under
     ``videos_root`` when the tree moved. Old plans kept paths relative to the directory
-    `plan` ran in: those are found under the planned root (absolute) by their EPIC tail."""
+    `plan` ran in: those are found under the planned root (absolute) by their EPIC tail.
+    Official frames are read from their planned (absolute) path."""
+    if video.source_kind == SOURCE_FRAMES:
+        return Path(video.path)
     path = Path(video.path or f"{video.video_id}.MP4")
     tail = Path(*path.parts[-3:])  # PXX/videos/PXX_YY.MP4
     if videos_root is not None:
@@ -542,7 +728,8 @@ def preflight_run(
     """Fail in a second, before any decoding, when ffmpeg is missing, or scratch or the
     store cannot be written or has no room: scratch for the largest shard of ``indices``,
     the store's disk for all of them (already published ones are skipped unless ``force``)."""
-    ffmpeg_path()
+    if any(v.source_kind == SOURCE_VIDEO for s in manifest.shards for v in s.videos):
+        ffmpeg_path()  # a store made only from official frames copies, and needs no ffmpeg
     todo = [
         s
         for s in manifest.shards

@@ -35,6 +35,8 @@ from epicdata.store import (
     MANIFEST_NAME,
     SHARD_META_KEY,
     SHARDS_DIR,
+    SOURCE_FRAMES,
+    SOURCE_VIDEO,
     TAIL_FRAMES,
     ExtractParams,
     Manifest,
@@ -46,7 +48,8 @@ from epicdata.store import (
     open_shard_readonly,
     video_meta_key,
 )
-from preprocess.probe import find_videos, probe_many
+from preprocess.official_frames import ERRATUM_VIDEO_IDS, find_frames, frames_problem
+from preprocess.probe import find_videos, fingerprint, probe_many
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,13 @@ def estimate_bytes(planned_frames: int, short_side: int) -> int:
 
 
 def estimate_core_hours(videos: Sequence[PlannedVideo]) -> float:
-    """Core-hours to decode every source frame of ``videos`` (see the constant)."""
-    pixels = sum(v.duration * v.native_fps * v.width * v.height for v in videos)
+    """Core-hours to decode every source frame of ``videos`` (see the constant); videos
+    taken from official frames are copied, not decoded, and count nothing."""
+    pixels = sum(
+        v.duration * v.native_fps * v.width * v.height
+        for v in videos
+        if v.source_kind == SOURCE_VIDEO
+    )
     return pixels / DECODE_PIXELS_PER_CORE_SECOND / 3600
 
 
@@ -119,6 +127,7 @@ def plan_store(
     annotations_dir: str | Path,
     videos_root: str | Path | None = None,
     video_info: str | Path | None = None,
+    frames_root: str | Path | None = None,
     splits: Sequence[str] = ("train", "validation", "test"),
     shards: int | None = None,
     target_shard_frames: int | None = None,
@@ -139,9 +148,28 @@ def plan_store(
     ``shards`` of them, or enough for ``target_shard_frames`` frames each (default
     :data:`DEFAULT_TARGET_SHARD_FRAMES`). Missing, unreadable or too-short videos are all
     reported in one :class:`EpicInputError` unless ``allow_missing`` drops them.
+
+    ``frames_root``: EPIC's official RGB frames (``PXX/rgb_frames/PXX_YY.tar`` or the
+    unpacked folders), copied into the shards as they are; frame counts are estimated from
+    ``video_info`` (default: the annotations folder's ``EPIC_100_video_info.csv``) and
+    checked by ``run``. With ``videos_root`` too, a video without official frames, or one
+    of :data:`~preprocess.official_frames.ERRATUM_VIDEO_IDS` (wrong official frames), is
+    decoded from its MP4; each video records its source (``PlannedVideo.source_kind``).
     """
-    if (videos_root is None) == (video_info is None):
-        raise EpicInputError("give either --videos (probe the files) or --video-info CSV")
+    if frames_root is None and (videos_root is None) == (video_info is None):
+        raise EpicInputError(
+            "give either --videos (probe the files), --frames (official frames) or "
+            "--video-info CSV (sizing only)"
+        )
+    if frames_root is not None and (
+        short_side != DEFAULT_SHORT_SIDE or jpeg_qscale != DEFAULT_JPEG_QSCALE
+    ):
+        raise EpicInputError(
+            f"--short-side {short_side} / --quality {jpeg_qscale} with --frames",
+            where=frames_root,
+            fix=f"official frames are copied as they are ({DEFAULT_SHORT_SIDE} px short side, "
+            f"-q:v {DEFAULT_JPEG_QSCALE}): drop these options, or plan from --videos only",
+        )
     if keep not in KEEP_MODES:
         raise EpicInputError(f"--keep {keep!r}: expected one of {', '.join(KEEP_MODES)}")
     if keep == "sampled" and not num_frames:
@@ -170,7 +198,20 @@ def plan_store(
 
     problems: dict[str, str] = {}
     facts: dict[str, tuple[str | None, float, float, int, int, str | None]] = {}
-    if videos_root is not None:
+    kinds: dict[str, str] = {}
+    if frames_root is not None:
+        frames_root = Path(frames_root).resolve()
+        _plan_frames_sources(
+            by_video,
+            annotations=annotations,
+            frames_root=frames_root,
+            videos_root=None if videos_root is None else Path(videos_root).resolve(),
+            video_info=video_info,
+            facts=facts,
+            kinds=kinds,
+            problems=problems,
+        )
+    elif videos_root is not None:
         # Absolute paths: `run` works from any directory (and --videos re-roots a moved tree).
         videos_root = Path(videos_root).resolve()
         found = find_videos(videos_root)
@@ -225,6 +266,7 @@ def plan_store(
                 max_annotated_frame=last_annotated,
                 keep_ranges=ranges,
                 fingerprint=fprint,
+                source_kind=kinds.get(video_id, SOURCE_VIDEO),
             )
         )
 
@@ -232,7 +274,7 @@ def plan_store(
         lines = "\n".join(f"  {v}: {why}" for v, why in sorted(problems.items()))
         raise BadSourceError(
             f"{len(problems)} of {len(by_video)} videos cannot be planned",
-            where=videos_root or video_info,
+            where=frames_root or videos_root or video_info,
             fix="fix or download them, or pass --allow-missing to plan without them",
             details=lines,
         )
@@ -262,7 +304,8 @@ def plan_store(
         videos_root=None if videos_root is None else str(Path(videos_root).resolve()),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         extra={
-            "sizing_only": videos_root is None,
+            "sizing_only": videos_root is None and frames_root is None,
+            "frames_root": None if frames_root is None else str(frames_root),
             "excluded_videos": dict(sorted(problems.items())),
             "estimated_bytes": estimate_bytes(total, short_side),
             "estimated_core_hours": round(estimate_core_hours(planned), 2),
@@ -288,6 +331,73 @@ def plan_store(
     store_root.mkdir(parents=True, exist_ok=True)
     manifest.save(store_root)
     return manifest
+
+
+def _plan_frames_sources(
+    by_video: dict[str, list[Segment]],
+    *,
+    annotations: AnnotationDir,
+    frames_root: Path,
+    videos_root: Path | None,
+    video_info: str | Path | None,
+    facts: dict[str, tuple[str | None, float, float, int, int, str | None]],
+    kinds: dict[str, str],
+    problems: dict[str, str],
+) -> None:
+    """Fill ``facts``, ``kinds`` and ``problems`` for a plan from official frames: each
+    video from its frames (durations from video_info.csv), or from its MP4 when it has no
+    frames or its frames are in the erratum and ``videos_root`` holds it."""
+    info_rows = read_video_info(video_info) if video_info else annotations.video_info()
+    info = {v.video_id: v for v in info_rows}
+    info_name = Path(video_info).name if video_info else "EPIC_100_video_info.csv"
+    found_frames = find_frames(frames_root)
+    found_videos = find_videos(videos_root) if videos_root is not None else {}
+    decode: list[str] = []
+    for video_id in sorted(by_video):
+        frames = found_frames.get(video_id)
+        if video_id in ERRATUM_VIDEO_IDS and frames is not None:
+            if video_id in found_videos:
+                log.warning(
+                    "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
+                    "README): decoding it from %s instead",
+                    video_id,
+                    found_videos[video_id],
+                )
+                frames = None
+            else:
+                log.warning(
+                    "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
+                    "README): copying them anyway; give its video with --videos to decode it",
+                    video_id,
+                )
+        if frames is None:
+            if video_id in found_videos:
+                decode.append(video_id)
+            else:
+                also = f" nor {video_id}.MP4 under {videos_root}" if videos_root else ""
+                problems[video_id] = (
+                    f"missing: no {video_id}.tar or {video_id}/ under "
+                    f"{frames_root}/{video_id[:3]}/rgb_frames{also}"
+                )
+            continue
+        why = frames_problem(frames)
+        if why is not None:
+            problems[video_id] = why
+            continue
+        if video_id not in info:
+            problems[video_id] = (
+                f"missing: not in {info_name} (its frame count is estimated from it)"
+            )
+            continue
+        v = info[video_id]
+        fprint = fingerprint(frames) if frames.is_file() else None
+        facts[video_id] = (str(frames), v.fps, v.duration, v.width, v.height, fprint)
+        kinds[video_id] = SOURCE_FRAMES
+    probes, errors = probe_many(found_videos[v] for v in decode)
+    problems.update(errors)
+    for video_id, p in probes.items():
+        facts[video_id] = (p.path, p.native_fps, p.duration, p.width, p.height, p.fingerprint)
+        kinds[video_id] = SOURCE_VIDEO
 
 
 def _inside(inner: Sequence[Range], outer: Sequence[Range]) -> bool:
@@ -337,6 +447,11 @@ def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
                         problems.append(
                             f"{path.name}: {video.video_id} lacks frames this plan keeps"
                         )
+                    elif meta.source_kind != video.source_kind:
+                        problems.append(
+                            f"{path.name}: {video.video_id} came from {meta.source_kind}, this "
+                            f"plan takes it from {video.source_kind}"
+                        )
                     elif None not in (meta.fingerprint, video.fingerprint) and (
                         meta.fingerprint != video.fingerprint
                     ):
@@ -369,6 +484,12 @@ def plan_summary(manifest: Manifest, store_root: str | Path, *, show_next: bool 
         f"estimated size: {est_bytes / 1e9:,.1f} GB ({SHARD_BYTES_PER_FRAME_256:,} B/frame "
         f"at 256 px); decoding: {manifest.extra['estimated_core_hours']:,.1f} core-hours",
     ]
+    copied = sum(v.source_kind == SOURCE_FRAMES for v in videos)
+    if copied:
+        lines.append(
+            f"sources: {len(videos) - copied} videos decoded from MP4, {copied} copied from "
+            f"official frames (no decoding; frame counts checked by `run`)"
+        )
     if params.keep == "sampled":
         lines.append(
             f"keep=sampled stores only the frames the deterministic samplers read for clip "

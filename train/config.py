@@ -19,7 +19,7 @@ from epicdata.errors import EpicInputError
 SCHEDULERS = ("plateau", "cosine")
 SAMPLINGS = ("linspace", "tsn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-DECODERS = ("torchvision", "pil")  # as epicdata.dataset.DECODERS
+DECODERS = ("torchvision", "pil", "nvjpeg")  # as epicdata.dataset.DECODERS
 
 
 def _option(
@@ -67,7 +67,8 @@ class TrainConfig:
     workers: int = _option(4, "DataLoader worker processes per GPU.", minimum=0)
     decoder: str = _option(
         "torchvision",
-        "JPEG decoder in the workers: torchvision (libjpeg-turbo, 1.7x Pillow here) or pil.",
+        "JPEG decoder: torchvision (libjpeg-turbo in the workers, 1.7x Pillow here), pil, or "
+        "nvjpeg (the GPU decodes and crops; workers only read; CUDA only, refused elsewhere).",
         DECODERS,
     )
     amp: str = _option(
@@ -90,6 +91,11 @@ class TrainConfig:
     )
     deterministic: bool = _option(
         False, "Deterministic algorithms (slower on GPU; resume tests use it)."
+    )
+    compile: bool = _option(
+        False,
+        "torch.compile the model for training (the first step compiles: minutes); refused "
+        "with the reason where this torch cannot.",
     )
 
     def __post_init__(self) -> None:

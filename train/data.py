@@ -17,6 +17,7 @@ from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
 from train.distributed import DistInfo
+from train.nvjpeg import ClipLoader, NvjpegClips, collate_jpeg_clips, frames_to
 from train.transforms import EvalClipTransform, TrainClipTransform
 
 
@@ -57,6 +58,7 @@ def build_loader(
     # (set_epoch), which seeds the per-clip augmentation.
     return DataLoader(
         dataset,
+        collate_fn=collate_jpeg_clips if dataset.decoder == "nvjpeg" else None,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
@@ -156,6 +158,14 @@ def build_eval_data(
         pin_memory=pin_memory,
     )
     return dataset, loader
+
+
+def clip_loader(dataset: EpicActionDataset, device: torch.device) -> ClipLoader:
+    """How the training or evaluation loop gets a batch's uint8 clips onto ``device``: a copy
+    of the workers' clips, or (``--decoder nvjpeg``) decoding and cropping there."""
+    if dataset.decoder == "nvjpeg":
+        return NvjpegClips(dataset.transform, device, store_root=str(dataset.store.root))
+    return frames_to(device)
 
 
 def metric_sets(annotations: AnnotationDir, split: str) -> dict[str, frozenset]:

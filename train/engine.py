@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from epicdata.cli import Progress
 from epicdata.errors import EpicInputError
 from train.distributed import DistInfo, any_rank, gather_to_main
+from train.nvjpeg import ClipLoader, frames_to
 from train.transforms import DeviceAugment
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,15 @@ def train_one_epoch(
     header: str = "",
     first_step: int = 0,
     carry: dict | None = None,
+    load_clips: ClipLoader | None = None,
 ) -> EpochStats:
     """Train for at most ``max_steps`` batches; returns early (``interrupted``) when any rank
     has a pending stop request, with every rank at the same step. After a mid-epoch resume,
     ``first_step`` is the step the epoch resumes at and ``carry`` its sums so far
-    (:meth:`EpochStats.carry`), so that the epoch's record covers all of its batches."""
+    (:meth:`EpochStats.carry`), so that the epoch's record covers all of its batches.
+    ``load_clips``: a batch -> its uint8 clips on ``device`` (train.data.clip_loader; default:
+    the workers' decoded clips, copied)."""
+    load_clips = load_clips or frames_to(device)
     model.train()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*B, verb, noun, action hits
     clips = steps = 0
@@ -107,7 +112,7 @@ def train_one_epoch(
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     for batch in loader:
         wait += time.perf_counter() - tick
-        frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
+        frames = load_clips(batch)  # (B, T, C, H, W) uint8
         verbs = batch["verb"].to(device, non_blocking=True)  # (B,)
         nouns = batch["noun"].to(device, non_blocking=True)  # (B,)
         clips_in = augment(frames, train=True, generator=generator)  # (B, T, C, H, W) float
@@ -224,13 +229,16 @@ def evaluate(
     device: torch.device,
     info: DistInfo,
     max_steps: int | None = None,
+    load_clips: ClipLoader | None = None,
 ) -> Predictions | None:
     """Logits for every segment of ``loader`` (sharded across ranks without padding), gathered
     on rank 0 in split order; None on other ranks.
 
     ``model`` must be the bare model, not the DDP wrapper: ranks may run different numbers
-    of batches, and DDP's per-forward buffer broadcast would then deadlock.
+    of batches, and DDP's per-forward buffer broadcast would then deadlock. ``load_clips``
+    as in :func:`train_one_epoch`.
     """
+    load_clips = load_clips or frames_to(device)
     model.eval()
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
     progress = Progress(total, label="validation", unit="batches")
@@ -240,7 +248,7 @@ def evaluate(
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
-        frames = batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
+        frames = load_clips(batch)  # (B, T, C, H, W) uint8
         with precision.autocast():
             features = model.features(augment(frames, train=False))  # (B, 512)
         # The heads in float32, outside autocast: bf16 logits (8 bits of mantissa) would tie

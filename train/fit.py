@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -42,12 +42,13 @@ from train.checkpoint import (
     training_state,
 )
 from train.config import TrainConfig
-from train.data import TrainData, build_eval_data, build_train_data, metric_sets
+from train.data import TrainData, build_eval_data, build_train_data, clip_loader, metric_sets
 from train.device import make_scaler, resolve_device, resolve_precision
 from train.distributed import DistInfo
 from train.engine import EpochStats, Precision, evaluate, train_one_epoch
 from train.metrics import compute_metrics
-from train.model import ActionModel, build_model
+from train.model import ActionModel, build_model, compile_failures_named, compile_model
+from train.nvjpeg import ClipLoader, check_nvjpeg
 from train.runlog import RunLog
 from train.transforms import DeviceAugment
 
@@ -160,6 +161,8 @@ class _Run:
     scaler: object
     augment: DeviceAugment
     generator: torch.Generator
+    train_clips: ClipLoader  # a batch -> its uint8 clips on the device
+    val_clips: ClipLoader
     run_dir: Path
     runlog: RunLog | None  # rank 0 of a run that writes
     limit_batches: int | None
@@ -280,6 +283,8 @@ def _setup(
     info = distributed.init(device.type)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
+    if cfg.decoder == "nvjpeg":
+        check_nvjpeg(device)  # before anything is built: exit 2 with the fix
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -331,6 +336,11 @@ def _setup(
         patience=cfg.plateau_patience,
     )
     precision = resolve_precision(cfg.amp, device)
+    ddp_model = (
+        DistributedDataParallel(model, device_ids=[device.index] if pin else None)
+        if info.enabled
+        else model
+    )
     run = _Run(
         cfg=cfg,
         info=info,
@@ -342,16 +352,15 @@ def _setup(
         val_loader=val_loader,
         metric_sets=metric_sets(annotations, cfg.val_split),
         model=model,
-        ddp_model=(
-            DistributedDataParallel(model, device_ids=[device.index] if pin else None)
-            if info.enabled
-            else model
-        ),
+        # Checkpoints take run.model, the bare model: --compile does not change their keys.
+        ddp_model=compile_model(ddp_model) if cfg.compile else ddp_model,
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
         augment=DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device),
         generator=torch.Generator(),
+        train_clips=clip_loader(train.dataset, device),
+        val_clips=clip_loader(val_set, device),
         run_dir=run_dir,
         runlog=None,
         limit_batches=limit,
@@ -366,7 +375,8 @@ def _setup(
         # Records of epochs after the resumed one are dropped: they are redone.
         run.runlog = RunLog(run_dir, upto_epoch=run.start_epoch)
     log.info(
-        "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s",
+        "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s, "
+        "decoder %s%s",
         len(train.dataset),
         cfg.val_split,
         len(val_set),
@@ -374,6 +384,8 @@ def _setup(
         info.world_size,
         device,
         precision.dtype if precision.enabled else "off",
+        cfg.decoder,
+        ", compiled" if cfg.compile else "",
     )
     return run
 
@@ -402,11 +414,9 @@ def _resume(run: _Run, path: Path, *, auto: bool) -> None:
     run.start_epoch, run.start_step, run.best = state["epoch"], state["step"], state["best_metric"]
     if "rng" in state:
         run.resumed_mid_epoch = {"rng": state["rng"], "epoch_progress": state["epoch_progress"]}
-    changed = {
-        k: (state["config"].get(k), v)
-        for k, v in run.cfg.to_dict().items()
-        if state["config"].get(k) != v
-    }
+    # A checkpoint from before a field existed (compile) ran with its default.
+    saved = {f.name: f.default for f in fields(TrainConfig)} | state["config"]
+    changed = {k: (saved.get(k), v) for k, v in run.cfg.to_dict().items() if saved.get(k) != v}
     free = set(FREE_ON_RESUME) | ({"epochs"} if run.cfg.scheduler == "plateau" else set())
     binding = {k: v for k, v in changed.items() if k not in free}
     if binding and not run.allow_config_change:
@@ -459,7 +469,7 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
     else:
         # Ranks > 0 of a resumed DDP run (only rank 0's states are saved) reseed.
         _seed_epoch(cfg.seed, epoch, step0, run.info.rank, run.generator)
-    with worker_deaths_named(run.store):
+    with worker_deaths_named(run.store), compile_failures_named(cfg.compile):
         return train_one_epoch(
             run.ddp_model,
             run.train.loader,
@@ -476,6 +486,7 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
             header=f"epoch {epoch + 1}/{cfg.epochs}",
             first_step=step0,
             carry=mid["epoch_progress"] if mid is not None else None,
+            load_clips=run.train_clips,
         )
 
 
@@ -496,6 +507,7 @@ def _validate_epoch(run: _Run) -> tuple[dict[str, float], float]:
             device=run.device,
             info=run.info,
             max_steps=run.limit_batches,
+            load_clips=run.val_clips,
         )
     metrics: dict[str, float] = {}
     metric = torch.tensor([0.0], device=run.device)

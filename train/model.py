@@ -8,8 +8,10 @@ that fetches it on a login node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ import torchvision
 from torch import nn
 
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
-from epicdata.errors import EpicInputError
+from epicdata.errors import EnvironmentProblem, EpicInputError
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +125,40 @@ def build_model(
         # cuDNN's fastest convolutions on tensor cores want NHWC.
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _cannot_compile(reason: str) -> EnvironmentProblem:
+    return EnvironmentProblem(
+        f"--compile: torch.compile cannot compile the model here: {reason}",
+        where=f"torch {torch.__version__}",
+        fix="train without --compile (the same model and checkpoints, uncompiled)",
+    )
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` for training. Checkpoints are unaffected: they hold the state
+    of the bare model (train.checkpoint.unwrap_model strips ``_orig_mod``). Compiling
+    happens at the first step; :func:`compile_failures_named` words a failure there."""
+    if not hasattr(torch, "compile"):
+        raise _cannot_compile("this torch has no torch.compile")
+    try:
+        return torch.compile(model)
+    except RuntimeError as exc:  # e.g. torch 2.1 on Python 3.12: Dynamo is not supported
+        raise _cannot_compile(str(exc).strip().splitlines()[0]) from None
+
+
+@contextlib.contextmanager
+def compile_failures_named(compiled: bool) -> Iterator[None]:
+    """Around the steps of a compiled model: a compiler failure (a missing C++ compiler or
+    Triton, an unsupported operation) becomes an :class:`EnvironmentProblem` naming
+    ``--compile`` instead of a long Dynamo traceback."""
+    if not compiled:
+        yield
+        return
+    from torch._dynamo.exc import TorchDynamoException  # imported only with --compile
+
+    try:
+        yield
+    except TorchDynamoException as exc:
+        lines = str(exc).strip().splitlines()
+        raise _cannot_compile(lines[0] if lines else type(exc).__name__) from None

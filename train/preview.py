@@ -38,7 +38,8 @@ def preview_rows(cfg: TrainConfig, count: int) -> list[dict]:
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
         training=True,
-        decoder=cfg.decoder,
+        # The preview shows the frames on the CPU: nvjpeg's are the same up to rounding.
+        decoder="torchvision" if cfg.decoder == "nvjpeg" else cfg.decoder,
         seed=cfg.seed,
     )
     stored = EpicActionDataset(store, table, transform=None, **options)

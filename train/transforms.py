@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,9 +30,10 @@ ERASE_RATIO = (0.3, 3.3)
 EVAL_RESIZE_RATIO = 256 / 224
 
 
-@dataclass(frozen=True)
-class CropFlip:
-    """One clip's geometric parameters, in input pixels."""
+class CropFlip(NamedTuple):
+    """One clip's geometric parameters, in input pixels. A tuple of ints (flip: 0/1 in a
+    tensor), so that a loader worker can hand it to the main process in a batch
+    (``--decoder nvjpeg`` crops there, on the GPU)."""
 
     top: int
     left: int
@@ -66,7 +67,8 @@ def draw_crop_flip(height: int, width: int, rng: np.random.Generator) -> CropFli
 
 
 def apply_crop_flip(frames: torch.Tensor, crop: CropFlip, size: int) -> torch.Tensor:
-    """(T, C, H, W) uint8 -> (T, C, size, size) uint8, the same crop and flip on every frame."""
+    """(N, C, H, W) uint8 -> (N, C, size, size) uint8, the same crop and flip on every frame,
+    on any device (a CUDA tensor is resized in float and rounded back: decoder rounding)."""
     out = TF.resized_crop(
         frames, crop.top, crop.left, crop.height, crop.width, [size, size], antialias=True
     )
@@ -74,29 +76,46 @@ def apply_crop_flip(frames: torch.Tensor, crop: CropFlip, size: int) -> torch.Te
 
 
 class TrainClipTransform:
-    """Worker-side training transform: random resized crop + flip, drawn once per clip."""
+    """Training transform: random resized crop + flip, drawn once per clip.
+
+    In two halves, so that both decoders crop alike: :meth:`draw` (the loader worker, from
+    the clip's generator and the stored frame size) and :meth:`apply` (the worker on the
+    CPU, or the main process on the GPU with ``--decoder nvjpeg``)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
 
+    def draw(self, height: int, width: int, rng: np.random.Generator) -> CropFlip:
+        return draw_crop_flip(height, width, rng)
+
+    def apply(self, frames: torch.Tensor, crop: CropFlip) -> torch.Tensor:
+        return apply_crop_flip(frames, crop, self.size)  # (N, C, size, size) uint8
+
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        crop = draw_crop_flip(frames.shape[-2], frames.shape[-1], rng)
-        return apply_crop_flip(frames, crop, self.size)  # (T, C, size, size) uint8
+        crop = self.draw(frames.shape[-2], frames.shape[-1], rng)
+        return self.apply(frames, crop)  # (T, C, size, size) uint8
 
 
 class EvalClipTransform:
-    """Worker-side evaluation transform: short side to size*256/224, centre crop ``size``."""
+    """Evaluation transform: short side to size*256/224, centre crop ``size``. It draws
+    nothing: :meth:`draw` gives the whole frame, unflipped, and :meth:`apply` ignores it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
+
+    def draw(self, height: int, width: int, rng: np.random.Generator | None = None) -> CropFlip:
+        return CropFlip(0, 0, height, width, False)
+
+    def apply(self, frames: torch.Tensor, crop: CropFlip | None = None) -> torch.Tensor:
+        short = round(self.size * EVAL_RESIZE_RATIO)
+        if min(frames.shape[-2:]) != short:
+            frames = TF.resize(frames, [short], antialias=True)
+        return TF.center_crop(frames, [self.size, self.size])  # (N, C, size, size) uint8
 
     def __call__(
         self, frames: torch.Tensor, rng: np.random.Generator | None = None
     ) -> torch.Tensor:
-        short = round(self.size * EVAL_RESIZE_RATIO)
-        if min(frames.shape[-2:]) != short:
-            frames = TF.resize(frames, [short], antialias=True)
-        return TF.center_crop(frames, [self.size, self.size])  # (T, C, size, size) uint8
+        return self.apply(frames)  # (T, C, size, size) uint8
 
 
 class DeviceAugment(torch.nn.Module):

@@ -25,11 +25,12 @@ from epicdata.store import FrameStore
 from train import distributed
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
-from train.data import build_eval_data, metric_sets
+from train.data import build_eval_data, clip_loader, metric_sets
 from train.device import resolve_device, resolve_precision
 from train.engine import evaluate
 from train.metrics import compute_metrics
 from train.model import ActionModel
+from train.nvjpeg import check_nvjpeg
 from train.submission import (
     align_to_split,
     load_predictions,
@@ -72,13 +73,25 @@ def predict(
     norm = state["normalization"]
     augment = DeviceAugment(norm["mean"], norm["std"]).to(device)
     table = annotations.table(split)
+    decoder = cfg.decoder
+    if decoder == "nvjpeg" and device.type == "cuda":
+        check_nvjpeg(device)
+    elif decoder == "nvjpeg":
+        # Scoring a GPU-trained model on the CPU is legitimate: said, not silent.
+        decoder = "torchvision"
+        log.warning(
+            "%s was trained with --decoder nvjpeg; on %s the loader workers decode with "
+            "torchvision instead (the same images up to decoder rounding)",
+            checkpoint,
+            device,
+        )
     dataset, loader = build_eval_data(
         FrameStore(store),
         table,
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
         crop_size=cfg.crop_size,
-        decoder=cfg.decoder,
+        decoder=decoder,
         batch_size=batch_size,
         workers=workers,
         info=info,
@@ -95,6 +108,7 @@ def predict(
             device=device,
             info=info,
             max_steps=limit_batches,
+            load_clips=clip_loader(dataset, device),
         )
     distributed.shutdown()
     if preds is None:

@@ -84,3 +84,23 @@ def test_a_sampled_store_refuses_another_clip_length_before_the_first_step(
     result = CliRunner().invoke(train_main, [str(a) for a in [*args, "--sampling", "tsn"]])
     assert result.exit_code == ExitCode.BAD_INPUT and "random offsets" in result.output
     assert not run.exists()
+
+
+def test_a_store_extracted_from_videos_keeps_the_format_older_releases_read() -> None:
+    # source_kind (official frames, issue 13) is written only where it is not the default:
+    # the metadata of a video-extracted shard and its manifest carry no field that the
+    # previous release's strict field check would refuse.
+    import json
+
+    from epicdata.store import SOURCE_FRAMES, Manifest, VideoMeta
+
+    manifest = Manifest.load(FIXTURE)
+    assert "source_kind" not in manifest.to_json()
+    assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest
+    reader = FrameStore(FIXTURE)
+    meta = reader.video_meta(reader.video_ids[0])
+    reader.close()
+    assert "source_kind" not in json.loads(meta.to_bytes())
+    assert VideoMeta.from_bytes(meta.to_bytes()) == meta
+    copied = VideoMeta(**{**meta.__dict__, "source_kind": SOURCE_FRAMES})
+    assert VideoMeta.from_bytes(copied.to_bytes()).source_kind == SOURCE_FRAMES

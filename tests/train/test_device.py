@@ -135,9 +135,15 @@ def test_the_gpu_suite_runs_its_loop_checks_on_the_cpu():
     # could not check, so that it does not rot between GPU sessions.
     command = [sys.executable, "-m", "bench.gpu_suite", "--steps", "2", "--batch-size", "2"]
     command += ["--num-frames", "2", "--crop-size", "32", "--skip-run"]
+    # The throughput part at toy sizes: a 1,200-frame synthetic store, one loader worker.
+    command += ["--store-frames", "1200", "--pipeline-steps", "2", "--pipeline-workers", "1"]
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
     assert result.returncode == 0, result.stderr
     assert "| cpu: 2 train + eval steps |" in result.stdout
+    assert "| step on clips already on the device | " in result.stdout
+    assert "| synthetic store | 1200 frames 456x256, " in result.stdout
+    assert "| pipeline torchvision, 1 of " in result.stdout
     if not torch.cuda.is_available():
         assert "| device and precision | no CUDA on this machine | not checked |" in result.stdout
+        assert "| --decoder nvjpeg | --decoder nvjpeg cannot be used: " in result.stdout
