@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.annotations import AnnotationDir
-from epicdata.dataset import DECODERS, EpicActionDataset, decode_pil, decode_torchvision
+from epicdata.dataset import CPU_DECODERS, EpicActionDataset, decode_pil, decode_torchvision
 from epicdata.store import FrameStore
 from train.transforms import TrainClipTransform
 
@@ -169,7 +169,7 @@ def main() -> None:
         rows = []
         for workers in (int(w) for w in args.workers.split(",")):
             row = [workers]
-            for decoder in DECODERS:
+            for decoder in CPU_DECODERS:
                 dataset = EpicActionDataset(
                     store,
                     table,
@@ -216,7 +216,7 @@ def main() -> None:
             f"uint8 in the workers, batch {args.batch_size}, {args.batches} batches "
             "(`python -m bench.bench_loader --simd-python VENV/bin/python`):",
             markdown_table(
-                ["workers", *(f"clips/s ({d})" for d in DECODERS)],
+                ["workers", *(f"clips/s ({d})" for d in CPU_DECODERS)],
                 rows,
             ),
         ]

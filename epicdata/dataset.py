@@ -45,6 +45,8 @@ SAMPLINGS = ("linspace", "tsn")
 #: Where the JPEGs are decoded: in the loader workers (torchvision, pil), or on the GPU in
 #: the main process (nvjpeg: the workers return the bytes).
 DECODERS = ("torchvision", "pil", "nvjpeg")
+#: The decoders that run in the loader workers (nvjpeg decodes in the main process, on the GPU).
+CPU_DECODERS = ("torchvision", "pil")
 
 #: (frames (T, C, H, W) uint8, generator) -> frames (T, C, h, w) uint8. With
 #: ``decoder="nvjpeg"`` the transform also needs ``draw(height, width, generator)``,
