@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from epicdata.cli import preflight_output
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
@@ -256,6 +257,17 @@ def _wanted_frames(video: PlannedVideo) -> Callable[[int], bool]:
     return wanted
 
 
+def _require_unchanged(path: Path, video: PlannedVideo, error: type[BadSourceError]) -> None:
+    """Refuse a source file whose content fingerprint differs from the plan's (stores
+    planned before fingerprints existed have none: nothing to compare)."""
+    if video.fingerprint is not None and (found := fingerprint(path)) != video.fingerprint:
+        raise error(
+            f"{path}: changed since `epic-extract plan` (size:hash {found}, planned "
+            f"{video.fingerprint})",
+            fix="restore the planned file, or plan a new --store for the new one",
+        )
+
+
 def _put_unless_cancelled(out: queue.Queue, cancel: threading.Event, item: tuple) -> bool:
     """Put ``item`` into the writer's queue, waiting while it is full; False once the run
     is cancelled (the writer stopped: the producer thread returns)."""
@@ -278,13 +290,8 @@ def _copy_frames_into_queue(
     stats = FramesStats()
     size: tuple[int, int] | None = None
     try:
-        found = fingerprint(path) if path.is_file() and video.fingerprint else None
-        if found is not None and found != video.fingerprint:
-            raise FramesSourceError(
-                f"{path}: changed since `epic-extract plan` (size:hash {found}, planned "
-                f"{video.fingerprint})",
-                fix="restore the planned file, or plan a new --store for the new one",
-            )
+        if path.is_file():
+            _require_unchanged(path, video, FramesSourceError)
         batch: list[tuple[int, bytes]] = []
         for frame, jpeg in iter_frames(
             path, wanted=_wanted_frames(video), stats=stats, cancel=cancel
@@ -336,12 +343,7 @@ def _decode_into_queue(
                 f"{path}: no such file",
                 fix="moved since `epic-extract plan`? give the videos' new root with --videos",
             )
-        if video.fingerprint is not None and (found := fingerprint(path)) != video.fingerprint:
-            raise VideoDecodeError(
-                f"{path}: changed since `epic-extract plan` (size:hash {found}, planned "
-                f"{video.fingerprint})",
-                fix="restore the planned file, or plan a new --store for the new one",
-            )
+        _require_unchanged(path, video, VideoDecodeError)
         batch: list[tuple[int, bytes]] = []
         for frame, jpeg in decode_video(
             path=path,
@@ -563,37 +565,22 @@ def load_runnable_manifest(store_root: str | Path) -> Manifest:
     return manifest
 
 
-def run_shard(
-    *,
-    store_root: str | Path,
-    shard_index: int,
-    workers: int | None = None,
-    tmp_dir: str | Path | None = None,
-    force: bool = False,
-    map_size: int | None = None,
-    on_frames: Callable[[int], None] | None = None,
-    videos_root: str | Path | None = None,
-) -> ShardResult:
-    """:func:`extract_shard`, recording a failure in ``store/failures/`` (what failed, the
-    SLURM job, when) so that ``epic-check`` can say why a shard is not published; a
-    successful run removes the record."""
-    record = failure_record_path(store_root, shard_index)
-    try:
-        result = extract_shard(
-            store_root=store_root,
-            shard_index=shard_index,
-            workers=workers,
-            tmp_dir=tmp_dir,
-            force=force,
-            map_size=map_size,
-            on_frames=on_frames,
-            videos_root=videos_root,
-        )
-    except BaseException as exc:
-        _record_failure(record, exc)
-        raise
-    record.unlink(missing_ok=True)
-    return result
+def _records_failure(run: Callable[..., ShardResult]) -> Callable[..., ShardResult]:
+    """Record a failed run in ``store/failures/`` (what failed, the SLURM job, when) so that
+    ``epic-check`` can say why a shard is not published; a successful run removes it."""
+
+    @functools.wraps(run)
+    def recorded(*, store_root: str | Path, shard_index: int, **options: Any) -> ShardResult:
+        record = failure_record_path(store_root, shard_index)
+        try:
+            result = run(store_root=store_root, shard_index=shard_index, **options)
+        except BaseException as exc:
+            _record_failure(record, exc)
+            raise
+        record.unlink(missing_ok=True)
+        return result
+
+    return recorded
 
 
 def _record_failure(record: Path, exc: BaseException) -> None:
@@ -608,7 +595,8 @@ def _record_failure(record: Path, exc: BaseException) -> None:
         record.write_text(f"{datetime.now().isoformat(timespec='seconds')} {where}: {what}\n")
 
 
-def extract_shard(
+@_records_failure
+def run_shard(
     *,
     store_root: str | Path,
     shard_index: int,

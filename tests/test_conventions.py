@@ -1,4 +1,4 @@
-"""One set of command-line conventions over all five commands (docs/conventions.md): exit
+"""One set of command-line conventions over all six commands (docs/conventions.md): exit
 codes per class of failure, ``error:`` lines without tracebacks, the run header, dated log
 lines, progress throttling, preflight of output folders, and help."""
 

@@ -109,7 +109,7 @@ def test_a_training_augmentation_makes_one_non_blocking_copy_to_the_device():
     assert recorder.copies[0][1].get("non_blocking") is True
 
 
-def test_the_draws_do_not_depend_on_the_device():
+def test_the_draws_come_from_the_generator_alone():
     # Parameters come from a CPU generator: the same seed gives the same clips on any device.
     clips = torch.stack([_clip_of_identical_frames(s) for s in range(16)])
     augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD)
