@@ -121,10 +121,11 @@ def drop_caches() -> bool:
 # ----------------------------------------------------------------------------- read stage
 
 
-def read_store(store: Path, readahead: bool) -> Callable[[list], int]:
-    """A reader of clips' JPEG bytes from the store; ``run.close()`` closes its shards (LMDB
-    allows one open environment per file and process)."""
-    reader = FrameStore(store, readahead=readahead)
+def read_store(store: Path, direct: bool = True, readahead: bool = False) -> Callable[[list], int]:
+    """A reader of clips' JPEG bytes from the store (``direct``: the reader's pread path;
+    otherwise through py-lmdb's map, with ``readahead``); ``run.close()`` closes its shards
+    (LMDB allows one open environment per file and process)."""
+    reader = FrameStore(store, direct=direct, readahead=readahead)
 
     def run(items: list) -> int:
         return sum(len(b) for video, frames, *_ in items for b in reader.read_frames(video, frames))
@@ -210,10 +211,10 @@ class VideoClips(Dataset):
         return self.transform(clip, np.random.default_rng(index))
 
 
-def _store_clips(store: Path, annotations: Path, readahead: bool) -> Dataset:
+def _store_clips(store: Path, annotations: Path) -> Dataset:
     table = AnnotationDir(annotations).table("train")
     return EpicActionDataset(
-        FrameStore(store, readahead=readahead),
+        FrameStore(store),
         table,
         num_frames=NUM_FRAMES,
         training=True,
@@ -274,8 +275,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     readers = {
-        "store, readahead off": lambda: read_store(data["store"], readahead=False),
-        "store, readahead on": lambda: read_store(data["store"], readahead=True),
+        "store (the reader: pread)": lambda: read_store(data["store"]),
+        "store via py-lmdb's map, readahead off": lambda: read_store(data["store"], False),
+        "store via py-lmdb's map, readahead on": lambda: read_store(data["store"], False, True),
         "(a) one JPEG file per frame": lambda: read_folder(data["frames"]),
     }
     read_rows = []
@@ -306,8 +308,7 @@ def main() -> None:
 
     videos_root = data["mp4"]
     datasets = {
-        "store, readahead off": lambda: _store_clips(data["store"], annotations, False),
-        "store, readahead on": lambda: _store_clips(data["store"], annotations, True),
+        "store": lambda: _store_clips(data["store"], annotations),
         "(a) one JPEG file per frame": lambda: FolderClips(data["frames"], items),
         "(b) PyAV from the MP4": lambda: VideoClips(videos_root, items),
     }

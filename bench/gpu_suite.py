@@ -48,9 +48,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench.epic_like import RATE, grain_source, write_train_csv
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.annotations import AnnotationDir
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -76,7 +76,6 @@ PIPELINE_TARGET = 0.95
 NVJPEG_MAX_MEAN_DIFF = 2.0
 #: Frames of one synthetic video (100 s at 60 fps; several videos make the store).
 VIDEO_FRAMES = 6_000
-RATE = 60
 #: Distinct rendered sources of the synthetic videos, and their frames (20 s).
 SOURCES = 4
 SOURCE_FRAMES = 1_200
@@ -317,29 +316,6 @@ def _video_sizes(total: int) -> list[int]:
     return sizes
 
 
-def _segment_rows(video_id: str, frames: int, rng: np.random.Generator) -> list[str]:
-    """EPIC_100_train.csv rows: segments of 1-4 s back to back with short gaps."""
-    rows, start, n = [], 1, 0
-    while True:
-        length = int(rng.integers(RATE, 4 * RATE))
-        stop = start + length
-        if stop > frames:
-            return rows
-        verb, noun = int(rng.integers(0, 97)), int(rng.integers(0, 300))
-        times = [_timestamp((f - 1) / RATE) for f in (start, start, stop)]
-        rows.append(
-            f"{video_id}_{n},P01,{video_id},{times[0]},{times[1]},{times[2]},{start},{stop},"
-            f"verb {verb} noun {noun},verb{verb},{verb},noun{noun},{noun},['noun{noun}'],[{noun}]"
-        )
-        start, n = stop + int(rng.integers(0, RATE // 2)), n + 1
-
-
-def _timestamp(seconds: float) -> str:
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours:02d}:{minutes:02d}:{secs:05.2f}"
-
-
 def synthetic_store(root: Path, frames: int, workers: int) -> tuple[Path, Path, float]:
     """A keep=all store of about ``frames`` EPIC-like 456x256 frames (ffmpeg gradients with
     grain, H.264, then the real extraction at the store's JPEG quality) and its train
@@ -358,10 +334,7 @@ def synthetic_store(root: Path, frames: int, workers: int) -> tuple[Path, Path, 
     sources = [root / f"source{k}.mp4" for k in range(min(len(sizes), SOURCES))]
 
     def render(k: int) -> None:
-        grain = (
-            f"gradients=size=456x256:rate={RATE}:speed=0.02:seed={k},"
-            "noise=alls=2:allf=t+u,gblur=sigma=0.4"
-        )  # about the bytes of a real kitchen frame at -q:v 4
+        grain = grain_source(k)  # about the bytes of a real kitchen frame at -q:v 4
         subprocess.run(
             [*ffmpeg, "-f", "lavfi", "-i", grain, "-frames:v", str(min(SOURCE_FRAMES, max(sizes))),
              "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-bf", "0",
@@ -381,13 +354,7 @@ def synthetic_store(root: Path, frames: int, workers: int) -> tuple[Path, Path, 
         list(pool.map(render, range(len(sources))))
         list(pool.map(loop, range(len(sizes))))
     annotations = root / "annotations"
-    annotations.mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    header = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,"
-    header += "stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,"
-    header += "noun_class,all_nouns,all_noun_classes"
-    rows = [row for vid, n in zip(ids, sizes, strict=True) for row in _segment_rows(vid, n, rng)]
-    (annotations / "EPIC_100_train.csv").write_text("\n".join([header, *rows]) + "\n")
+    write_train_csv(annotations, dict(zip(ids, sizes, strict=True)))
     store = root / "store"
     manifest = plan_store(
         store_root=store,

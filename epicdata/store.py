@@ -41,6 +41,7 @@ import numpy as np
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError, StoreError, StoreIncompleteError
+from epicdata.lmdb_pages import PageFormatError, ShardPages
 from epicdata.sampling import merge_ranges
 
 STORE_FORMAT_VERSION = 1
@@ -454,11 +455,9 @@ def open_shard_readonly(path: str | Path, *, sequential: bool = False) -> lmdb.E
     """Open a published shard for reading (no lock).
 
     ``sequential=True`` turns the kernel's readahead on: a page fault reads the pages
-    around it, not one 4 KiB page. The checker walks whole shards with it (off, a walk ran
-    at 0.04x of `cat`'s speed cold, bench/bench_check.py), and the training reader uses it
-    too (:data:`READAHEAD`): cold clip reads measured 1.5x as fast with it as without, the
-    B-tree pages of a lookup lying near each other (bench/bench_alternatives.py). DESIGN.md
-    had it off for random reads; that was a guess, not a measurement.
+    around it, not one 4 KiB page. The checker walks whole shards in key order with it (off,
+    a walk ran at 0.04x of `cat`'s speed cold, bench/bench_check.py). Random clip reads
+    leave it off (:data:`READAHEAD`).
     """
     return lmdb.open(
         str(path),
@@ -520,11 +519,15 @@ def _describe_ranges(ranges: Sequence[Range], limit: int = 6) -> str:
     return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
 
 
-#: The kernel's readahead for the shards a FrameStore reads: a page fault then reads the
-#: pages around it, not one 4 KiB page. Measured cold (page cache dropped, 6 shards open):
-#: clip reads 1.5x as fast as with it off, which was as slow as one file per frame
-#: (docs/benchmarks.md, "The store vs one file per frame vs the MP4").
-READAHEAD = True
+#: The kernel's readahead for the shards a FrameStore reads. Off (LMDB's MADV_RANDOM), a
+#: page fault reads the 4 KiB page it needs; on, it reads the device's whole readahead
+#: window around it (``read_ahead_kb``: 8 MiB on the machine measured). On wins while the
+#: page cache holds the store and loses everything once it cannot: with the readers'
+#: memory capped as SLURM's cgroup caps a job's (page cache included) at 1/13 of a keep=all
+#: store, clip reads ran at 0.02x of one file per frame with it on and at about 1x with it
+#: off (docs/benchmarks.md, "Cold reads: a store larger than memory"). A real store is tens
+#: to hundreds of GB, so off.
+READAHEAD = False
 
 
 class FrameStore:
@@ -533,6 +536,9 @@ class FrameStore:
     Shards are opened lazily in the process that reads them, so a FrameStore made in the
     main process can be handed to DataLoader workers under ``fork`` or ``spawn``: a forked
     child notices the pid change and opens its own environments; pickling drops them.
+
+    Frames are read with ``pread`` through :mod:`epicdata.lmdb_pages` (``direct``, one read
+    per frame, a clip's reads announced together), the metadata through py-lmdb.
 
     Requests past the last stored frame of a video by at most ``clamp_tolerance`` frames are
     clamped to it (annotations may end a few frames past the decoder's last frame) and
@@ -547,15 +553,21 @@ class FrameStore:
         clamp_tolerance: int = CLAMP_TOLERANCE_FRAMES,
         verify: bool = True,
         readahead: bool = READAHEAD,
+        direct: bool = True,
     ) -> None:
         self.root = Path(root)
         self.manifest = Manifest.load(self.root)
         self.clamp_tolerance = clamp_tolerance
         self.verify = verify
         self.readahead = readahead
+        #: Frames read with pread through :mod:`epicdata.lmdb_pages` (one read per frame,
+        #: a clip's reads in flight together) rather than through py-lmdb's memory map.
+        self.direct = direct
         self._video_shard = self.manifest.video_to_shard()
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
+        self._pages: dict[int, ShardPages | None] = {}
+        self._checksums_at: dict[str, tuple[int, int] | None] = {}
         self._meta: dict[str, tuple[VideoMeta, _StoredIndex]] = {}
         self._pid = os.getpid()
         self._origin_pid = os.getpid()
@@ -564,6 +576,7 @@ class FrameStore:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_envs"] = {}
+        state["_pages"] = {}
         state["_crumb"] = None
         return state
 
@@ -580,8 +593,10 @@ class FrameStore:
 
     def _env(self, video_id: str) -> lmdb.Environment:
         if os.getpid() != self._pid:
-            # Forked: the parent's environments must not be used here (LMDB forbids it).
+            # Forked: the parent's environments must not be used here (LMDB forbids it),
+            # nor its file offsets' readers.
             self._envs = {}
+            self._pages = {}
             self._pid = os.getpid()
         try:
             index = self._video_shard[video_id]
@@ -723,40 +738,110 @@ class FrameStore:
         self._leave_breadcrumb(video_id, frames)
         resolved = self.resolve_frames(video_id, frames)
         meta, index = self._video(video_id)
-        out = []
-        with self._read(video_id) as txn:
-            # The checksums of a video are one value, in frame order: a zero-copy view of
-            # it costs one more B-tree lookup per clip, and reading a sum one page.
-            sums = txn.get(checksum_key(video_id)) if self.verify else None
-            if self.verify and (sums is None or len(sums) != 4 * meta.stored_frames):
+        positions = [index.position(frame) for frame in resolved]
+        pages = self._shard_pages(video_id) if self.direct else None
+        if pages is None:
+            out, sums, first = self._read_mapped(video_id, resolved, meta)
+        else:
+            try:
+                out, sums, first = self._read_direct(pages, video_id, resolved, positions, meta)
+            except PageFormatError as exc:
                 raise StoreIncompleteError(
-                    f"{video_id}: checksums missing or not one per stored frame",
+                    f"{video_id}: the shard is damaged ({exc})",
                     where=self._shard_file(video_id),
-                    fix=f"run `epic-check --store {self.root}` and re-extract that shard",
-                )
+                    fix=f"run `epic-check --store {self.root}` and re-extract the shards it names",
+                ) from None
+        if sums is not None:
+            for frame, position, blob in zip(resolved, positions, out, strict=True):
+                at = 4 * (position - first)
+                if zlib.crc32(blob) != int.from_bytes(sums[at : at + 4], "little"):
+                    raise StoreIncompleteError(
+                        f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is corrupt)",
+                        where=self._shard_file(video_id),
+                        fix=f"run `epic-check --store {self.root}` and re-extract that "
+                        f"shard with `epic-extract run --force`",
+                    )
+        return out
+
+    def _missing(self, video_id: str, what: str) -> StoreIncompleteError:
+        return StoreIncompleteError(
+            f"{video_id}: {what}",
+            where=self._shard_file(video_id),
+            fix=f"run `epic-check --store {self.root}` and re-extract that shard",
+        )
+
+    def _no_key(self, video_id: str, frame: int) -> StoreIncompleteError:
+        return self._missing(video_id, f"frame {frame} is listed as stored but its key is missing")
+
+    def _no_sums(self, video_id: str) -> StoreIncompleteError:
+        return self._missing(video_id, "checksums missing or not one per stored frame")
+
+    def _read_mapped(
+        self, video_id: str, resolved: list[int], meta: VideoMeta
+    ) -> tuple[list[bytes], bytes | None, int]:
+        """The frames through py-lmdb's map, and (when verifying) the video's checksums
+        from its first stored frame on."""
+        out = []
+        sums = None
+        with self._read(video_id) as txn:
+            if self.verify:
+                # The checksums of a video are one value, in frame order.
+                sums = txn.get(checksum_key(video_id))
+                if sums is None or len(sums) != 4 * meta.stored_frames:
+                    raise self._no_sums(video_id)
             for frame in resolved:
                 blob = txn.get(frame_key(video_id, frame))
                 if blob is None:
-                    raise StoreIncompleteError(
-                        f"{video_id} frame {frame} is listed as stored but its key is missing",
-                        where=self._shard_file(video_id),
-                        fix=f"run `epic-check --store {self.root}` and re-extract that shard",
-                    )
-                if sums is not None:
-                    at = 4 * index.position(frame)
-                    if zlib.crc32(blob) != int.from_bytes(sums[at : at + 4], "little"):
-                        raise StoreIncompleteError(
-                            f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is "
-                            f"corrupt)",
-                            where=self._shard_file(video_id),
-                            fix=f"run `epic-check --store {self.root}` and re-extract that "
-                            f"shard with `epic-extract run --force`",
-                        )
+                    raise self._no_key(video_id, frame)
                 out.append(bytes(blob))
-        return out
+            return out, None if sums is None else bytes(sums), 0
+
+    def _read_direct(
+        self,
+        pages: ShardPages,
+        video_id: str,
+        resolved: list[int],
+        positions: list[int],
+        meta: VideoMeta,
+    ) -> tuple[list[bytes], bytes | None, int]:
+        """The frames with pread, every frame's bytes announced to the kernel first, and
+        (when verifying) the span of the video's checksums that covers them."""
+        spans = pages.locate_many([frame_key(video_id, frame) for frame in resolved])
+        for frame, span in zip(resolved, spans, strict=True):
+            if span is None:
+                raise self._no_key(video_id, frame)
+        pages.advise(spans)  # type: ignore[arg-type]
+        out = [pages.read(*span) for span in spans]  # type: ignore[misc]
+        if not self.verify or not positions:
+            return out, None, 0
+        if video_id not in self._checksums_at:
+            self._checksums_at[video_id] = pages.locate(checksum_key(video_id))
+        where = self._checksums_at[video_id]
+        if where is None or where[1] != 4 * meta.stored_frames:
+            raise self._no_sums(video_id)
+        first, last = min(positions), max(positions)
+        return out, pages.read(where[0] + 4 * first, 4 * (last - first + 1)), first
+
+    def _shard_pages(self, video_id: str) -> ShardPages | None:
+        """The pread reader of the shard of ``video_id`` (None: py-lmdb reads it)."""
+        self._env(video_id)  # opened, checked whole, and the fork handled
+        index = self._video_shard[video_id]
+        if index not in self._pages:
+            try:
+                self._pages[index] = ShardPages.open(shard_path(self.root, index))
+            except (OSError, PageFormatError) as exc:
+                raise StoreIncompleteError(
+                    f"shard {shard_path(self.root, index)} cannot be read ({exc}); run "
+                    f"`epic-check --store {self.root}`"
+                ) from None
+        return self._pages[index]
 
     def close(self) -> None:
         if os.getpid() == self._pid:
+            for pages in self._pages.values():
+                if pages is not None:
+                    pages.close()
+            self._pages = {}
             for env in self._envs.values():
                 env.close()
         self._envs = {}

@@ -5,7 +5,11 @@ code on a real SLURM."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,6 +44,66 @@ def test_every_example_site_file_sets_what_the_jobs_need(example, monkeypatch):
     assert site.get("EPIC_DEVICE") in ("cuda", "cpu")
     if example != "cpu.env":
         assert site.get("EPIC_VENV") == "/data/leuven/300/vsc30000/venvs/epic"
+
+
+@pytest.mark.parametrize("example", ["wice.env", "genius.env"])
+def test_vsc_sites_stage_training_on_the_node_s_own_disk(example, monkeypatch):
+    monkeypatch.setenv("VSC_SCRATCH_NODE", "/local_scratch/vsc30000")
+    assert load_site(SITES / example).get("EPIC_STAGE_DIR") == "/local_scratch/vsc30000"
+    monkeypatch.delenv("VSC_SCRATCH_NODE")
+    monkeypatch.setenv("TMPDIR", "/tmp/job-17")
+    assert load_site(SITES / example).get("EPIC_STAGE_DIR") == "/tmp/job-17"
+
+
+def test_the_cpu_site_does_not_stage(tmp_path):
+    assert load_site(_site(tmp_path)).get("EPIC_STAGE_DIR", "unset") == ""
+
+
+FAKE_TRAIN = """#!/bin/sh
+printf '%s\\n' "$@" > "${FAKE_SLURM_DIR:?}/train-args"
+"""
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "train_multi.sbatch"])
+@pytest.mark.parametrize("stage", ["", "node local"])
+def test_training_jobs_pass_the_site_s_stage_dir_only_when_it_is_set(tmp_path, script, stage):
+    """The job script run by bash with epic-train, srun and scontrol faked: --stage-dir comes
+    after the job's own options and before the user's (which win)."""
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    (fakes / "epic-train").write_text(FAKE_TRAIN)
+    for name in ("srun", "scontrol"):
+        shutil.copy(HOME / "tests" / "fakes" / name, fakes / name)
+    for name in ("epic-train", "srun", "scontrol"):
+        (fakes / name).chmod(0o755)
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text("# the test's PATH is the venv\n")
+    stage_dir = tmp_path / stage if stage else ""
+    site = _site(tmp_path, extra=f"EPIC_STAGE_DIR={shlex.quote(str(stage_dir))}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EPIC_", "SLURM_"))}
+    env.update(
+        PATH=os.pathsep.join([str(fakes), str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
+        EPIC_HOME=str(HOME),
+        EPIC_SITE=str(site),
+        EPIC_STORE=str(tmp_path / "store"),
+        EPIC_ANNOTATIONS=str(tmp_path / "ann"),
+        EPIC_RUN_DIR=str(tmp_path / "run"),
+        SLURM_JOB_ID="1",
+        SLURM_NTASKS="1",
+        SLURM_JOB_NODELIST="node1",
+        FAKE_SLURM_DIR=str(tmp_path),
+    )
+    result = subprocess.run(
+        ["bash", str(HOME / "slurm" / script), "--epochs", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    args = (tmp_path / "train-args").read_text().splitlines()
+    staged = ["--stage-dir", str(stage_dir)] if stage else []
+    assert args[args.index("--resume") :] == ["--resume", "auto", *staged, "--epochs", "3"]
 
 
 def test_a_gpu_site_gives_training_its_gpu_partition_and_request(tmp_path, monkeypatch):

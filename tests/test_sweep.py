@@ -47,12 +47,12 @@ def _grid(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
     return path
 
 
-def _site(tmp_path: Path) -> Path:
+def _site(tmp_path: Path, extra: str = "") -> Path:
     """The CPU site example with this test's own folders."""
     path = tmp_path / "site.env"
     path.write_text(
         f"source {HOME / 'slurm' / 'sites' / 'cpu.env'}\nEPIC_VENV={tmp_path / 'venv'}\n"
-        f"EPIC_LOGS={tmp_path / 'logs'}\n"
+        f"EPIC_LOGS={tmp_path / 'logs'}\n{extra}"
     )
     return path
 
@@ -452,9 +452,12 @@ exit "${FAKE_TRAIN_RC:-0}"
 """
 
 
-def _run_task(tmp_path: Path, index: str, rc: int) -> subprocess.CompletedProcess:
+def _run_task(
+    tmp_path: Path, index: str, rc: int, site_extra: str = ""
+) -> subprocess.CompletedProcess:
     """slurm/sweep.sbatch run by bash as array task ``index``, with epic-train and scontrol
-    faked (first on PATH), an empty venv and this venv's epic-slurm next."""
+    faked (first on PATH), an empty venv and this venv's epic-slurm next; ``site_extra``:
+    lines appended to the site file."""
     fakes = tmp_path / "fakes"
     if not fakes.exists():
         fakes.mkdir()
@@ -472,7 +475,7 @@ def _run_task(tmp_path: Path, index: str, rc: int) -> subprocess.CompletedProces
     env.update(
         PATH=os.pathsep.join([str(fakes), str(VENV_BIN), "/usr/bin", "/bin"]),
         EPIC_HOME=str(HOME),
-        EPIC_SITE=str(_site(tmp_path)),
+        EPIC_SITE=str(_site(tmp_path, site_extra)),
         EPIC_STORE=str(tmp_path / "store"),
         EPIC_ANNOTATIONS=str(tmp_path / "ann"),
         EPIC_RUN_DIR=str(runs),
@@ -503,6 +506,16 @@ def test_a_sweep_task_trains_its_run_into_its_folder_with_resume_auto(tmp_path) 
     assert "| command: epic-train --store" in result.stdout  # the job header
     assert not (run_dir / "FAILED").exists()
     assert not (tmp_path / "requeued").exists()
+
+
+def test_a_sweep_task_stages_on_the_site_s_stage_dir_before_the_run_s_options(tmp_path) -> None:
+    result = _run_task(tmp_path, "1", 0, site_extra=f"EPIC_STAGE_DIR={tmp_path / 'node'}\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    args = (tmp_path / "train-args").read_text().splitlines()
+    assert args[args.index("--resume") :] == [
+        "--resume", "auto", "--stage-dir", str(tmp_path / "node"),
+        "--epochs=30", "--batch-size=16", "--lr=5e-05", "--num-frames=12",
+    ]  # fmt: skip
 
 
 def test_a_sweep_task_requeues_itself_after_a_checkpoint(tmp_path) -> None:

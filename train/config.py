@@ -65,6 +65,11 @@ class TrainConfig:
         "imagenet", "imagenet (torchvision cache in $TORCH_HOME), none, or a state-dict file."
     )
     workers: int = _option(4, "DataLoader worker processes per GPU.", minimum=0)
+    stage_dir: str | None = _option(
+        None,
+        "Node-local folder (e.g. $VSC_SCRATCH_NODE): copy the shards of the train and "
+        "validation videos there at start and read them there; none: read the store in place.",
+    )
     decoder: str = _option(
         "torchvision",
         "JPEG decoder: torchvision (libjpeg-turbo in the workers, 1.7x Pillow here), pil, or "

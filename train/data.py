@@ -45,6 +45,12 @@ def _exit_on_parents_sigterm() -> None:
             os._exit(0)
 
 
+#: Batches each worker keeps ready. Measured with a consumer at 90% of the loader's rate
+#: (bench/bench_loader_settings.py): the data wait at 2, 4 and 8 was the same within the
+#: runs' noise; 4 leaves room for a slow read without holding many batches in memory.
+PREFETCH_FACTOR = 4
+
+
 def build_loader(
     dataset: EpicActionDataset,
     *,
@@ -53,9 +59,13 @@ def build_loader(
     sampler: torch.utils.data.Sampler,
     drop_last: bool,
     pin_memory: bool,
+    prefetch_factor: int = PREFETCH_FACTOR,
+    persistent_workers: bool = False,
 ) -> DataLoader:
-    # Workers are not persistent: each epoch's workers get the dataset's current epoch
-    # (set_epoch), which seeds the per-clip augmentation.
+    """The trainer's DataLoader. Workers are not persistent by default: each epoch's workers
+    get the dataset's current epoch (set_epoch), which seeds the per-clip augmentation;
+    ``persistent_workers`` exists for the benchmark that measured what re-creating them
+    costs (bench/bench_loader_settings.py)."""
     return DataLoader(
         dataset,
         collate_fn=collate_jpeg_clips if dataset.decoder == "nvjpeg" else None,
@@ -64,7 +74,8 @@ def build_loader(
         num_workers=workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=prefetch_factor if workers else None,
+        persistent_workers=persistent_workers and workers > 0,
         worker_init_fn=leave_stop_signals_to_the_main_process if workers else None,
         # Its own generator for the workers' base seed: drawing it from the global RNG
         # would shift dropout's draws, and a mid-epoch resume could not replay them.

@@ -29,6 +29,7 @@ from epicdata.cli import add_log_file, preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError, ExitCode
+from epicdata.stage import stage_store, staged_root
 from epicdata.store import FrameStore
 from train import distributed
 from train.checkpoint import (
@@ -62,6 +63,7 @@ SELECTION_METRIC = "all_action_accuracy_at_1"
 #: epochs too, with the plateau scheduler (cosine's period is the epoch count).
 FREE_ON_RESUME = (
     "workers",
+    "stage_dir",
     "log_every",
     "checkpoint_every",
     "device",
@@ -300,7 +302,16 @@ def _setup(
         preflight_output(run_dir, need_bytes=need, option="--output-dir")
 
     annotations = AnnotationDir(cfg.annotations)
-    store = FrameStore(cfg.store)
+    train_table = annotations.table(cfg.train_split)
+    val_table = annotations.table(cfg.val_split)
+    store_root = Path(cfg.store)
+    if cfg.stage_dir and dry_run:
+        log.info("dry run: --stage-dir %s not used, the store is read in place", cfg.stage_dir)
+    elif cfg.stage_dir:
+        videos = {*train_table.video_ids, *val_table.video_ids}
+        store_root = _stage(cfg.store, cfg.stage_dir, videos, info=info, device=device)
+    # Only the reader sees the staged copy: cfg (config.yaml, checkpoints) keeps --store.
+    store = FrameStore(store_root)
     pin = device.type == "cuda"
     clips = dict(
         num_frames=cfg.num_frames,
@@ -313,10 +324,7 @@ def _setup(
         pin_memory=pin,
     )
     limit = 2 if dry_run else cfg.limit_batches
-    train = build_train_data(
-        store, annotations.table(cfg.train_split), seed=cfg.seed, limit_batches=limit, **clips
-    )
-    val_table = annotations.table(cfg.val_split)
+    train = build_train_data(store, train_table, seed=cfg.seed, limit_batches=limit, **clips)
     val_set, val_loader = build_eval_data(store, val_table, **clips)
     # Every frame the samplers can ask for, from the metadata: a missing one fails here,
     # not as a worker traceback mid-epoch.
@@ -388,6 +396,31 @@ def _setup(
         ", compiled" if cfg.compile else "",
     )
     return run
+
+
+def _stage(
+    store: str, stage_dir: str, videos: set[str], *, info: DistInfo, device: torch.device
+) -> Path:
+    """``--stage-dir``: local rank 0 of each node copies the shards holding ``videos`` to
+    node-local disk while the node's other ranks wait; returns the staged store."""
+    error: Exception | None = None
+    if info.local_rank == 0:
+        try:
+            stage_store(store, stage_dir, videos)
+        except Exception as exc:  # every rank must reach the barrier below first
+            error = exc
+    # The barrier, as an all-reduce of "failed": a copy that fails on one node stops every
+    # rank at once, instead of leaving the others waiting for the process group's timeout.
+    failed = distributed.any_rank(error is not None, info, device)
+    if error is not None:
+        raise error
+    if failed:
+        raise EpicInputError(
+            f"--stage-dir {stage_dir}: staging the store failed in another process",
+            where=f"rank {info.rank}",
+            fix="the error line of local rank 0 of this or another node says why",
+        )
+    return staged_root(store, stage_dir)
 
 
 def _resume(run: _Run, path: Path, *, auto: bool) -> None:
