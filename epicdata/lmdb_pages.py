@@ -22,6 +22,7 @@ checked against its CRC-32 anyway.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import struct
 import sys
@@ -34,13 +35,36 @@ NODE_HEADER = 8  # lo (2), hi (2), flags (2), key size (2)
 P_BRANCH, P_LEAF, P_OVERFLOW, P_META, P_LEAF2 = 0x01, 0x02, 0x04, 0x08, 0x20
 F_BIGDATA = 0x01
 INVALID_PAGE = 0xFFFFFFFFFFFFFFFF
-#: B-tree pages kept per shard and process (4 KiB each, and the keys probed): the branch
-#: pages of a shard (a handful) and the leaves of the clips just read. Per shard, so that
-#: a worker reading a few hundred shards holds tens of MB at most.
-CACHED_PAGES = 64
+#: B-tree pages a :class:`PageCache` keeps by default (4 KiB each plus the keys probed,
+#: ~5 KiB in all: ~20 MB): the branch pages of every shard (a handful each) and the leaves
+#: of the clips just read, across the shards of a store.
+CACHED_PAGES = 4096
+
+
+class PageCache:
+    """The B-tree pages last used, shared by the shards of a store in one process (least
+    recently used out first)."""
+
+    def __init__(self, capacity: int = CACHED_PAGES) -> None:
+        self.capacity = capacity
+        self._pages: collections.OrderedDict[tuple[int, int], _Page] = collections.OrderedDict()
+
+    def get(self, key: tuple[int, int]) -> _Page | None:
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: tuple[int, int], page: _Page) -> None:
+        self._pages[key] = page
+        if len(self._pages) > self.capacity:
+            self._pages.popitem(last=False)
+
+
 _META = struct.Struct("<IIQQ" + "IHHQQQQQ" * 2 + "QQ")
 _NODE = struct.Struct("<HHHH")
 _HEADER = struct.Struct("<QHHHH")
+_READERS = itertools.count()
 
 
 class PageFormatError(ValueError):
@@ -61,14 +85,18 @@ class ShardPages:
     """Read-only, lookup-by-key access to one shard file through ``pread``. Not shared
     across processes: a forked child opens its own (the store does)."""
 
-    def __init__(self, path: Path, fd: int, page_size: int, root: int, pages: int) -> None:
+    def __init__(
+        self, path: Path, fd: int, page_size: int, root: int, pages: int, cache: PageCache
+    ) -> None:
         self.path, self.fd = path, fd
         self.page_size, self.root, self.pages = page_size, root, pages
-        self._cache: collections.OrderedDict[int, _Page] = collections.OrderedDict()
+        self._cache = cache
+        self._id = next(_READERS)  # its pages' keys in the shared cache
 
     @classmethod
-    def open(cls, path: str | Path) -> ShardPages | None:
-        """The shard at ``path``, or None when its file is not the format parsed here."""
+    def open(cls, path: str | Path, cache: PageCache | None = None) -> ShardPages | None:
+        """The shard at ``path``, or None when its file is not the format parsed here;
+        ``cache``: where its B-tree pages are kept (shared with other shards)."""
         if sys.byteorder != "little" or struct.calcsize("P") != 8:
             return None
         path = Path(path)
@@ -90,7 +118,7 @@ class ShardPages:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, page_size, root, pages)
+        return cls(path, fd, page_size, root, pages, cache or PageCache())
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -151,17 +179,14 @@ class ShardPages:
     # ------------------------------------------------------------------ pages
 
     def _page(self, number: int) -> _Page:
-        page = self._cache.get(number)
+        page = self._cache.get((self._id, number))
         if page is not None:
-            self._cache.move_to_end(number)
             return page
         if number >= self.pages:
             raise PageFormatError(f"a node points to page {number}, past the file's {self.pages}")
         raw = _pread(self.fd, self.page_size, number * self.page_size, f"page {number}")
         page = _Page(raw, number, self.page_size, self.pages)
-        self._cache[number] = page
-        if len(self._cache) > CACHED_PAGES:
-            self._cache.popitem(last=False)
+        self._cache.put((self._id, number), page)
         return page
 
 

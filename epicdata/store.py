@@ -41,7 +41,7 @@ import numpy as np
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError, StoreError, StoreIncompleteError
-from epicdata.lmdb_pages import PageFormatError, ShardPages
+from epicdata.lmdb_pages import PageCache, PageFormatError, ShardPages
 from epicdata.sampling import merge_ranges
 
 STORE_FORMAT_VERSION = 1
@@ -567,6 +567,7 @@ class FrameStore:
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
         self._pages: dict[int, ShardPages | None] = {}
+        self._page_cache = PageCache()
         self._checksums_at: dict[str, tuple[int, int] | None] = {}
         self._meta: dict[str, tuple[VideoMeta, _StoredIndex]] = {}
         self._pid = os.getpid()
@@ -577,6 +578,7 @@ class FrameStore:
         state = self.__dict__.copy()
         state["_envs"] = {}
         state["_pages"] = {}
+        state["_page_cache"] = PageCache()
         state["_crumb"] = None
         return state
 
@@ -597,6 +599,7 @@ class FrameStore:
             # nor its file offsets' readers.
             self._envs = {}
             self._pages = {}
+            self._page_cache = PageCache()
             self._pid = os.getpid()
         try:
             index = self._video_shard[video_id]
@@ -828,7 +831,7 @@ class FrameStore:
         index = self._video_shard[video_id]
         if index not in self._pages:
             try:
-                self._pages[index] = ShardPages.open(shard_path(self.root, index))
+                self._pages[index] = ShardPages.open(shard_path(self.root, index), self._page_cache)
             except (OSError, PageFormatError) as exc:
                 raise StoreIncompleteError(
                     f"shard {shard_path(self.root, index)} cannot be read ({exc}); run "
@@ -842,6 +845,7 @@ class FrameStore:
                 if pages is not None:
                     pages.close()
             self._pages = {}
+            self._page_cache = PageCache()
             for env in self._envs.values():
                 env.close()
         self._envs = {}

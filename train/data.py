@@ -45,9 +45,9 @@ def _exit_on_parents_sigterm() -> None:
             os._exit(0)
 
 
-#: Batches each worker keeps ready. Measured with a consumer at 90% of the loader's rate
-#: (bench/bench_loader_settings.py): the data wait at 2, 4 and 8 was the same within the
-#: runs' noise; 4 leaves room for a slow read without holding many batches in memory.
+#: Batches each worker keeps ready. Measured with a stand-in GPU at 90% of the loader's
+#: rate (bench/bench_loader_settings.py, docs/benchmarks.md): the loop waited 4.1-4.5% of
+#: its time at 2, 3.3-3.8% at 4 and 2.9-4.1% at 8; 4 it is.
 PREFETCH_FACTOR = 4
 
 
@@ -62,10 +62,12 @@ def build_loader(
     prefetch_factor: int = PREFETCH_FACTOR,
     persistent_workers: bool = False,
 ) -> DataLoader:
-    """The trainer's DataLoader. Workers are not persistent by default: each epoch's workers
-    get the dataset's current epoch (set_epoch), which seeds the per-clip augmentation;
-    ``persistent_workers`` exists for the benchmark that measured what re-creating them
-    costs (bench/bench_loader_settings.py)."""
+    """The trainer's DataLoader. Workers are not persistent: each epoch's workers get the
+    dataset's current epoch (set_epoch), which seeds the per-clip augmentation, and a
+    persistent worker would keep its first epoch's copy. Re-creating them was measured to
+    cost nothing a persistent one saves (the new epoch's first batch waited 0.31 s either
+    way, bench/bench_loader_settings.py); ``persistent_workers`` is there for that
+    benchmark."""
     return DataLoader(
         dataset,
         collate_fn=collate_jpeg_clips if dataset.decoder == "nvjpeg" else None,
