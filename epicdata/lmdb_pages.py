@@ -195,7 +195,17 @@ class _Page:
     probes it (as LMDB reads them: a malformed node is an error only when probed, and a
     lookup costs a few probes, not a parse of the page's hundred nodes)."""
 
-    __slots__ = ("raw", "number", "branch", "count", "offsets", "page_size", "pages", "_keys")
+    __slots__ = (
+        "raw",
+        "number",
+        "branch",
+        "count",
+        "offsets",
+        "page_size",
+        "pages",
+        "_keys",
+        "_targets",
+    )
 
     def __init__(self, raw: bytes, number: int, page_size: int, pages: int) -> None:
         self.raw, self.number, self.page_size, self.pages = raw, number, page_size, pages
@@ -213,6 +223,7 @@ class _Page:
             raise PageFormatError(f"branch page {number} has {self.count} node(s)")
         self.offsets = struct.unpack_from(f"<{self.count}H", raw, PAGE_HEADER)
         self._keys: dict[int, bytes] = {}
+        self._targets: dict[int, int | tuple[int, int]] = {}
 
     def _node(self, i: int) -> tuple[int, int, int, int, int]:
         """(lo, hi, flags, key size, node offset) of node ``i``."""
@@ -233,15 +244,20 @@ class _Page:
 
     def target(self, i: int) -> int | tuple[int, int]:
         """Node ``i``'s child page (branch) or value's (file offset, length) (leaf)."""
+        where = self._targets.get(i)
+        if where is not None:
+            return where
         lo, hi, flags, ksize, offset = self._node(i)
         if self.branch:
-            return lo | hi << 16 | flags << 32
+            where = self._targets[i] = lo | hi << 16 | flags << 32
+            return where
         where = _value(
             self.raw, self.number, self.page_size, self.pages,
             offset + NODE_HEADER + ksize, lo | hi << 16, flags,
         )  # fmt: skip
         if isinstance(where, str):
             raise PageFormatError(f"page {self.number}: {where}")
+        self._targets[i] = where
         return where
 
 
