@@ -15,7 +15,7 @@ RATE = 60
 
 def grain_source(seed: int, rate: int = RATE) -> str:
     """An ffmpeg lavfi source of moving gradients with grain: through H.264 (crf 23) and
-    then JPEG at the store's -q:v 4, its 456x256 frames are about 23 kB, a real kitchen
+    then JPEG at the store's -q:v 4, its 456x256 frames are about 20 kB, a real kitchen
     frame's order of size."""
     return (
         f"gradients=size=456x256:rate={rate}:speed=0.02:seed={seed},"
