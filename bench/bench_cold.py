@@ -114,7 +114,13 @@ def build(work: Path, frames: int, video_seconds: int, shards: int) -> dict:
             for shard in manifest.shards:
                 run_shard(store_root=store, shard_index=shard.index, tmp_dir=work / "tmp")
         stores[keep] = store
-    return {"frames": frames_root, "annotations": annotations, "stores": stores, "ids": ids}
+    return {
+        "frames": frames_root,
+        "annotations": annotations,
+        "stores": stores,
+        "ids": ids,
+        "frames_total": sum(sizes),
+    }
 
 
 def epoch_clips(annotations: Path, epochs: int, seed: int = 0) -> list[tuple[str, list[int]]]:
@@ -353,7 +359,7 @@ def main() -> None:
         ])  # fmt: skip
     body = "\n".join([
         f"{machine_line()}. {len(built['ids'])} videos of {args.video_seconds} s at 60 fps "
-        f"({args.frames:,} frames of 456x256 JPEG, {folder_bytes / 1e9:.2f} GB in {files:,} "
+        f"({built['frames_total']:,} frames of 456x256 JPEG, {folder_bytes / 1e9:.2f} GB in {files:,} "
         f"files for (a)), {per_epoch:,} train segments. Stores ingested from those files: "
         f"keep=all {sizes['all'] / 1e9:.2f} GB in {args.shards} shards, keep=sampled "
         f"{sizes['sampled'] / 1e9:.2f} GB in 1 shard; device readahead window "
