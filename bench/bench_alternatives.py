@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--video-size", default="1920x1080")
     parser.add_argument("--shards", type=int, default=6)
     parser.add_argument("--clips", type=int, default=200)
-    parser.add_argument("--loader-clips", type=int, default=160)
+    parser.add_argument("--loader-clips", type=int, default=480)
     parser.add_argument("--mp4-clips", type=int, default=24, help="(b) is 30x slower: fewer")
     parser.add_argument("--workers", default=f"1,{os.cpu_count()}")
     parser.add_argument("--runs", type=int, default=3)
