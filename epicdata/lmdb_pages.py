@@ -32,7 +32,7 @@ MAGIC = 0xBEEFC0DE
 DATA_VERSION = 1
 PAGE_HEADER = 16  # pgno (8), pad (2), flags (2), lower (2), upper (2)
 NODE_HEADER = 8  # lo (2), hi (2), flags (2), key size (2)
-P_BRANCH, P_LEAF, P_OVERFLOW, P_META, P_LEAF2 = 0x01, 0x02, 0x04, 0x08, 0x20
+P_BRANCH, P_LEAF, P_OVERFLOW, P_LEAF2 = 0x01, 0x02, 0x04, 0x20  # page flags (mp_flags)
 F_BIGDATA = 0x01
 INVALID_PAGE = 0xFFFFFFFFFFFFFFFF
 #: B-tree pages a :class:`PageCache` keeps by default (4 KiB each plus the keys probed,

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -280,6 +280,45 @@ def _put_unless_cancelled(out: queue.Queue, cancel: threading.Event, item: tuple
     return False
 
 
+def _put_in_batches(
+    put: Callable[[tuple], bool], video_id: str, frames: Iterable[tuple[int, bytes]]
+) -> bool:
+    """Hand ``frames`` to the writer in batches of BATCH_FRAMES; False once cancelled."""
+    batch: list[tuple[int, bytes]] = []
+    for item in frames:
+        batch.append(item)
+        if len(batch) >= BATCH_FRAMES:
+            if not put(("frames", video_id, batch)):
+                return False
+            batch = []
+    return not batch or put(("frames", video_id, batch))
+
+
+def _same_size_frames(
+    frames: Iterable[tuple[int, bytes]], path: Path, stats: FramesStats
+) -> Iterator[tuple[int, bytes]]:
+    """``frames`` checked to be JPEGs of one picture size, which ends up in ``stats``."""
+    size: tuple[int, int] | None = None
+    for frame, jpeg in frames:
+        try:
+            this = jpeg_size(jpeg)
+        except JpegStreamError:
+            raise FramesSourceError(
+                f"{path} frame {frame}: a JPEG without a frame header",
+                fix="download the video's frames again",
+            ) from None
+        if size is None:
+            size = this
+        elif this != size:
+            raise FramesSourceError(
+                f"{path} frame {frame}: {this[0]}x{this[1]} pixels, the frames before it "
+                f"{size[0]}x{size[1]}",
+                fix="download the video's frames again",
+            )
+        yield frame, jpeg
+    stats.width, stats.height = size or (0, 0)
+
+
 def _copy_frames_into_queue(
     video: PlannedVideo, *, path: Path, out: queue.Queue, cancel: threading.Event
 ) -> None:
@@ -288,38 +327,12 @@ def _copy_frames_into_queue(
 
     put = functools.partial(_put_unless_cancelled, out, cancel)
     stats = FramesStats()
-    size: tuple[int, int] | None = None
     try:
         if path.is_file():
             _require_unchanged(path, video, FramesSourceError)
-        batch: list[tuple[int, bytes]] = []
-        for frame, jpeg in iter_frames(
-            path, wanted=_wanted_frames(video), stats=stats, cancel=cancel
-        ):
-            try:
-                this = jpeg_size(jpeg)
-            except JpegStreamError:
-                raise FramesSourceError(
-                    f"{path} frame {frame}: a JPEG without a frame header",
-                    fix="download the video's frames again",
-                ) from None
-            if size is None:
-                size = this
-            elif this != size:
-                raise FramesSourceError(
-                    f"{path} frame {frame}: {this[0]}x{this[1]} pixels, the frames before it "
-                    f"{size[0]}x{size[1]}",
-                    fix="download the video's frames again",
-                )
-            batch.append((frame, jpeg))
-            if len(batch) >= BATCH_FRAMES:
-                if not put(("frames", video.video_id, batch)):
-                    return
-                batch = []
-        if batch and not put(("frames", video.video_id, batch)):
-            return
-        stats.width, stats.height = size or (0, 0)
-        put(("done", video.video_id, stats))
+        frames = iter_frames(path, wanted=_wanted_frames(video), stats=stats, cancel=cancel)
+        if _put_in_batches(put, video.video_id, _same_size_frames(frames, path, stats)):
+            put(("done", video.video_id, stats))
     except Exception as exc:  # noqa: BLE001 - handed to the writer thread, which decides
         put(("failed", video.video_id, exc))
 
@@ -344,8 +357,7 @@ def _decode_into_queue(
                 fix="moved since `epic-extract plan`? give the videos' new root with --videos",
             )
         _require_unchanged(path, video, VideoDecodeError)
-        batch: list[tuple[int, bytes]] = []
-        for frame, jpeg in decode_video(
+        frames = decode_video(
             path=path,
             rate=video.rate,
             short_side=params.short_side,
@@ -357,15 +369,9 @@ def _decode_into_queue(
             threads=threads,
             stats=stats,
             cancel=cancel,
-        ):
-            batch.append((frame, jpeg))
-            if len(batch) >= BATCH_FRAMES:
-                if not put(("frames", video.video_id, batch)):
-                    return
-                batch = []
-        if batch and not put(("frames", video.video_id, batch)):
-            return
-        put(("done", video.video_id, stats))
+        )
+        if _put_in_batches(put, video.video_id, frames):
+            put(("done", video.video_id, stats))
     except Exception as exc:  # noqa: BLE001 - handed to the writer thread, which decides
         put(("failed", video.video_id, exc))
 

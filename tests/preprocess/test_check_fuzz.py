@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from epicdata.errors import ExitCode
+from epicdata.lmdb_pages import F_BIGDATA, P_BRANCH, P_LEAF, P_OVERFLOW, PAGE_HEADER
 from epicdata.store import FrameStore, frames_in_ranges, open_shard_readonly, shard_path
 from preprocess import check as check_module
 from preprocess.check import check_store
@@ -38,9 +39,7 @@ FLIPS = {"branch": 200, "leaf": 300, "meta": 150, "overflow header": 75, "JPEG":
 # mp_lower and mp_upper (2 + 2; the free gap between them is not read) or, on the first page
 # of a large value, mp_pages (4). Node pointers (2 bytes each) follow the header. Large
 # values (the JPEGs) fill the pages after such a header, without headers of their own.
-P_BRANCH, P_LEAF, P_OVERFLOW, P_META = 0x01, 0x02, 0x04, 0x08
-F_BIGDATA = 0x01
-PAGE_HEADER = 16
+# The constants are the store's reader's (epicdata.lmdb_pages).
 #: The page header and MDB_meta (magic, version, address, map size, two MDB_db of 48 bytes,
 #: last page, txn id) on meta pages 0 and 1: the bytes LMDB reads there.
 META_BYTES = PAGE_HEADER + 136
