@@ -141,9 +141,9 @@ def main() -> None:
         f"Verification's cost (the read stage's difference) as a share of an unverified clip "
         f"load: {shares}.",
         "Layout: the CRC-32s of a video are one value in frame order (format 1, unchanged); "
-        "the reader takes a zero-copy view of it in the clip's read transaction (one more "
-        "B-tree lookup per clip) and the 4 bytes of each frame (one page), so no worker "
-        "caches checksums. Verification is on by default (`FrameStore(verify=True)`).",
+        "the reader finds it once per video and reads, per clip, the one span of it that "
+        "covers the clip's frames (one `pread`), so no worker caches checksums. "
+        "Verification is on by default (`FrameStore(verify=True)`).",
     ])  # fmt: skip
     write_section("verify", "Reader: cost of verifying every frame's CRC-32", body)
 
