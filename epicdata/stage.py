@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from epicdata.cli import format_bytes
+from epicdata.console import format_bytes
 from epicdata.errors import OutOfSpaceError, StoreError, StoreIncompleteError
 from epicdata.store import MANIFEST_NAME, SHARDS_DIR, Manifest, shard_path
 

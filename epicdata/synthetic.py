@@ -54,7 +54,7 @@ from epicdata.annotations import (
     VIDEO_INFO_FILE,
     AnnotationDir,
 )
-from epicdata.cli import EpicCommand, example, preflight_output, start_command
+from epicdata.console import EpicCommand, example, preflight_output, start_command
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.errors import EpicInputError
 from epicdata.ffmpeg_bin import ffmpeg_path, ffprobe_path

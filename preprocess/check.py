@@ -39,6 +39,7 @@ import lmdb
 from PIL import Image
 
 from epicdata.annotations import SPLIT_FILES, AnnotationDir
+from epicdata.console import site_of_environment, user_line
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError
 from epicdata.sampling import sampled_frames_to_keep
@@ -137,8 +138,6 @@ class CheckReport:
         some are published); it names $EPIC_SITE, which every job has."""
         if not self.resubmit_indices:
             return None
-        from epicslurm.submit import site_of_environment, user_line
-
         force = any(s.published for s in self.shards if s.problems)
         spec = ",".join(str(i) for i in self.resubmit_indices)
         site = site_of_environment()

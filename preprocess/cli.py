@@ -18,7 +18,14 @@ from pathlib import Path
 
 import click
 
-from epicdata.cli import EpicCommand, EpicGroup, Progress, example, preflight_output, start_command
+from epicdata.console import (
+    EpicCommand,
+    EpicGroup,
+    Progress,
+    example,
+    preflight_output,
+    start_command,
+)
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
 from epicdata.errors import ExitCode
 from epicdata.store import KEEP_MODES

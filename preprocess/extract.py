@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from epicdata.cli import preflight_output
+from epicdata.console import preflight_output, site_of_environment, user_line
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import BadSourceError, StoreError
 from epicdata.ffmpeg_bin import ffmpeg_path
@@ -87,8 +87,6 @@ class BadVideoError(BadSourceError):
             "and resubmit this index"
         )
         if store_root is not None:
-            from epicslurm.submit import site_of_environment, user_line
-
             store = Path(store_root).resolve()
             fix += ": " + user_line(
                 "extract", site_of_environment(), store=store, array=shard_index

@@ -22,6 +22,7 @@ from pathlib import Path
 import lmdb
 
 from epicdata.annotations import AnnotationDir, Segment, read_video_info
+from epicdata.console import site_of_environment, user_line
 from epicdata.constants import (
     CLAMP_TOLERANCE_FRAMES,
     DEFAULT_JPEG_QSCALE,
@@ -509,8 +510,6 @@ def plan_summary(manifest: Manifest, store_root: str | Path, *, show_next: bool 
             "sizing-only plan (from video_info.csv): re-plan with --videos to extract frames"
         )
     elif show_next:
-        from epicslurm.submit import site_of_environment, user_line
-
         last = len(manifest.shards) - 1
         site = site_of_environment()
         line = user_line("extract", site, store=Path(store_root).resolve(), array=f"0-{last}")

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by every job script: the site file, its modules and venv, one header line.
-# `epic-slurm submit` exports EPIC_HOME (this repository) and EPIC_SITE (the site file).
+# `epic-slurm submit` exports EPIC_SCRIPTS (the folder of the job scripts and this file) and EPIC_SITE (the site file).
 
 # A log line with the date, like the Python commands' lines.
 epic_log() {

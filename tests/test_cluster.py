@@ -13,15 +13,17 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 import epicslurm.pipeline as pipeline_module
-from epicdata.errors import EpicInputError
+import pytest
 from epicslurm.pipeline import array_spec, chain_key, run_pipeline, run_status
-from epicslurm.site import HOME, load_site
-from epicslurm.submit import Job, user_line
+from epicslurm.site import SCRIPTS, load_site
+from epicslurm.submit import Job
 
-SITES = HOME / "slurm" / "sites"
+from epicdata.console import user_line
+from epicdata.errors import EpicInputError
+
+HOME = Path(__file__).resolve().parents[1]
+SITES = SCRIPTS / "sites"
 
 
 def _site(tmp_path: Path, example: str = "cpu.env", extra: str = "") -> Path:
@@ -83,7 +85,7 @@ def test_training_jobs_pass_the_site_s_stage_dir_only_when_it_is_set(tmp_path, s
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EPIC_", "SLURM_"))}
     env.update(
         PATH=os.pathsep.join([str(fakes), str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
-        EPIC_HOME=str(HOME),
+        EPIC_SCRIPTS=str(SCRIPTS),
         EPIC_SITE=str(site),
         EPIC_STORE=str(tmp_path / "store"),
         EPIC_ANNOTATIONS=str(tmp_path / "ann"),
@@ -94,7 +96,7 @@ def test_training_jobs_pass_the_site_s_stage_dir_only_when_it_is_set(tmp_path, s
         FAKE_SLURM_DIR=str(tmp_path),
     )
     result = subprocess.run(
-        ["bash", str(HOME / "slurm" / script), "--epochs", "3"],
+        ["bash", str(SCRIPTS / script), "--epochs", "3"],
         env=env,
         capture_output=True,
         text=True,
@@ -128,7 +130,7 @@ def test_a_cpu_site_asks_for_no_gpu_and_no_account(tmp_path):
     assert not any(o.startswith(("--gpus", "--gres", "--account", "--clusters")) for o in train)
     assert "--partition=debug" in train
     export = next(o for o in train if o.startswith("--export="))
-    assert f"EPIC_SITE={tmp_path / 'site.env'}" in export and f"EPIC_HOME={HOME}" in export
+    assert f"EPIC_SITE={tmp_path / 'site.env'}" in export and f"EPIC_SCRIPTS={SCRIPTS}" in export
 
 
 def test_site_file_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
@@ -164,7 +166,6 @@ def test_printed_submit_lines_name_the_site_and_parse_back(tmp_path):
         == f"epic-slurm submit --site {tmp_path / 'site.env'} extract --store /s --array 3,7 --force"
     )
     from click.testing import CliRunner
-
     from epicslurm.cli import main
 
     site = _site(tmp_path)

@@ -13,18 +13,19 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from epicslurm.cli import main as slurm
 
-import epicdata.cli as cli_module
-from epicdata.cli import Progress, run_header
+import epicdata.console as cli_module
+from epicdata.console import Progress, run_header
 from epicdata.errors import ExitCode
 from epicdata.store import shard_path
 from epicdata.synthetic import main as synth
-from epicslurm.cli import main as slurm
 from preprocess.cli import check, extract
 from train.cli import train_main, validate_main
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("epicdata", "preprocess", "train", "epicslurm")
+#: The folders of the installed packages (the cluster layer, import name epicslurm, is slurm/).
+PACKAGES = ("epicdata", "preprocess", "train", "slurm")
 
 #: Every leaf command: (name, click command, leading args).
 COMMANDS = {
@@ -402,7 +403,7 @@ def test_one_logging_setup_and_no_prints_in_library_code() -> None:
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
             assert not re.search(r"(?<![\w.])print\(", text), path
-            if path != ROOT / "epicdata" / "cli.py":
+            if path != ROOT / "epicdata" / "console.py":
                 assert "basicConfig" not in text, path
 
 

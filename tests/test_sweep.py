@@ -13,13 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import epicslurm.sweep as sweep_module
 import pytest
 from click.testing import CliRunner
-
-import epicslurm.sweep as sweep_module
-from epicdata.errors import EpicInputError
 from epicslurm.cli import main as slurm
-from epicslurm.site import HOME, load_site
+from epicslurm.site import SCRIPTS, load_site
 from epicslurm.sweep import (
     ACTION_COLUMN,
     NOUN_COLUMN,
@@ -34,8 +32,11 @@ from epicslurm.sweep import (
     write_sweep,
 )
 
-SEED_GRID = HOME / "slurm" / "sweeps" / "seed-week2.yaml"
-SCRIPT = HOME / "slurm" / "sweep.sbatch"
+from epicdata.errors import EpicInputError
+
+HOME = Path(__file__).resolve().parents[1]
+SEED_GRID = SCRIPTS / "sweeps" / "seed-week2.yaml"
+SCRIPT = SCRIPTS / "sweep.sbatch"
 FAKES = HOME / "tests" / "fakes"
 #: This venv's console scripts (epic-slurm), as the job's venv would put them on PATH.
 VENV_BIN = Path(sys.executable).parent
@@ -51,7 +52,7 @@ def _site(tmp_path: Path, extra: str = "") -> Path:
     """The CPU site example with this test's own folders."""
     path = tmp_path / "site.env"
     path.write_text(
-        f"source {HOME / 'slurm' / 'sites' / 'cpu.env'}\nEPIC_VENV={tmp_path / 'venv'}\n"
+        f"source {SCRIPTS / 'sites' / 'cpu.env'}\nEPIC_VENV={tmp_path / 'venv'}\n"
         f"EPIC_LOGS={tmp_path / 'logs'}\n{extra}"
     )
     return path
@@ -294,7 +295,7 @@ def test_the_sweep_is_one_array_job_of_the_runs_not_done(stores, tmp_path) -> No
     assert "--array=0-26" in command and "--job-name=epic-sweep" in command
     assert "--partition=debug" in command and "--time=01:00:00" in command
     assert f"--output={tmp_path / 'logs'}/epic-sweep-%A_%a.out" in command
-    assert command[-1] == str(HOME / "slurm" / "sweep.sbatch")
+    assert command[-1] == str(SCRIPTS / "sweep.sbatch")
     export = next(w for w in command if w.startswith("--export="))
     for item in (
         f"EPIC_STORE={stores['sampled-8-12-16']}",
@@ -474,7 +475,7 @@ def _run_task(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EPIC_", "SLURM_"))}
     env.update(
         PATH=os.pathsep.join([str(fakes), str(VENV_BIN), "/usr/bin", "/bin"]),
-        EPIC_HOME=str(HOME),
+        EPIC_SCRIPTS=str(SCRIPTS),
         EPIC_SITE=str(_site(tmp_path, site_extra)),
         EPIC_STORE=str(tmp_path / "store"),
         EPIC_ANNOTATIONS=str(tmp_path / "ann"),

@@ -31,7 +31,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from epicdata.cli import EpicCommand, example, start_command
+from epicdata.console import EpicCommand, example, start_command
 from train import distributed
 from train.config import TrainConfig, load_yaml_defaults
 from train.fit import fit

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from epicdata.cli import Progress
+from epicdata.console import Progress
 from epicdata.errors import EpicInputError
 from train.distributed import DistInfo, any_rank, gather_to_main
 from train.nvjpeg import ClipLoader, frames_to

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from epicdata.annotations import AnnotationDir, SegmentTable
-from epicdata.cli import add_log_file, preflight_output
+from epicdata.console import add_log_file, preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError, ExitCode

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from epicdata.annotations import AnnotationDir
-from epicdata.cli import preflight_output
+from epicdata.console import preflight_output
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError

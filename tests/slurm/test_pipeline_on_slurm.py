@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from epicslurm.pipeline import run_status
 
 from epicdata.store import Manifest
 from epicdata.synthetic import MiniEpic
-from epicslurm.pipeline import run_status
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

@@ -206,7 +206,7 @@ def _batch_shell_env(tmp_path: Path, mini_store, run: Path) -> dict[str, str]:
         "EPIC_STORE": str(mini_store.store),
         "EPIC_ANNOTATIONS": str(mini_store.annotations),
         "EPIC_RUN_DIR": str(run),
-        "EPIC_HOME": str(REPO),
+        "EPIC_SCRIPTS": str(REPO / "slurm"),
         "EPIC_SITE": str(site),
         "OMP_NUM_THREADS": "1",
     }

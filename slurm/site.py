@@ -2,7 +2,8 @@
 modules, venv, logs. Written in shell syntax (``KEY=value`` lines), so the job scripts
 source it on the node and this module reads it through bash: one meaning for both.
 
-Examples: ``slurm/sites/wice.env``, ``slurm/sites/genius.env``, ``slurm/sites/cpu.env``.
+Examples: ``slurm/sites/wice.env``, ``slurm/sites/genius.env``, ``slurm/sites/cpu.env``
+(``epic-slurm site-example NAME`` prints one without a checkout).
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import os
 import shlex
 import subprocess
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+from epicdata.console import SITE_VARIABLE
 from epicdata.errors import EpicInputError
 
-#: Where a user's site file is found when no --site is given.
-SITE_VARIABLE = "EPIC_SITE"
-#: The repository root (slurm/ scripts, slurm/lib.sh): the jobs get it as EPIC_HOME.
-HOME = Path(__file__).resolve().parent.parent
-SCRIPTS = HOME / "slurm"
+#: The job scripts, lib.sh, the site examples and the sweep grids: this package's own data
+#: files, found wherever the package is installed (a checkout or a wheel). The jobs get the
+#: folder as EPIC_SCRIPTS.
+SCRIPTS = Path(str(resources.files("epicslurm")))
 
 #: Job types: their script, whether they run on the GPU partition, and the prefix of
 #: their resource variables (EPIC_<PREFIX>_CPUS / _MEM / _TIME).
@@ -137,3 +139,20 @@ def load_site(given: str | Path | None = None) -> Site:
             fix=f"add them (see the examples in {SCRIPTS / 'sites'})",
         )
     return Site(path, values)
+
+
+def site_example_text(name: str | None) -> str:
+    """The example site file ``name`` (``wice`` or ``wice.env``) as text; without a name, the
+    list of examples and where they lie (the sweep grids are beside them, in sweeps/)."""
+    examples = sorted(p.stem for p in (SCRIPTS / "sites").glob("*.env"))
+    if name is None:
+        lines = [f"{stem}\t{SCRIPTS / 'sites' / (stem + '.env')}" for stem in examples]
+        return "\n".join([*lines, f"sweep grids: {SCRIPTS / 'sweeps'}"]) + "\n"
+    stem = name.removesuffix(".env")
+    if stem not in examples:
+        raise EpicInputError(
+            f"no example site file named {name!r}",
+            where="epic-slurm site-example NAME",
+            fix=f"choose one of {', '.join(examples)}",
+        )
+    return (SCRIPTS / "sites" / f"{stem}.env").read_text()

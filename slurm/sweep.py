@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from epicdata.errors import EpicInputError
-from epicdata.store import Manifest
 from epicslurm.pipeline import FAILED_MARKER, array_spec, queued_jobs, run_status
 from epicslurm.site import Site
-from epicslurm.submit import Job, submit, user_line
+from epicslurm.submit import Job, submit
+
+from epicdata.console import user_line
+from epicdata.errors import EpicInputError
+from epicdata.store import Manifest
 from train.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,8 @@
 
 Usage::
 
-    export EPIC_SITE=$VSC_DATA/epic-site.env        # copied from slurm/sites/, edited once
+    epic-slurm site-example wice > $VSC_DATA/epic-site.env   # edited once
+    export EPIC_SITE=$VSC_DATA/epic-site.env
     epic-slurm pipeline --videos V --annotations A --run-dir RUN [--dry-run]
     epic-slurm submit extract --store S --array 3,7  # what epic-check prints after a failure
     epic-slurm sweep --grid grid.yaml --annotations A --runs-root RUNS
@@ -18,12 +19,12 @@ import shlex
 from pathlib import Path
 
 import click
+from epicslurm.site import JOBS, SITE_VARIABLE, load_site, site_example_text
+from epicslurm.submit import Job, submit
 
-from epicdata.cli import EpicCommand, EpicGroup, example, run_header, start_command
+from epicdata.console import EpicCommand, EpicGroup, example, run_header, start_command
 from epicdata.errors import EpicInputError
 from epicdata.store import KEEP_MODES, MANIFEST_NAME
-from epicslurm.site import JOBS, SITE_VARIABLE, load_site
-from epicslurm.submit import Job, submit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,18 @@ def header(command: tuple[str, ...]) -> None:
     """Print the job header (date, host, job and array ids, restart count, versions, the
     command) for COMMAND: the first line of every job log (slurm/lib.sh)."""
     click.echo(f"{_now()} {run_header(list(command) or ['job'])}")
+
+
+@main.command(
+    "site-example",
+    cls=EpicCommand,
+    epilog=example("epic-slurm site-example wice > $VSC_DATA/epic-site.env"),
+)
+@click.argument("name", required=False)
+def site_example(name: str | None) -> None:
+    """Print the example site file NAME (to edit and use as --site / $EPIC_SITE); without
+    NAME, list the examples and the folder that holds them and the sweep grids."""
+    click.echo(site_example_text(name), nl=False)
 
 
 def _now() -> str:

@@ -1,21 +1,20 @@
 """sbatch command lines built from the site file alone, and the lines printed for users.
 
-Every job gets ``--export=ALL,EPIC_HOME=<repository>,EPIC_SITE=<site file>`` plus its data
+Every job gets ``--export=ALL,EPIC_SCRIPTS=<job scripts>,EPIC_SITE=<site file>`` plus its data
 paths as EPIC_* variables; the job script sources ``slurm/lib.sh``, which reads the site
 file on the node (modules, venv) and prints the job's header.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from epicslurm.site import JOBS, SCRIPTS, Site
 
 from epicdata.errors import EnvironmentProblem, EpicInputError
-from epicslurm.site import HOME, JOBS, SCRIPTS, SITE_VARIABLE, Site
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Job:
             options += [f"--dependency={','.join(deps)}", "--kill-on-invalid-dep=yes"]
         if self.comment:
             options.append(f"--comment={self.comment}")
-        export = {"EPIC_HOME": str(HOME), "EPIC_SITE": str(site.path), **self.env}
+        export = {"EPIC_SCRIPTS": str(SCRIPTS), "EPIC_SITE": str(site.path), **self.env}
         for key, value in export.items():
             if "," in value:  # sbatch's --export list is comma-separated
                 raise EpicInputError(
@@ -146,24 +145,3 @@ def submit(job: Job, site: Site) -> str:
             details=f"{shlex.join(command)}\n{result.stderr.strip()}",
         )
     return result.stdout.strip().split(";")[0]  # "123" or "123;cluster"
-
-
-def user_line(kind: str, site_path: Path | None, **options: object) -> str:
-    """The ``epic-slurm submit`` line a tool prints for the user: complete for the site
-    (``--site`` when known, else $EPIC_SITE must be exported), runnable as printed."""
-    words = ["epic-slurm", "submit"]
-    if site_path is not None:
-        words += ["--site", str(site_path)]
-    words.append(kind)
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        words += [flag] if value is True else [flag, str(value)]
-    return shlex.join(words)
-
-
-def site_of_environment() -> Path | None:
-    """The site file a printed line should name: $EPIC_SITE (set in every job)."""
-    value = os.environ.get(SITE_VARIABLE)
-    return Path(value).resolve() if value else None

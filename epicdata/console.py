@@ -463,3 +463,28 @@ def preflight_output(path: str | Path, *, need_bytes: int, option: str) -> Path:
             fix="free space there or choose a folder on a larger disk",
         )
     return path
+
+
+#: Where a user's cluster site file is named when no --site is given (every job has it).
+SITE_VARIABLE = "EPIC_SITE"
+
+
+def user_line(kind: str, site_path: Path | None, **options: object) -> str:
+    """The ``epic-slurm submit`` line a tool prints for the user: complete for the site
+    (``--site`` when known, else $EPIC_SITE must be exported), runnable as printed."""
+    words = ["epic-slurm", "submit"]
+    if site_path is not None:
+        words += ["--site", str(site_path)]
+    words.append(kind)
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words)
+
+
+def site_of_environment() -> Path | None:
+    """The site file a printed line should name: $EPIC_SITE (set in every job)."""
+    value = os.environ.get(SITE_VARIABLE)
+    return Path(value).resolve() if value else None

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from epicslurm.site import Site
+from epicslurm.submit import Job, submit
 
 from epicdata.errors import EnvironmentProblem, EpicInputError
 from epicdata.store import MANIFEST_NAME
-from epicslurm.site import Site
-from epicslurm.submit import Job, submit
 
 log = logging.getLogger(__name__)
 
