@@ -7,7 +7,7 @@ WORK ?= work/demo
 # The demo's training run: small enough for 2 CPU cores in a few minutes.
 DEMO_TRAIN_ARGS ?= --weights none --epochs 4 --crop-size 112 --num-frames 4 --batch-size 8 --workers 2 --lr 1e-3
 
-.PHONY: demo test lint format ffmpeg clean
+.PHONY: demo test test-quick lint format ffmpeg clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ is required")'
@@ -26,6 +26,10 @@ ffmpeg:
 
 test: $(BIN)/.installed ffmpeg
 	$(BIN)/python -m pytest -q
+
+# The developers' loop: the quick tests of every package, about a minute (docs/testing.md).
+test-quick: $(BIN)/.installed ffmpeg
+	$(BIN)/python -m pytest -q -m "not slow and not slurm and not gpu"
 
 demo: $(BIN)/.installed ffmpeg
 	WORK=$(WORK) BIN=$(BIN) DEMO_TRAIN_ARGS="$(DEMO_TRAIN_ARGS)" bash demo.sh

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
 from bench.report import machine_line, markdown_table, write_section
@@ -44,19 +45,22 @@ from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.frames import frame_rate_for
 from epicdata.sampling import linspace_frames
 from epicdata.store import FrameStore
+from epicdata.synthetic import make_mini_epic
+from preprocess.extract import run_shard
+from preprocess.plan import plan_store
 from train.transforms import TrainClipTransform
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 NUM_FRAMES = 8
 CROP = 224
+#: The loaders' names in the tables; (a) is the baseline of every ratio, (b) of the last.
+STORE = "store"
+FOLDER = "(a) one JPEG file per frame"
+MP4 = "(b) PyAV from the MP4"
 
 
 def build(root: Path, videos: int, size: tuple[int, int], shards: int) -> dict:
     """The mini-EPIC at ``size``, its store (keep=all) and the official layout of it."""
-    from epicdata.synthetic import make_mini_epic
-    from preprocess.extract import run_shard
-    from preprocess.plan import plan_store
-
     # The mini-EPIC at the store's size (Python draws its frames: 1080p would take minutes a
     # video), then the MP4s (b) reads scaled up to ``size`` with ffmpeg, same timestamps.
     mini = make_mini_epic(root / "mini", num_videos=videos, size=(456, 256))
@@ -183,8 +187,7 @@ class VideoClips(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        import av
-        import torchvision.transforms.functional as TF
+        import av  # optional (`pip install av`): needed by this reader only
 
         video, frames, *_ = self.items[index]
         rate = frame_rate_for(video)
@@ -238,7 +241,10 @@ def loader_rate(dataset: Dataset, indices: list[int], workers: int, cold: bool) 
     return done / (time.perf_counter() - start)
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--video-size", default="1920x1080")
@@ -250,103 +256,151 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-cold", action="store_true")
     parser.add_argument("--root", type=Path, default=None)
-    args = parser.parse_args()
-    size = tuple(int(v) for v in args.video_size.split("x"))
-    cold_ok = not args.no_cold and drop_caches()
-    root = args.root or Path(tempfile.mkdtemp(prefix="bench-alt-"))
-    if (root / "store").exists():  # --root of an earlier run: reuse what it built
-        mini = SimpleNamespace(
-            annotations_dir=root / "mini" / "annotations",
-            videos_dir=root / "mini" / "EPIC-KITCHENS",
-        )
-        files = sum(1 for _ in (root / "rgb_frames").rglob("*.jpg"))
-        data = {
-            "mini": mini,
-            "mp4": root / "mp4",
-            "store": root / "store",
-            "frames": root / "rgb_frames",
-            "files": files,
-        }
-    else:
-        data = build(root, args.videos, size, args.shards)
-    annotations = data["mini"].annotations_dir
-    store_bytes = sum(p.stat().st_size for p in (data["store"] / "shards").glob("*.lmdb"))
-    rows, items = clips(annotations, args.clips)
-    torch.set_num_threads(1)
+    return parser
 
-    readers = {
-        "store (the reader: pread)": lambda: read_store(data["store"]),
-        "store via py-lmdb's map, readahead off": lambda: read_store(data["store"], False),
-        "store via py-lmdb's map, readahead on": lambda: read_store(data["store"], False, True),
-        "(a) one JPEG file per frame": lambda: read_folder(data["frames"]),
+
+def load_or_build(root: Path, videos: int, size: tuple[int, int], shards: int) -> dict:
+    """What :func:`build` returns, reused from ``root`` when an earlier run (``--root``)
+    built it there."""
+    if not (root / "store").exists():
+        return build(root, videos, size, shards)
+    mini = SimpleNamespace(
+        annotations_dir=root / "mini" / "annotations",
+        videos_dir=root / "mini" / "EPIC-KITCHENS",
+    )
+    return {
+        "mini": mini,
+        "mp4": root / "mp4",
+        "store": root / "store",
+        "frames": root / "rgb_frames",
+        "files": sum(1 for _ in (root / "rgb_frames").rglob("*.jpg")),
     }
-    read_rows = []
-    rates: dict[tuple[str, str], float] = {}
-    for temperature in ("warm", "cold") if cold_ok else ("warm",):
-        for name, make_reader in readers.items():
-            best = 0.0
-            for _ in range(args.runs):
-                # A reader opened after the drop: pages an open LMDB map holds survive
-                # drop_caches, so a reader kept open across runs would never read cold.
-                if temperature == "cold":
-                    drop_caches()
-                run = make_reader()
-                if temperature == "warm":
-                    run(items)  # the page cache holds what this run reads
-                start = time.perf_counter()
-                run(items)
-                best = max(best, len(items) / (time.perf_counter() - start))
-                getattr(run, "close", lambda: None)()
-            rates[(name, temperature)] = best
+
+
+def temperatures(cold: bool) -> tuple[str, ...]:
+    return ("warm", "cold") if cold else ("warm",)
+
+
+def best_read_rate(make_reader: Callable, items: list, runs: int, cold: bool) -> float:
+    """Best clips/s of ``runs`` reads of ``items``, each by a reader made for it."""
+    best = 0.0
+    for _ in range(runs):
+        # A reader opened after the drop: pages an open LMDB map holds survive
+        # drop_caches, so a reader kept open across runs would never read cold.
+        if cold:
+            drop_caches()
+        run = make_reader()
+        if not cold:
+            run(items)  # the page cache holds what this run reads
+        start = time.perf_counter()
+        run(items)
+        best = max(best, len(items) / (time.perf_counter() - start))
+        getattr(run, "close", lambda: None)()
+    return best
+
+
+def read_stage(
+    store: Path, frames: Path, items: list, runs: int, temps: tuple[str, ...]
+) -> list[list[str]]:
+    """The read-stage rows: each reader's clips/s and ratio to (a), per temperature."""
+    readers = {
+        "store (the reader: pread)": lambda: read_store(store),
+        "store via py-lmdb's map, readahead off": lambda: read_store(store, False),
+        "store via py-lmdb's map, readahead on": lambda: read_store(store, False, True),
+        FOLDER: lambda: read_folder(frames),
+    }
+    rates = {
+        (name, t): best_read_rate(make_reader, items, runs, cold=t == "cold")
+        for t in temps
+        for name, make_reader in readers.items()
+    }
+    rows = []
     for name in readers:
         row = [name]
-        for temperature in ("warm", "cold") if cold_ok else ("warm",):
-            rate = rates[(name, temperature)]
-            base = rates[("(a) one JPEG file per frame", temperature)]
-            row += [f"{rate:,.0f}", f"{rate / base:.2f}x"]
-        read_rows.append(row)
+        for t in temps:
+            row += [f"{rates[(name, t)]:,.0f}", f"{rates[(name, t)] / rates[(FOLDER, t)]:.2f}x"]
+        rows.append(row)
+    return rows
 
-    videos_root = data["mp4"]
-    datasets = {
-        "store": lambda: _store_clips(data["store"], annotations),
-        "(a) one JPEG file per frame": lambda: FolderClips(data["frames"], items),
-        "(b) PyAV from the MP4": lambda: VideoClips(videos_root, items),
-    }
-    workers = [int(w) for w in args.workers.split(",")]
-    loader_rows = []
-    loader_rates: dict[tuple[str, int, str], float] = {}
-    count = min(args.loader_clips, len(items))
-    for temperature in ("warm", "cold") if cold_ok else ("warm",):
+
+def loader_rates(
+    datasets: dict[str, Callable[[], Dataset]],
+    rows: list[int],
+    *,
+    count: int,
+    mp4_clips: int,
+    workers: list[int],
+    temps: tuple[str, ...],
+) -> dict[tuple[str, int, str], float]:
+    """Clips/s keyed (dataset, workers, temperature): best of 2 over ``count`` clips, (b)
+    once over ``mp4_clips`` of them; warm runs after one unmeasured pass."""
+    rates: dict[tuple[str, int, str], float] = {}
+    for temperature in temps:
         for name, make in datasets.items():
             dataset = make()
-            n = min(args.mp4_clips, count) if name.startswith("(b)") else count
+            n = min(mp4_clips, count) if name == MP4 else count
             # The store's dataset is indexed by split row, the others by clip: the same clips.
-            indices = rows[:n] if name.startswith("store") else list(range(n))
+            indices = rows[:n] if name == STORE else list(range(n))
             for w in workers:
                 if temperature == "warm":
                     loader_rate(dataset, indices, w, cold=False)
-                loader_rates[(name, w, temperature)] = max(
+                rates[(name, w, temperature)] = max(
                     loader_rate(dataset, indices, w, cold=temperature == "cold")
-                    for _ in range(1 if name.startswith("(b)") else 2)
+                    for _ in range(1 if name == MP4 else 2)
                 )
             if hasattr(dataset, "store"):
                 dataset.store.close()
+    return rates
+
+
+def loader_stage(
+    data: dict,
+    rows: list[int],
+    items: list,
+    *,
+    count: int,
+    mp4_clips: int,
+    workers: list[int],
+    temps: tuple[str, ...],
+) -> list[list[object]]:
+    """The whole-loader rows: each loader's clips/s and ratios to (a) and (b), per worker
+    count and temperature."""
+    datasets = {
+        STORE: lambda: _store_clips(data["store"], data["mini"].annotations_dir),
+        FOLDER: lambda: FolderClips(data["frames"], items),
+        MP4: lambda: VideoClips(data["mp4"], items),
+    }
+    rates = loader_rates(
+        datasets, rows, count=count, mp4_clips=mp4_clips, workers=workers, temps=temps
+    )
+    table = []
     for name in datasets:
         for w in workers:
-            row = [name, w]
-            for temperature in ("warm", "cold") if cold_ok else ("warm",):
-                rate = loader_rates[(name, w, temperature)]
-                base = loader_rates[("(a) one JPEG file per frame", w, temperature)]
-                mp4 = loader_rates[("(b) PyAV from the MP4", w, temperature)]
+            row: list[object] = [name, w]
+            for t in temps:
+                rate = rates[(name, w, t)]
+                base, mp4 = rates[(FOLDER, w, t)], rates[(MP4, w, t)]
                 row += [f"{rate:,.1f}", f"{rate / base:.2f}x", f"{rate / mp4:.1f}x"]
-            loader_rows.append(row)
+            table.append(row)
+    return table
 
-    temps = ("warm", "cold") if cold_ok else ("warm",)
+
+def report_body(
+    args: argparse.Namespace,
+    data: dict,
+    cold_ok: bool,
+    read_rows: list,
+    loader_rows: list,
+    count: int,
+) -> str:
+    """The section's text: the setup, then the read-stage and whole-loader tables."""
+    temps = temperatures(cold_ok)
+    store_bytes = sum(p.stat().st_size for p in (data["store"] / "shards").glob("*.lmdb"))
     read_header = ["reader"] + [h for t in temps for h in (f"{t} clips/s", f"{t} vs (a)")]
     loader_header = ["loader", "workers"] + [
         h for t in temps for h in (f"{t} clips/s", f"{t} vs (a)", f"{t} vs (b)")
     ]
-    body = (
+    return (
         f"{machine_line()}. Store: {store_bytes / 1e6:,.0f} MB in {args.shards} shards "
         f"(keep=all), {data['files']:,} frames of 456x256 JPEG = {data['files']:,} files in "
         f"(a); (b) reads the same {args.videos} mini-EPIC videos scaled to {args.video_size} "
@@ -360,6 +414,24 @@ def main() -> None:
         f"224 + flip; DataLoader batches of 8; {count} clips, best of 2; (b) {args.mp4_clips} "
         "clips, once):\n\n" + markdown_table(loader_header, loader_rows) + "\n"
     )
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    size = tuple(int(v) for v in args.video_size.split("x"))
+    cold_ok = not args.no_cold and drop_caches()
+    root = args.root or Path(tempfile.mkdtemp(prefix="bench-alt-"))
+    data = load_or_build(root, args.videos, size, args.shards)
+    rows, items = clips(data["mini"].annotations_dir, args.clips)
+    torch.set_num_threads(1)
+    temps = temperatures(cold_ok)
+    read_rows = read_stage(data["store"], data["frames"], items, args.runs, temps)
+    workers = [int(w) for w in args.workers.split(",")]
+    count = min(args.loader_clips, len(items))
+    loader_rows = loader_stage(
+        data, rows, items, count=count, mp4_clips=args.mp4_clips, workers=workers, temps=temps
+    )
+    body = report_body(args, data, cold_ok, read_rows, loader_rows, count)
     write_section("alternatives", "The store vs one file per frame vs the MP4", body)
 
 

@@ -28,18 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.report import machine_line, markdown_table, write_section
+from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.ffmpeg_bin import ffmpeg_path
-from epicdata.store import (
-    Manifest,
-    VideoMeta,
-    checksum_key,
-    frame_checksum,
-    frames_in_ranges,
-    open_shard_readonly,
-    shard_path,
-    unpack_checksums,
-    video_meta_key,
-)
+from epicdata.layout import checksum_key, shard_path, video_meta_key
+from epicdata.lmdb_env import open_shard_readonly
+from epicdata.manifest import Manifest
+from epicdata.metadata import VideoMeta
+from epicdata.ranges import frames_in_ranges
 from preprocess.check import check_store
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -57,6 +52,8 @@ def drop_page_cache() -> None:
 
 def build_store(work: Path, seconds: float) -> Path:
     """A one-shard keep=all store of a ``seconds`` long 456x256 video, made once."""
+    # Function-local: child_start_s's spawned child imports this module, and it should pay
+    # a checker's imports (preprocess.check), not the extractor's.
     from preprocess.extract import run_shard
     from preprocess.plan import plan_store
 

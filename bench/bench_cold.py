@@ -41,6 +41,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import machine_line, markdown_table, value_range, write_section
+
+# The project's modules are imported inside the functions that use them: the reader
+# processes start from this module inside the memory cgroup, and each should carry only
+# what its own reader needs (a folder reader none of the store's code).
+
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 CGROUP_V1 = Path("/sys/fs/cgroup/memory")
 CGROUP_V2 = Path("/sys/fs/cgroup")
@@ -53,17 +59,12 @@ SOURCE_FRAMES = 1_200
 # ----------------------------------------------------------------------------- building
 
 
-def build(work: Path, frames: int, video_seconds: int, shards: int) -> dict:
-    """The official-style frame folders, their annotations, and the two stores."""
-    from bench.epic_like import grain_source, write_train_csv
-    from epicdata.annotations import VIDEO_INFO_COLUMNS
+def render_source(work: Path) -> list[bytes]:
+    """The ``SOURCE_FRAMES`` distinct JPEGs every video cycles through, rendered once into
+    ``work/source``."""
+    from bench.epic_like import grain_source
     from epicdata.ffmpeg_bin import ffmpeg_path
-    from preprocess.extract import run_shard
-    from preprocess.plan import plan_store
 
-    per_video = video_seconds * RATE
-    sizes = [per_video] * max(1, frames // per_video)
-    ids = [f"P01_{i + 1:02d}" for i in range(len(sizes))]
     source = work / "source"
     if not source.is_dir():
         # Through H.264 first, as the real frames: the encoder smooths the grain, and the
@@ -84,9 +85,13 @@ def build(work: Path, frames: int, video_seconds: int, shards: int) -> dict:
             check=True,
         )  # fmt: skip
         partial.rename(source)
-    pool = [(source / f"frame_{k:010d}.jpg").read_bytes() for k in range(1, SOURCE_FRAMES + 1)]
-    frames_root = work / "EPIC-KITCHENS"
-    for video_id, count in zip(ids, sizes, strict=True):
+    return [(source / f"frame_{k:010d}.jpg").read_bytes() for k in range(1, SOURCE_FRAMES + 1)]
+
+
+def write_frame_folders(frames_root: Path, videos: dict[str, int], pool: list[bytes]) -> None:
+    """``videos`` (id -> frames) in the official layout, frames cycling through ``pool``;
+    folders an earlier run finished are kept."""
+    for video_id, count in videos.items():
         folder = frames_root / "P01" / "rgb_frames" / video_id
         if folder.is_dir():
             continue
@@ -96,12 +101,14 @@ def build(work: Path, frames: int, video_seconds: int, shards: int) -> dict:
         for n in range(1, count + 1):  # separate files: no page shared between copies
             (partial / f"frame_{n:010d}.jpg").write_bytes(pool[(n - 1) % SOURCE_FRAMES])
         partial.rename(folder)
-    annotations = work / "annotations"
-    write_train_csv(annotations, dict(zip(ids, sizes, strict=True)))
-    info = [f"{v},{n / RATE},{RATE},456x256" for v, n in zip(ids, sizes, strict=True)]
-    (annotations / "EPIC_100_video_info.csv").write_text(
-        "\n".join([",".join(VIDEO_INFO_COLUMNS), *info]) + "\n"
-    )
+
+
+def ingest_stores(work: Path, annotations: Path, frames_root: Path, shards: int) -> dict:
+    """The keep=all (``shards`` shards) and keep=sampled (1 shard) stores of the frame
+    folders, keep -> root; complete stores of an earlier run are kept."""
+    from preprocess.extract import run_shard
+    from preprocess.plan import plan_store
+
     stores = {}
     for keep, count in (("all", shards), ("sampled", 1)):
         store = work / f"store-{keep}"
@@ -114,10 +121,29 @@ def build(work: Path, frames: int, video_seconds: int, shards: int) -> dict:
             for shard in manifest.shards:
                 run_shard(store_root=store, shard_index=shard.index, tmp_dir=work / "tmp")
         stores[keep] = store
+    return stores
+
+
+def build(work: Path, frames: int, video_seconds: int, shards: int) -> dict:
+    """The official-style frame folders, their annotations, and the two stores."""
+    from bench.epic_like import write_train_csv
+    from epicdata.annotations import VIDEO_INFO_COLUMNS
+
+    per_video = video_seconds * RATE
+    sizes = [per_video] * max(1, frames // per_video)
+    ids = [f"P01_{i + 1:02d}" for i in range(len(sizes))]
+    frames_root = work / "EPIC-KITCHENS"
+    write_frame_folders(frames_root, dict(zip(ids, sizes, strict=True)), render_source(work))
+    annotations = work / "annotations"
+    write_train_csv(annotations, dict(zip(ids, sizes, strict=True)))
+    info = [f"{v},{n / RATE},{RATE},456x256" for v, n in zip(ids, sizes, strict=True)]
+    (annotations / "EPIC_100_video_info.csv").write_text(
+        "\n".join([",".join(VIDEO_INFO_COLUMNS), *info]) + "\n"
+    )
     return {
         "frames": frames_root,
         "annotations": annotations,
-        "stores": stores,
+        "stores": ingest_stores(work, annotations, frames_root, shards),
         "ids": ids,
         "frames_total": sum(sizes),
     }
@@ -292,7 +318,7 @@ READERS = (
 )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300_000, help="Frames of the keep=all store.")
     parser.add_argument("--video-seconds", type=int, default=300, help="Length of each video.")
@@ -303,26 +329,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, help="Work folder, kept (default: a temp folder).")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        _worker(json.loads(args.worker.read_text()))
-        args.worker.unlink()
-        return
-    if os.geteuid() != 0:
-        raise SystemExit("bench_cold: run as root (it drops the page cache and makes a cgroup)")
-    from bench.report import machine_line, markdown_table, write_section
+    return parser
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-cold-"))
-    built = build(work, args.frames, args.video_seconds, args.shards)
-    items = epoch_clips(built["annotations"], args.epochs)
-    per_epoch = len(items) // args.epochs
-    folder_bytes, files = tree_bytes(built["frames"])
-    sizes = {k: tree_bytes(s / "shards")[0] for k, s in built["stores"].items()}
-    cap = MemoryCap(args.memory_mb << 20)
-    workers = [int(w) for w in args.workers.split(",")]
+
+def measure(
+    built: dict, items: list, *, workers: list[int], repeats: int, memory_mb: int, work: Path
+) -> tuple[dict[tuple, list[float]], dict[str, float]]:
+    """Every reader's clips/s in each repeat, keyed (keep, workers, kind), conditions
+    alternating; then each store's staging seconds. All in one ``memory_mb`` cgroup."""
+    cap = MemoryCap(memory_mb << 20)
     runs: dict[tuple, list[float]] = {}
     try:
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for keep, store in built["stores"].items():
                 for w in workers:
                     for kind, _label in READERS:
@@ -336,28 +354,56 @@ def main() -> None:
         }
     finally:
         cap.close()
+    return runs, staged
 
+
+def reader_rows(keeps: list[str], workers: list[int], runs: dict) -> list[list[object]]:
+    """A row per store, worker count and reader: clips/s and the ratio to (a) in the same
+    run, each as the range over the repeats."""
     rows = []
-    for keep in built["stores"]:
+    for keep in keeps:
         for w in workers:
             base = runs[(keep, w, "folder")]
             for kind, label in READERS:
                 rates = runs[(keep, w, kind)]
                 ratios = [r / b for r, b in zip(rates, base, strict=True)]
                 rows.append([
-                    f"keep={keep}", w, label, f"{min(rates):,.0f}-{max(rates):,.0f}",
-                    f"{min(ratios):.2f}-{max(ratios):.2f}x",
+                    f"keep={keep}", w, label, value_range(rates, ",.0f"),
+                    value_range(ratios, ".2f") + "x",
                 ])  # fmt: skip
-    frame_bytes = folder_bytes / files
-    stage_rows = []
+    return rows
+
+
+def staging_rows(
+    sizes: dict[str, int], staged: dict[str, float], runs: dict, workers: int, frame_bytes: float
+) -> list[list[str]]:
+    """A row per store: its size, staging time and rate, against the JPEG bytes its reader
+    delivers cold with ``workers`` processes (best run)."""
+    rows = []
     for keep in sizes:
-        best = max(runs[(keep, max(workers), "store-direct")])
-        stage_rows.append([
+        best = max(runs[(keep, workers, "store-direct")])
+        rows.append([
             f"keep={keep}", f"{sizes[keep] / 1e9:.2f}", f"{staged[keep]:.1f}",
             f"{sizes[keep] / staged[keep] / 1e6:,.0f}",
             f"{best * NUM_FRAMES * frame_bytes / 1e6:,.0f}",
         ])  # fmt: skip
-    body = "\n".join([
+    return rows
+
+
+def report_body(
+    args: argparse.Namespace,
+    built: dict,
+    items: list,
+    sizes: dict[str, int],
+    folder: tuple[int, int],
+    rows: list,
+    stage_rows: list,
+) -> str:
+    """The section's text; ``folder`` is (bytes, files) of the frame folders."""
+    folder_bytes, files = folder
+    per_epoch = len(items) // args.epochs
+    workers = max(int(w) for w in args.workers.split(","))
+    return "\n".join([
         f"{machine_line()}. {len(built['ids'])} videos of {args.video_seconds} s at 60 fps "
         f"({built['frames_total']:,} frames of 456x256 JPEG, {folder_bytes / 1e9:.2f} GB in {files:,} "
         f"files for (a)), {per_epoch:,} train segments. Stores ingested from those files: "
@@ -375,7 +421,7 @@ def main() -> None:
         "",
         "Staging: the store's shards copied with `cp` to another folder of the same disk from "
         "a dropped page cache, then `sync` (what a job pays at its start to read from "
-        f"node-local disk), against the JPEG bytes the reader delivers cold ({max(workers)} "
+        f"node-local disk), against the JPEG bytes the reader delivers cold ({workers} "
         "workers, best run):",
         "",
         markdown_table(
@@ -383,6 +429,28 @@ def main() -> None:
             stage_rows,
         ),
     ])  # fmt: skip
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.worker:
+        _worker(json.loads(args.worker.read_text()))
+        args.worker.unlink()
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("bench_cold: run as root (it drops the page cache and makes a cgroup)")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-cold-"))
+    built = build(work, args.frames, args.video_seconds, args.shards)
+    items = epoch_clips(built["annotations"], args.epochs)
+    folder_bytes, files = tree_bytes(built["frames"])
+    sizes = {k: tree_bytes(s / "shards")[0] for k, s in built["stores"].items()}
+    workers = [int(w) for w in args.workers.split(",")]
+    runs, staged = measure(
+        built, items, workers=workers, repeats=args.repeats, memory_mb=args.memory_mb, work=work
+    )
+    rows = reader_rows(list(built["stores"]), workers, runs)
+    stage_rows = staging_rows(sizes, staged, runs, max(workers), folder_bytes / files)
+    body = report_body(args, built, items, sizes, (folder_bytes, files), rows, stage_rows)
     write_section("cold", "Cold reads: a store larger than memory", body)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

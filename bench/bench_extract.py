@@ -15,6 +15,7 @@ Writes the table into docs/benchmarks.md (section ``extract``).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import subprocess
@@ -22,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.ffmpeg_bin import ffmpeg_path
-from epicdata.store import shard_path
+from epicdata.layout import shard_path
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
 
@@ -63,10 +66,6 @@ def plain_ffmpeg(video: Path, out: Path) -> tuple[float, int, int, int]:
 
 def python_encoder(video: Path) -> tuple[float, int, int]:
     """Decode to raw RGB with ffmpeg, encode with Pillow (quality 90 ~ -q:v 4 in size)."""
-    import io
-
-    from PIL import Image
-
     width, height = 456, 256
     frame_bytes = width * height * 3
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.annotations import TIMESTAMP_COLUMNS, VIDEO_INFO_COLUMNS
 from epicdata.ffmpeg_bin import ffmpeg_path
-from epicdata.store import shard_path
+from epicdata.layout import shard_path
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
 

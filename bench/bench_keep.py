@@ -30,7 +30,8 @@ from bench.bench_extract import VIDEO_ID, make_source
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.annotations import SPLIT_FILES, TIMESTAMP_COLUMNS
 from epicdata.frames import format_timestamp
-from epicdata.store import Manifest, shard_path
+from epicdata.layout import shard_path
+from epicdata.manifest import Manifest
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
 

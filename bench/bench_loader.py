@@ -27,20 +27,20 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler
 
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.annotations import AnnotationDir
 from epicdata.dataset import CPU_DECODERS, EpicActionDataset, decode_pil, decode_torchvision
 from epicdata.store import FrameStore
+from epicdata.synthetic import make_mini_epic
+from preprocess.extract import run_shard
+from preprocess.plan import plan_store
 from train.transforms import TrainClipTransform
 
 
 def build_mini_store(root: Path) -> tuple[Path, Path]:
-    from epicdata.synthetic import make_mini_epic
-    from preprocess.extract import run_shard
-    from preprocess.plan import plan_store
-
     mini = make_mini_epic(root / "mini")
     manifest = plan_store(
         store_root=root / "store",
@@ -74,7 +74,7 @@ def _rate(function, items: list) -> float:
 
 def decode_simplejpeg(jpeg: bytes) -> torch.Tensor:
     """simplejpeg (libjpeg-turbo) to a (C, H, W) uint8 tensor, as the loader's decoders."""
-    import simplejpeg
+    import simplejpeg  # optional (`pip install simplejpeg`): measured where installed
 
     return torch.from_numpy(simplejpeg.decode_jpeg(jpeg, colorspace="RGB")).permute(2, 0, 1)
 
@@ -94,8 +94,6 @@ def decode_rates(jpegs: list[bytes]) -> dict[str, float]:
 
 def pil_rates(jpegs: list[bytes]) -> dict[str, object]:
     """Pillow (or pillow-simd) decode and bilinear resize (short side 256 -> 224) rates."""
-    from PIL import Image
-
     images = [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs[:100]]
     width, height = images[0].size
     size = (round(width * 224 / height), 224)
@@ -139,7 +137,62 @@ def loader_rate(
     return clips / (time.perf_counter() - start)
 
 
-def main() -> None:
+def loader_rows(store: FrameStore, table, args: argparse.Namespace) -> list[list[object]]:
+    """Clips/s of the training loader: a row per worker count, a column per decoder."""
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    rows = []
+    for workers in (int(w) for w in args.workers.split(",")):
+        row: list[object] = [workers]
+        for decoder in CPU_DECODERS:
+            dataset = EpicActionDataset(
+                store,
+                table,
+                num_frames=args.num_frames,
+                training=True,
+                transform=TrainClipTransform(args.crop_size),
+                decoder=decoder,
+            )
+            rate = loader_rate(
+                dataset, workers=workers, batches=args.batches, batch_size=args.batch_size
+            )
+            row.append(f"{rate:.1f}")
+        rows.append(row)
+    return rows
+
+
+def decode_line(rates: dict[str, float], width: int, height: int) -> str:
+    """The single-core decode rates of :func:`decode_rates`, against Pillow's."""
+    return (
+        f"Stored JPEGs {width}x{height}; single-core decode: Pillow "
+        f"{rates['pil']:.0f} frames/s, torchvision.io.decode_jpeg "
+        f"{rates['torchvision']:.0f} frames/s (x{rates['torchvision'] / rates['pil']:.2f})"
+        + (
+            f", simplejpeg {rates['simplejpeg']:.0f} frames/s "
+            f"(x{rates['simplejpeg'] / rates['pil']:.2f})."
+            if "simplejpeg" in rates
+            else " (simplejpeg not installed)."
+        )
+    )
+
+
+def pil_table(pils: list[dict[str, object]]) -> str:
+    """A row per Pillow build of :func:`pil_rates`, resize against the first's."""
+    rows = [
+        [
+            # pillow-simd versions carry a .postN suffix; Pillow's never do.
+            f"{'pillow-simd' if '.post' in p['version'] else 'Pillow'} {p['version']}",
+            f"{p['decode']:.0f}",
+            f"{p['resize']:.0f}",
+            f"{p['resize'] / pils[0]['resize']:.2f}x",
+        ]
+        for p in pils
+    ]
+    return markdown_table(
+        ["PIL", "decode frames/s", "resize frames/s", "resize vs first row"], rows
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path)
     parser.add_argument("--annotations", type=Path)
@@ -150,7 +203,11 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--simd-python", help="python of an environment with pillow-simd")
     parser.add_argument("--pil-rates-of", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.pil_rates_of:  # the child of --simd-python
         torch.set_num_threads(1)
         print(json.dumps(pil_rates(pickle.loads(args.pil_rates_of.read_bytes()))))
@@ -165,60 +222,19 @@ def main() -> None:
         pils = [pil_rates(jpegs)]
         if args.simd_python:
             pils.append(pil_rates_in(args.simd_python, jpegs))
-        torch.set_num_threads(1)  # as in a DataLoader worker
-        rows = []
-        for workers in (int(w) for w in args.workers.split(",")):
-            row = [workers]
-            for decoder in CPU_DECODERS:
-                dataset = EpicActionDataset(
-                    store,
-                    table,
-                    num_frames=args.num_frames,
-                    training=True,
-                    transform=TrainClipTransform(args.crop_size),
-                    decoder=decoder,
-                )
-                rate = loader_rate(
-                    dataset, workers=workers, batches=args.batches, batch_size=args.batch_size
-                )
-                row.append(f"{rate:.1f}")
-            rows.append(row)
-    frame = store.read_frames(table.video_ids[0], [int(table.start_frames[0])])[0]
-    height, width = decode_pil(frame).shape[1:]
+        rows = loader_rows(store, table, args)
+    height, width = decode_pil(jpegs[0]).shape[1:]  # the first train segment's first frame
     body = "\n\n".join(
         [
             machine_line(),
-            f"Stored JPEGs {width}x{height}; single-core decode: Pillow "
-            f"{rates['pil']:.0f} frames/s, torchvision.io.decode_jpeg "
-            f"{rates['torchvision']:.0f} frames/s (x{rates['torchvision'] / rates['pil']:.2f})"
-            + (
-                f", simplejpeg {rates['simplejpeg']:.0f} frames/s "
-                f"(x{rates['simplejpeg'] / rates['pil']:.2f})."
-                if "simplejpeg" in rates
-                else " (simplejpeg not installed)."
-            ),
+            decode_line(rates, width, height),
             "Pillow builds on the same JPEGs, one core (decode to RGB; bilinear resize of the "
             "decoded frame to short side 224):",
-            markdown_table(
-                ["PIL", "decode frames/s", "resize frames/s", "resize vs first row"],
-                [
-                    [
-                        # pillow-simd versions carry a .postN suffix; Pillow's never do.
-                        f"{'pillow-simd' if '.post' in p['version'] else 'Pillow'} {p['version']}",
-                        f"{p['decode']:.0f}",
-                        f"{p['resize']:.0f}",
-                        f"{p['resize'] / pils[0]['resize']:.2f}x",
-                    ]
-                    for p in pils
-                ],
-            ),
+            pil_table(pils),
             f"Training loader, {args.num_frames}-frame clips, crop {args.crop_size} + flip on "
             f"uint8 in the workers, batch {args.batch_size}, {args.batches} batches "
             "(`python -m bench.bench_loader --simd-python VENV/bin/python`):",
-            markdown_table(
-                ["workers", *(f"clips/s ({d})" for d in CPU_DECODERS)],
-                rows,
-            ),
+            markdown_table(["workers", *(f"clips/s ({d})" for d in CPU_DECODERS)], rows),
         ]
     )
     write_section("loader", "Trainer data loading", body)

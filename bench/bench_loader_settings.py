@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from bench.bench_loader import build_mini_store
-from bench.report import machine_line, markdown_table, write_section
+from bench.report import machine_line, markdown_table, value_range, write_section
 from epicdata.annotations import AnnotationDir
 from epicdata.dataset import EpicActionDataset
 from epicdata.store import FrameStore
@@ -42,6 +42,8 @@ CONSUMER_SHARE = 0.9
 WARMUP_BATCHES = 3
 EPIC_TRAIN_CLIPS = 67_217
 SEED_EPOCHS = 30
+#: Prefetch factors compared: fewer, the trainer's, more.
+PREFETCHES = (2, PREFETCH_FACTOR, 8)
 
 
 def _loader(dataset, args, batches: int, prefetch: int, persistent: bool = False):
@@ -90,67 +92,64 @@ def consume(loader, step_s: float) -> tuple[float, float, list[float]]:
     return sum(steady), sum(steady) + step_s * len(steady), waits
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=40, help="Measured batches a run.")
     parser.add_argument("--epochs", type=int, default=3, help="Epochs of the epoch-start test.")
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        store_root, annotations = build_mini_store(Path(tmp))
-        dataset = EpicActionDataset(
-            FrameStore(store_root),
-            AnnotationDir(annotations).table("train"),
-            num_frames=8,
-            training=True,
-            transform=TrainClipTransform(224),
-            seed=0,
-        )
-        rate = loader_rate(dataset, args)
-        step_s = 1 / (CONSUMER_SHARE * rate)
-        print(f"loader alone: {rate * args.batch_size:.1f} clips/s; consumer step {step_s:.3f} s")
-        prefetches = (2, PREFETCH_FACTOR, 8)
-        waits: dict[int, list[float]] = {p: [] for p in prefetches}
-        for _ in range(args.repeats):
-            for prefetch in prefetches:
-                loader = _loader(dataset, args, args.batches + WARMUP_BATCHES, prefetch)
-                waited, total, _ = consume(loader, step_s)
-                waits[prefetch].append(waited / total)
-                print(f"prefetch {prefetch}: data wait {waited / total:.1%}", flush=True)
-        starts: dict[bool, list[float]] = {}
-        for persistent in (False, True):
-            loader = _loader(dataset, args, args.batches // 2, PREFETCH_FACTOR, persistent)
-            firsts = []
-            for epoch in range(args.epochs):
-                dataset.set_epoch(epoch)
-                _, _, batch_waits = consume(loader, step_s)
-                if epoch:  # epoch 0 starts the workers either way
-                    firsts.append(batch_waits[0])
-            starts[persistent] = firsts
-            print(f"persistent={persistent}: first-batch waits {firsts}", flush=True)
+    return parser
 
+
+def prefetch_waits(dataset, args, step_s: float) -> dict[int, list[float]]:
+    """Each prefetch factor's data wait as a share of the loop's time, one per repeat
+    (the factors alternate)."""
+    waits: dict[int, list[float]] = {p: [] for p in PREFETCHES}
+    for _ in range(args.repeats):
+        for prefetch in PREFETCHES:
+            loader = _loader(dataset, args, args.batches + WARMUP_BATCHES, prefetch)
+            waited, total, _ = consume(loader, step_s)
+            waits[prefetch].append(waited / total)
+            print(f"prefetch {prefetch}: data wait {waited / total:.1%}", flush=True)
+    return waits
+
+
+def epoch_start_waits(dataset, args, step_s: float) -> dict[bool, list[float]]:
+    """Seconds waited for each epoch's first batch (epochs after the first), keyed by
+    ``persistent_workers`` (False: re-created each epoch, as the trainer does)."""
+    starts: dict[bool, list[float]] = {}
+    for persistent in (False, True):
+        loader = _loader(dataset, args, args.batches // 2, PREFETCH_FACTOR, persistent)
+        firsts = []
+        for epoch in range(args.epochs):
+            dataset.set_epoch(epoch)
+            _, _, batch_waits = consume(loader, step_s)
+            if epoch:  # epoch 0 starts the workers either way
+                firsts.append(batch_waits[0])
+        starts[persistent] = firsts
+        print(f"persistent={persistent}: first-batch waits {firsts}", flush=True)
+    return starts
+
+
+def report_body(args, rate: float, step_s: float, waits: dict, starts: dict) -> str:
+    """The section's text; ``rate`` is the loader's alone, in batches/s."""
     rows = [
-        [
-            f"{p}{' (trainer)' if p == PREFETCH_FACTOR else ''}",
-            f"{min(waits[p]):.1%}-{max(waits[p]):.1%}",
-        ]
-        for p in prefetches
+        [f"{p}{' (trainer)' if p == PREFETCH_FACTOR else ''}", value_range(waits[p], ".1%")]
+        for p in PREFETCHES
     ]
     epoch_s = EPIC_TRAIN_CLIPS / (CONSUMER_SHARE * rate * args.batch_size)
     start_rows = [
         [
             "persistent" if persistent else "re-created each epoch (trainer)",
-            f"{min(starts[persistent]):.2f}-{max(starts[persistent]):.2f}",
+            value_range(starts[persistent], ".2f"),
             f"{step_s:.2f}",
             f"{SEED_EPOCHS * max(starts[persistent]):.0f}",
         ]
         for persistent in (False, True)
     ]
     extra = SEED_EPOCHS * (max(starts[False]) - min(starts[True]))
-    body = "\n".join([
+    return "\n".join([
         f"{machine_line()}. The trainer's loader (`train.data.build_loader`), mini-EPIC store, "
         f"8-frame train clips, batch {args.batch_size}, {args.workers} workers: "
         f"{rate * args.batch_size:.1f} clips/s alone. A stand-in GPU takes {step_s:.3f} s a "
@@ -172,6 +171,27 @@ def main() -> None:
         f"EPIC-100's {EPIC_TRAIN_CLIPS:,} clips (a GPU node's loader is faster, its epochs "
         f"shorter, its start-up the same order).",
     ])  # fmt: skip
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store_root, annotations = build_mini_store(Path(tmp))
+        dataset = EpicActionDataset(
+            FrameStore(store_root),
+            AnnotationDir(annotations).table("train"),
+            num_frames=8,
+            training=True,
+            transform=TrainClipTransform(224),
+            seed=0,
+        )
+        rate = loader_rate(dataset, args)
+        step_s = 1 / (CONSUMER_SHARE * rate)
+        print(f"loader alone: {rate * args.batch_size:.1f} clips/s; consumer step {step_s:.3f} s")
+        waits = prefetch_waits(dataset, args, step_s)
+        starts = epoch_start_waits(dataset, args, step_s)
+    body = report_body(args, rate, step_s, waits, starts)
     write_section("loader-settings", "Loader settings: prefetch and persistent workers", body)
 
 

@@ -57,9 +57,15 @@ from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.store import FrameStore
 from train.data import build_train_data, clip_loader
-from train.device import BF16_MIN_CAPABILITY, make_scaler, resolve_device, resolve_precision
+from train.device import (
+    BF16_MIN_CAPABILITY,
+    Precision,
+    make_scaler,
+    resolve_device,
+    resolve_precision,
+)
 from train.distributed import DistInfo
-from train.engine import STOP_SYNC_STEPS, EpochStats, Precision, evaluate, train_one_epoch
+from train.engine import STOP_SYNC_STEPS, EpochStats, evaluate, train_one_epoch
 from train.fit import build_optimizer
 from train.model import build_model, compile_model
 from train.nvjpeg import check_nvjpeg, collate_jpeg_clips

@@ -24,6 +24,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
+def value_range(values: Sequence[float], spec: str) -> str:
+    """``min-max`` of ``values``, each formatted with ``spec`` (e.g. ``".2f"``, ``".1%"``)."""
+    return f"{min(values):{spec}}-{max(values):{spec}}"
+
+
 def machine_line() -> str:
     return (
         f"{platform.node() or 'machine'}: {os.cpu_count()} CPUs, {platform.machine()}, "

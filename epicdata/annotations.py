@@ -234,11 +234,7 @@ def read_segments(
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel saves a BOM
-        header = [column.strip() for column in next(csv.reader(handle), [])]
-    # Any label column makes the file labelled, so a labelled file that lacks one of them
-    # is reported as missing that column instead of being read silently without labels.
-    labelled = any(column in LABEL_COLUMNS for column in header)
+    labelled = _has_label_columns(path)
     rows = _Rows(path, LABELLED_COLUMNS if labelled else TIMESTAMP_COLUMNS)
     segments: list[Segment] = []
     seen: dict[str, int] = {}
@@ -253,73 +249,93 @@ def read_segments(
                 f"duplicate {narration_id!r} (first on line {seen[narration_id]})",
             )
         seen[narration_id] = line
-        video_id = row["video_id"].strip()
-        if not is_video_id(video_id):
-            raise rows.error(line, "video_id", f"{video_id!r} does not match PXX_YY or PXX_1YY")
-        start_frame = rows.integer(line, row, "start_frame")
-        stop_frame = rows.integer(line, row, "stop_frame")
-        if start_frame < 1:
-            raise rows.error(line, "start_frame", f"{start_frame} < 1 (frame numbers start at 1)")
-        if stop_frame < start_frame:
-            raise rows.error(line, "stop_frame", f"{stop_frame} < start_frame {start_frame}")
-        times = {}
-        for field in ("start_timestamp", "stop_timestamp"):
-            try:
-                times[field] = parse_timestamp(row[field])
-            except ValueError as exc:
-                raise rows.error(line, field, str(exc)) from None
-        labels: dict[str, object] = {}
-        if labelled:
-            verb_class = rows.integer(line, row, "verb_class")
-            noun_class = rows.integer(line, row, "noun_class")
-            for field, value, size in (
-                ("verb_class", verb_class, num_verbs),
-                ("noun_class", noun_class, num_nouns),
-            ):
-                if value < 0 or (size is not None and value >= size):
-                    bound = f"0..{size - 1}" if size is not None else ">= 0"
-                    raise rows.error(line, field, f"{value} is outside the vocabulary ({bound})")
-            try:
-                all_noun_classes = tuple(int(c) for c in _parse_list(row["all_noun_classes"]))
-            except ValueError:
-                raise rows.error(
-                    line,
-                    "all_noun_classes",
-                    f"{row['all_noun_classes']!r} is not a list of integers",
-                ) from None
-            for value in all_noun_classes:
-                if value < 0 or (num_nouns is not None and value >= num_nouns):
-                    bound = f"0..{num_nouns - 1}" if num_nouns is not None else ">= 0"
-                    raise rows.error(
-                        line, "all_noun_classes", f"{value} is outside the vocabulary ({bound})"
-                    )
-            labels = dict(
-                narration=row["narration"],
-                verb=row["verb"],
-                verb_class=verb_class,
-                noun=row["noun"],
-                noun_class=noun_class,
-                all_nouns=_parse_list(row["all_nouns"]),
-                all_noun_classes=all_noun_classes,
-            )
-        segments.append(
-            Segment(
-                narration_id=narration_id,
-                participant_id=row["participant_id"].strip(),
-                video_id=video_id,
-                narration_timestamp=row["narration_timestamp"].strip(),
-                start_timestamp=row["start_timestamp"].strip(),
-                stop_timestamp=row["stop_timestamp"].strip(),
-                start_frame=start_frame,
-                stop_frame=stop_frame,
-                start_seconds=times["start_timestamp"],
-                stop_seconds=times["stop_timestamp"],
-                **labels,
-            )
-        )
+        timestamps = _timestamp_fields(rows, line, row)
+        labels = _label_fields(rows, line, row, num_verbs, num_nouns) if labelled else {}
+        segments.append(Segment(narration_id=narration_id, **timestamps, **labels))
     if not segments:
         raise AnnotationError(f"{path.name}: no segments after the header")
     return segments
+
+
+def _has_label_columns(path: Path) -> bool:
+    """Whether the header of split file ``path`` has any label column."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel saves a BOM
+        header = [column.strip() for column in next(csv.reader(handle), [])]
+    # Any label column makes the file labelled, so a labelled file that lacks one of them
+    # is reported as missing that column instead of being read silently without labels.
+    return any(column in LABEL_COLUMNS for column in header)
+
+
+def _timestamp_fields(rows: _Rows, line: int, row: dict[str, str]) -> dict[str, object]:
+    """The :class:`Segment` fields of the columns every split has
+    (:data:`TIMESTAMP_COLUMNS`) but the narration id, checked and parsed."""
+    video_id = row["video_id"].strip()
+    if not is_video_id(video_id):
+        raise rows.error(line, "video_id", f"{video_id!r} does not match PXX_YY or PXX_1YY")
+    start_frame = rows.integer(line, row, "start_frame")
+    stop_frame = rows.integer(line, row, "stop_frame")
+    if start_frame < 1:
+        raise rows.error(line, "start_frame", f"{start_frame} < 1 (frame numbers start at 1)")
+    if stop_frame < start_frame:
+        raise rows.error(line, "stop_frame", f"{stop_frame} < start_frame {start_frame}")
+    times = {}
+    for field in ("start_timestamp", "stop_timestamp"):
+        try:
+            times[field] = parse_timestamp(row[field])
+        except ValueError as exc:
+            raise rows.error(line, field, str(exc)) from None
+    return dict(
+        participant_id=row["participant_id"].strip(),
+        video_id=video_id,
+        narration_timestamp=row["narration_timestamp"].strip(),
+        start_timestamp=row["start_timestamp"].strip(),
+        stop_timestamp=row["stop_timestamp"].strip(),
+        start_frame=start_frame,
+        stop_frame=stop_frame,
+        start_seconds=times["start_timestamp"],
+        stop_seconds=times["stop_timestamp"],
+    )
+
+
+def _label_fields(
+    rows: _Rows,
+    line: int,
+    row: dict[str, str],
+    num_verbs: int | None,
+    num_nouns: int | None,
+) -> dict[str, object]:
+    """The :class:`Segment` fields of the label columns (:data:`LABEL_COLUMNS`), class ids
+    checked against the vocabulary sizes where given."""
+    verb_class = rows.integer(line, row, "verb_class")
+    noun_class = rows.integer(line, row, "noun_class")
+    _check_class_id(rows, line, "verb_class", verb_class, num_verbs)
+    _check_class_id(rows, line, "noun_class", noun_class, num_nouns)
+    try:
+        all_noun_classes = tuple(int(c) for c in _parse_list(row["all_noun_classes"]))
+    except ValueError:
+        raise rows.error(
+            line,
+            "all_noun_classes",
+            f"{row['all_noun_classes']!r} is not a list of integers",
+        ) from None
+    for value in all_noun_classes:
+        _check_class_id(rows, line, "all_noun_classes", value, num_nouns)
+    return dict(
+        narration=row["narration"],
+        verb=row["verb"],
+        verb_class=verb_class,
+        noun=row["noun"],
+        noun_class=noun_class,
+        all_nouns=_parse_list(row["all_nouns"]),
+        all_noun_classes=all_noun_classes,
+    )
+
+
+def _check_class_id(rows: _Rows, line: int, field: str, value: int, size: int | None) -> None:
+    """A class id must be in ``0..size - 1`` (``>= 0`` when the vocabulary size is unknown)."""
+    if value < 0 or (size is not None and value >= size):
+        bound = f"0..{size - 1}" if size is not None else ">= 0"
+        raise rows.error(line, field, f"{value} is outside the vocabulary ({bound})")
 
 
 def read_classes(path: str | Path) -> list[ClassInfo]:

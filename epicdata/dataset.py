@@ -38,8 +38,9 @@ from torchvision.io import decode_jpeg
 
 from epicdata.annotations import SegmentTable
 from epicdata.errors import EnvironmentProblem, StoreError, StoreIncompleteError
+from epicdata.layout import shard_filename
 from epicdata.sampling import linspace_frames, tsn_frames
-from epicdata.store import FrameStore, shard_filename
+from epicdata.store import FrameStore
 
 SAMPLINGS = ("linspace", "tsn")
 #: Where the JPEGs are decoded: in the loader workers (torchvision, pil), or on the GPU in

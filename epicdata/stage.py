@@ -33,7 +33,8 @@ from pathlib import Path
 
 from epicdata.console import format_bytes
 from epicdata.errors import OutOfSpaceError, StoreError, StoreIncompleteError
-from epicdata.store import MANIFEST_NAME, SHARDS_DIR, Manifest, shard_path
+from epicdata.layout import MANIFEST_NAME, SHARDS_DIR, shard_path
+from epicdata.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import math
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -283,6 +283,42 @@ def make_video(
     path = Path(path)
     rate = _parse_rate(fps)
     width, height = size
+    num_frames = _checked_frame_count(fps, rate, duration, size, segments)
+    actual_duration = float(num_frames / rate)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed: an interrupted run leaves no broken video.
+    partial = path.with_name(f".{path.name}.partial")
+    rate_text = str(rate)
+    command = _encoder_command(partial, size, rate_text, actual_duration, audio)
+    log.debug("writing %s: %s", path, " ".join(command))
+    pictures = _raw_pictures(num_frames, rate, size, segments, seed)
+    returncode, message = _run_fed(command, pictures)
+    written = _probe_frames(partial) if returncode == 0 else 0
+    if returncode != 0 or written != num_frames:
+        partial.unlink(missing_ok=True)
+        if returncode != 0:
+            raise RuntimeError(f"ffmpeg failed writing {path} (exit {returncode}): {message}")
+        raise RuntimeError(f"{path}: ffmpeg wrote {written} video frames, expected {num_frames}")
+    os.replace(partial, path)
+    return SyntheticVideo(
+        video_id=path.stem,
+        path=path,
+        fps=rate_text,
+        native_fps=float(rate),
+        duration=actual_duration,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+    )
+
+
+def _checked_frame_count(
+    fps: str, rate: Fraction, duration: float, size: tuple[int, int], segments: Sequence[Segment]
+) -> int:
+    """The native frames of :func:`make_video`'s video; a ValueError naming the argument
+    when the size, the duration or a segment is out of range."""
+    width, height = size
     if width % 2 or height % 2 or width < MIN_SIZE[0] or height < MIN_SIZE[1]:
         raise ValueError(
             f"size {width}x{height}: width and height must be even and at least "
@@ -301,7 +337,19 @@ def make_video(
                 f"segment ({start}, {stop}, {verb_class}, {noun_class}) must have "
                 f"0 <= start < stop <= {actual_duration} and class ids >= 0"
             )
+    return num_frames
 
+
+def _raw_pictures(
+    num_frames: int,
+    rate: Fraction,
+    size: tuple[int, int],
+    segments: Sequence[Segment],
+    seed: int,
+) -> Iterator[memoryview]:
+    """The video as ffmpeg's rawvideo rgb24 input: for each native frame its stamp band,
+    then the picture below it (uint8, (rows, width, 3) each)."""
+    width, height = size
     # Per native frame: which segment's classes it shows, (-1, -1) for none.
     times = np.arange(num_frames) / float(rate)
     verbs = np.full(num_frames, -1)
@@ -313,11 +361,17 @@ def make_video(
     painter = _Painter(width, height, rng)
     grain_indices = rng.integers(0, _NUM_GRAIN_FIELDS, size=num_frames)
     band_height = _band_height(height)
+    for index in range(num_frames):
+        yield _render_band(index, width, band_height).data
+        yield painter.body((int(verbs[index]), int(nouns[index])), grain_indices[index]).data
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed: an interrupted run leaves no broken video.
-    partial = path.with_name(f".{path.name}.partial")
-    rate_text = str(rate)
+
+def _encoder_command(
+    partial: Path, size: tuple[int, int], rate_text: str, duration: float, audio: bool
+) -> list[str]:
+    """The ffmpeg command that encodes rawvideo rgb24 from stdin at ``rate_text`` (and,
+    with ``audio``, a 440 Hz tone of ``duration`` seconds) into the MP4 ``partial``."""
+    width, height = size
     streams = [
         ffmpeg.input(
             "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate_text
@@ -325,10 +379,10 @@ def make_video(
     ]
     audio_args = {}
     if audio:
-        tone = f"sine=frequency=440:sample_rate=48000:duration={actual_duration!r}"
+        tone = f"sine=frequency=440:sample_rate=48000:duration={duration!r}"
         streams.append(ffmpeg.input(tone, format="lavfi").audio)
         audio_args = {"acodec": "aac", "audio_bitrate": "64k", "ac": 1}
-    command = (
+    return (
         ffmpeg.output(
             *streams,
             str(partial),
@@ -350,39 +404,23 @@ def make_video(
         .overwrite_output()
         .compile(cmd=ffmpeg_path())
     )
-    log.debug("writing %s: %s", path, " ".join(command))
+
+
+def _run_fed(command: list[str], chunks: Iterable[memoryview]) -> tuple[int, str]:
+    """Run ``command`` with ``chunks`` written to its stdin; its exit status and stderr."""
     # stderr to a file, not a pipe: a full pipe would block ffmpeg while we feed stdin.
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=stderr)
         try:
-            for index in range(num_frames):
-                process.stdin.write(_render_band(index, width, band_height).data)
-                process.stdin.write(
-                    painter.body((int(verbs[index]), int(nouns[index])), grain_indices[index]).data
-                )
+            for chunk in chunks:
+                process.stdin.write(chunk)
             process.stdin.close()
         except BrokenPipeError:
             pass  # ffmpeg exited early; its stderr, read below, says why
         returncode = process.wait()
         stderr.seek(0)
         message = stderr.read().decode(errors="replace").strip()
-    written = _probe_frames(partial) if returncode == 0 else 0
-    if returncode != 0 or written != num_frames:
-        partial.unlink(missing_ok=True)
-        if returncode != 0:
-            raise RuntimeError(f"ffmpeg failed writing {path} (exit {returncode}): {message}")
-        raise RuntimeError(f"{path}: ffmpeg wrote {written} video frames, expected {num_frames}")
-    os.replace(partial, path)
-    return SyntheticVideo(
-        video_id=path.stem,
-        path=path,
-        fps=rate_text,
-        native_fps=float(rate),
-        duration=actual_duration,
-        width=width,
-        height=height,
-        num_frames=num_frames,
-    )
+    return returncode, message
 
 
 def _probe_frames(path: Path) -> int:

@@ -39,32 +39,24 @@ import lmdb
 from PIL import Image
 
 from epicdata.annotations import SPLIT_FILES, AnnotationDir
+from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.console import site_of_environment, user_line
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError
-from epicdata.sampling import sampled_frames_to_keep
-from epicdata.store import (
+from epicdata.layout import (
     SHARD_META_KEY,
-    SOURCE_FRAMES,
     STORE_FORMAT_VERSION,
-    ExtractParams,
-    Manifest,
-    PlannedVideo,
-    Range,
-    ShardMeta,
-    ShardPlan,
-    VideoMeta,
     checksum_key,
     failure_record_path,
-    frame_checksum,
     frame_key,
-    frames_in_ranges,
-    open_shard_readonly,
-    shard_file_truncated,
     shard_path,
-    unpack_checksums,
     video_meta_key,
 )
+from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
+from epicdata.manifest import SOURCE_FRAMES, ExtractParams, Manifest, PlannedVideo, ShardPlan
+from epicdata.metadata import ShardMeta, VideoMeta
+from epicdata.ranges import Range, frames_in_ranges
+from epicdata.sampling import sampled_frames_to_keep
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from epicdata.console import (
 )
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
 from epicdata.errors import ExitCode
-from epicdata.store import KEEP_MODES
+from epicdata.manifest import KEEP_MODES
 from preprocess.plan import DEFAULT_MARGIN_FRAMES, DEFAULT_TARGET_SHARD_FRAMES
 
 _DIR = click.Path(file_okay=False, path_type=Path)
@@ -333,7 +333,7 @@ def check(
     Exits 5 when the store is incomplete or damaged, or with --compare-frames when a
     video's frames do not match the official ones (docs/conventions.md).
     """
-    from epicdata.store import Manifest
+    from epicdata.manifest import Manifest
     from preprocess.check import check_store, format_report
 
     start_command()

@@ -26,7 +26,9 @@ import numpy as np
 from PIL import Image
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
-from epicdata.store import SOURCE_FRAMES, FrameStore, frames_in_ranges
+from epicdata.manifest import SOURCE_FRAMES
+from epicdata.ranges import frames_in_ranges
+from epicdata.store import FrameStore
 from preprocess.official_frames import count_frames, find_frames, read_official_frames
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import ffmpeg
 
 from epicdata.errors import BadSourceError
 from epicdata.ffmpeg_bin import ffmpeg_path
-from epicdata.store import Range
+from epicdata.ranges import Range
 
 #: Cap on ``between()`` ranges in the select expression. ffmpeg's expression parser refuses
 #: more than 100 terms (measured on 5.1; an undocumented limit that other builds may set

@@ -5,11 +5,12 @@ does not scale well inside one process), while this process's main thread writes
 pictures into the shard. A bounded queue between them keeps memory small whatever the
 video length. Each video's counts are checked against its plan before the shard is
 published; a bad video fails the shard with a message naming it and quoting ffmpeg.
+Every video is read the same way, through its source (:mod:`preprocess.sources`: an MP4
+decoded by ffmpeg, or official frames copied as they are).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import functools
 import logging
@@ -26,41 +27,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from epicdata.checksums import frame_checksum, pack_checksums
 from epicdata.console import preflight_output, site_of_environment, user_line
-from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import BadSourceError, StoreError
 from epicdata.ffmpeg_bin import ffmpeg_path
-from epicdata.sampling import count_in_ranges
-from epicdata.store import (
+from epicdata.layout import (
     SHARD_META_KEY,
     SHARDS_DIR,
-    SOURCE_FRAMES,
-    SOURCE_VIDEO,
     STORE_FORMAT_VERSION,
-    ExtractParams,
-    Manifest,
-    PlannedVideo,
-    Range,
-    ShardMeta,
-    ShardPlan,
-    VideoMeta,
     checksum_key,
     failure_record_path,
-    frame_checksum,
-    pack_checksums,
     shard_path,
     video_meta_key,
 )
-from preprocess.decode import (
-    DecodeStats,
-    JpegStreamError,
-    VideoDecodeError,
-    decode_video,
-    jpeg_size,
+from epicdata.manifest import (
+    ExtractParams,
+    Manifest,
+    PlannedVideo,
+    ShardPlan,
 )
-from preprocess.official_frames import FramesSourceError, FramesStats, iter_frames
+from epicdata.metadata import ShardMeta, VideoMeta
 from preprocess.plan import estimate_bytes
-from preprocess.probe import fingerprint
+from preprocess.sources import FrameSource, source_class
 from preprocess.writer import (
     ShardWriter,
     remove_stale_temps,
@@ -176,96 +164,6 @@ class _Video:
         self.ordered = True
 
 
-def _check_counts(video: PlannedVideo, stats: DecodeStats, stored: list[Range]) -> None:
-    """Raise VideoDecodeError when the decoded stream does not match the plan."""
-    where = video.path
-    decoded = stats.retimed_frames if stats.retimed_frames >= 0 else stats.last_frame
-    if abs(decoded - video.expected_frames) > CLAMP_TOLERANCE_FRAMES:
-        raise VideoDecodeError(
-            f"{where}: re-timed to {video.rate} fps it has {decoded} frames, but its duration "
-            f"{video.duration:.3f} s x {video.rate} = {video.expected_frames} "
-            f"(+-{CLAMP_TOLERANCE_FRAMES}); the file is truncated or its timestamps are broken"
-        )
-    expected_native = video.duration * video.native_fps
-    if (
-        stats.native_frames >= 0
-        and abs(stats.native_frames - expected_native) > CLAMP_TOLERANCE_FRAMES
-    ):
-        raise VideoDecodeError(
-            f"{where}: {stats.native_frames} source pictures decoded, but {video.duration:.3f} s "
-            f"at {video.native_fps:.3f} fps is {expected_native:.0f}: pictures are missing or "
-            f"damaged, and re-timing would silently repeat others; download it again"
-        )
-    if video.max_annotated_frame > decoded + CLAMP_TOLERANCE_FRAMES:
-        raise VideoDecodeError(
-            f"{where}: shorter than its annotations: {decoded} frames, a segment ends at "
-            f"{video.max_annotated_frame}; download it again"
-        )
-    if stats.last_frame != decoded:
-        raise RuntimeError(
-            f"{video.video_id}: last picture numbered {stats.last_frame}, ffmpeg made {decoded}"
-        )
-    expected_stored = video.expected_ranges(decoded)
-    if stored != expected_stored:
-        raise RuntimeError(
-            f"{video.video_id}: stored ranges {stored[:4]}... differ from the planned "
-            f"{expected_stored[:4]}... ({count_in_ranges(stored)} vs "
-            f"{count_in_ranges(expected_stored)} frames)"
-        )
-
-
-def _check_frame_counts(video: PlannedVideo, stats: FramesStats, stored: list[Range]) -> None:
-    """Raise FramesSourceError when official frames do not match the plan: fewer frames
-    than the annotations reach, or a count far from duration x R (another video's frames)."""
-    where = video.path
-    if stats.frames < video.max_annotated_frame:
-        raise FramesSourceError(
-            f"{where}: {stats.frames} frames, but a segment ends at frame "
-            f"{video.max_annotated_frame}: the frames do not reach the annotations",
-            fix="download the video's frames again",
-        )
-    if abs(stats.frames - video.expected_frames) > CLAMP_TOLERANCE_FRAMES:
-        raise FramesSourceError(
-            f"{where}: {stats.frames} frames, but its duration {video.duration:.3f} s x "
-            f"{video.rate} = {video.expected_frames} (+-{CLAMP_TOLERANCE_FRAMES}): these are "
-            f"not this video's frames, or they are incomplete",
-            fix="download the video's frames again",
-        )
-    expected_stored = video.expected_ranges(stats.frames)
-    if stored != expected_stored:
-        raise RuntimeError(
-            f"{video.video_id}: stored ranges {stored[:4]}... differ from the planned "
-            f"{expected_stored[:4]}... ({count_in_ranges(stored)} vs "
-            f"{count_in_ranges(expected_stored)} frames)"
-        )
-
-
-def _wanted_frames(video: PlannedVideo) -> Callable[[int], bool]:
-    """Whether frame n of ``video`` is stored: in its keep ranges or from its tail on."""
-    if video.keep_ranges is None:
-        return lambda n: True
-    starts = [a for a, _ in video.keep_ranges]
-    ends = [b for _, b in video.keep_ranges]
-    tail_from = video.tail_from
-
-    def wanted(n: int) -> bool:
-        i = bisect.bisect_right(starts, n) - 1
-        return n >= tail_from or (i >= 0 and n <= ends[i])
-
-    return wanted
-
-
-def _require_unchanged(path: Path, video: PlannedVideo, error: type[BadSourceError]) -> None:
-    """Refuse a source file whose content fingerprint differs from the plan's (stores
-    planned before fingerprints existed have none: nothing to compare)."""
-    if video.fingerprint is not None and (found := fingerprint(path)) != video.fingerprint:
-        raise error(
-            f"{path}: changed since `epic-extract plan` (size:hash {found}, planned "
-            f"{video.fingerprint})",
-            fix="restore the planned file, or plan a new --store for the new one",
-        )
-
-
 def _put_unless_cancelled(out: queue.Queue, cancel: threading.Event, item: tuple) -> bool:
     """Put ``item`` into the writer's queue, waiting while it is full; False once the run
     is cancelled (the writer stopped: the producer thread returns)."""
@@ -292,86 +190,16 @@ def _put_in_batches(
     return not batch or put(("frames", video_id, batch))
 
 
-def _same_size_frames(
-    frames: Iterable[tuple[int, bytes]], path: Path, stats: FramesStats
-) -> Iterator[tuple[int, bytes]]:
-    """``frames`` checked to be JPEGs of one picture size, which ends up in ``stats``."""
-    size: tuple[int, int] | None = None
-    for frame, jpeg in frames:
-        try:
-            this = jpeg_size(jpeg)
-        except JpegStreamError:
-            raise FramesSourceError(
-                f"{path} frame {frame}: a JPEG without a frame header",
-                fix="download the video's frames again",
-            ) from None
-        if size is None:
-            size = this
-        elif this != size:
-            raise FramesSourceError(
-                f"{path} frame {frame}: {this[0]}x{this[1]} pixels, the frames before it "
-                f"{size[0]}x{size[1]}",
-                fix="download the video's frames again",
-            )
-        yield frame, jpeg
-    stats.width, stats.height = size or (0, 0)
-
-
-def _copy_frames_into_queue(
-    video: PlannedVideo, *, path: Path, out: queue.Queue, cancel: threading.Event
-) -> None:
-    """Official-frames thread: the same protocol as :func:`_decode_into_queue`, the JPEGs
-    read from a tar stream (or folder) as they are; ``done`` carries a FramesStats."""
-
+def _produce(source: FrameSource, *, out: queue.Queue, cancel: threading.Event) -> None:
+    """Producer thread of one video, whatever its source: put ("frames", id, batch) items,
+    then ("done", id, source) or ("failed", id, exception)."""
     put = functools.partial(_put_unless_cancelled, out, cancel)
-    stats = FramesStats()
+    video_id = source.video.video_id
     try:
-        if path.is_file():
-            _require_unchanged(path, video, FramesSourceError)
-        frames = iter_frames(path, wanted=_wanted_frames(video), stats=stats, cancel=cancel)
-        if _put_in_batches(put, video.video_id, _same_size_frames(frames, path, stats)):
-            put(("done", video.video_id, stats))
+        if _put_in_batches(put, video_id, source.frames(cancel)):
+            put(("done", video_id, source))
     except Exception as exc:  # noqa: BLE001 - handed to the writer thread, which decides
-        put(("failed", video.video_id, exc))
-
-
-def _decode_into_queue(
-    video: PlannedVideo,
-    *,
-    path: Path,
-    params: ExtractParams,
-    threads: int,
-    out: queue.Queue,
-    cancel: threading.Event,
-) -> None:
-    """Decode thread: put ("frames", id, batch) items, then ("done"|"failed", id, payload)."""
-
-    put = functools.partial(_put_unless_cancelled, out, cancel)
-    stats = DecodeStats()
-    try:
-        if not path.is_file():
-            raise VideoDecodeError(
-                f"{path}: no such file",
-                fix="moved since `epic-extract plan`? give the videos' new root with --videos",
-            )
-        _require_unchanged(path, video, VideoDecodeError)
-        frames = decode_video(
-            path=path,
-            rate=video.rate,
-            short_side=params.short_side,
-            jpeg_qscale=params.jpeg_qscale,
-            width=video.width,
-            height=video.height,
-            keep_ranges=video.keep_ranges,
-            tail_from=video.tail_from,
-            threads=threads,
-            stats=stats,
-            cancel=cancel,
-        )
-        if _put_in_batches(put, video.video_id, frames):
-            put(("done", video.video_id, stats))
-    except Exception as exc:  # noqa: BLE001 - handed to the writer thread, which decides
-        put(("failed", video.video_id, exc))
+        put(("failed", video_id, exc))
 
 
 def _write_videos(
@@ -383,7 +211,8 @@ def _write_videos(
     workers: int,
     on_frames: Callable[[int], None] | None,
 ) -> tuple[list[VideoMeta], list[VideoResult], dict[str, str]]:
-    """Decode every video of ``shard`` (read from ``sources`` by video id) into ``writer``.
+    """Read every video of ``shard`` (from ``sources`` by video id) into ``writer``: up to
+    ``workers`` producer threads (one per video, largest first), this thread writing.
     Returns (metadata, results, bad videos by id -> reason)."""
     videos = sorted(shard.videos, key=lambda v: (-v.duration * v.width * v.height, v.video_id))
     concurrency = max(1, min(workers, len(videos)))
@@ -391,171 +220,115 @@ def _write_videos(
     cancel = threading.Event()
     out: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES_PER_WORKER * concurrency)
     state = {v.video_id: _Video(v) for v in videos}
-    metas: list[VideoMeta] = []
-    results: list[VideoResult] = []
-    bad: dict[str, str] = {}
     with ThreadPoolExecutor(concurrency, thread_name_prefix="decode") as pool:
         try:
             for video in videos:
-                if video.source_kind == SOURCE_FRAMES:
-                    pool.submit(
-                        _copy_frames_into_queue,
-                        video,
-                        path=sources[video.video_id],
-                        out=out,
-                        cancel=cancel,
-                    )
-                    continue
-                pool.submit(
-                    _decode_into_queue,
-                    video,
-                    path=sources[video.video_id],
-                    params=params,
-                    threads=threads,
-                    out=out,
-                    cancel=cancel,
-                )
-            remaining = len(videos)
-            while remaining:
-                kind, video_id, payload = out.get()
-                current = state[video_id]
-                if kind == "frames":
-                    for frame, jpeg in payload:
-                        current.add(frame, jpeg)
-                    writer.put_frames(video_id, payload)
-                    if on_frames is not None:
-                        on_frames(len(payload))
-                    continue
-                remaining -= 1
-                if kind == "failed":
-                    # Only a bad file is the video's fault; anything else (ffmpeg missing,
-                    # a bug) stops the shard as what it is.
-                    if not isinstance(payload, BadSourceError):
-                        raise payload
-                    bad[video_id] = str(payload)
-                    log.error("%s: %s", video_id, payload)
-                    continue
-                current.sort()
-                if current.planned.source_kind == SOURCE_FRAMES:
-                    finish, check = _finish_frames, _check_frame_counts
-                else:
-                    finish, check = _finish_video, _check_counts
-                meta, result = finish(current, payload, params, sources[video_id])
-                try:
-                    check(current.planned, payload, [tuple(r) for r in current.ranges])
-                except BadSourceError as exc:
-                    bad[video_id] = str(exc)
-                    log.error("%s: %s", video_id, exc)
-                    continue
-                writer.put(
-                    [
-                        (video_meta_key(video_id), meta.to_bytes()),
-                        (checksum_key(video_id), pack_checksums(current.checksums)),
-                    ]
-                )
-                metas.append(meta)
-                results.append(result)
-                log.info(
-                    "%s: %d frames stored of %d decoded in %.1f s (%.0f frames/s)",
-                    video_id,
-                    result.stored_frames,
-                    result.decoded_frames,
-                    result.seconds,
-                    result.frames_per_second,
-                )
+                path = sources[video.video_id]
+                source = source_class(video)(video, path=path, params=params, threads=threads)
+                pool.submit(_produce, source, out=out, cancel=cancel)
+            metas, results, bad = _consume(out, state, writer, params=params, on_frames=on_frames)
         finally:
             cancel.set()
     return sorted(metas, key=lambda m: m.video_id), results, bad
 
 
-def _finish_video(
-    current: _Video, stats: DecodeStats, params: ExtractParams, source: Path
-) -> tuple[VideoMeta, VideoResult]:
-    decoded = stats.retimed_frames if stats.retimed_frames >= 0 else stats.last_frame
-    return _outcome(
-        current,
-        params,
-        source,
-        decoded=decoded,
-        native_frames=stats.native_frames,
-        size=(stats.width, stats.height),
-        seconds=stats.seconds,
-        source_kind=SOURCE_VIDEO,
-    )
-
-
-def _finish_frames(
-    current: _Video, stats: FramesStats, params: ExtractParams, source: Path
-) -> tuple[VideoMeta, VideoResult]:
-    return _outcome(
-        current,
-        params,
-        source,
-        decoded=stats.frames,
-        native_frames=-1,  # no video was decoded
-        size=(stats.width, stats.height),
-        seconds=stats.seconds,
-        source_kind=SOURCE_FRAMES,
-    )
-
-
-def _outcome(
-    current: _Video,
-    params: ExtractParams,
-    source: Path,
+def _consume(
+    out: queue.Queue,
+    state: dict[str, _Video],
+    writer: ShardWriter,
     *,
-    decoded: int,
-    native_frames: int,
-    size: tuple[int, int],
-    seconds: float,
-    source_kind: str,
+    params: ExtractParams,
+    on_frames: Callable[[int], None] | None,
+) -> tuple[list[VideoMeta], list[VideoResult], dict[str, str]]:
+    """Writer side of :func:`_write_videos`: write each batch as it comes and each video's
+    metadata once its source is read and matches the plan, until every producer ended."""
+    metas: list[VideoMeta] = []
+    results: list[VideoResult] = []
+    bad: dict[str, str] = {}
+    remaining = len(state)
+    while remaining:
+        kind, video_id, payload = out.get()
+        current = state[video_id]
+        if kind == "frames":
+            for frame, jpeg in payload:
+                current.add(frame, jpeg)
+            writer.put_frames(video_id, payload)
+            if on_frames is not None:
+                on_frames(len(payload))
+            continue
+        remaining -= 1
+        try:
+            if kind == "failed":
+                raise payload
+            meta, result = _finish(current, payload, params)
+        except BadSourceError as exc:
+            # Only a bad file is the video's fault; anything else (ffmpeg missing, a bug)
+            # stops the shard as what it is.
+            bad[video_id] = str(exc)
+            log.error("%s: %s", video_id, exc)
+            continue
+        writer.put(
+            [
+                (video_meta_key(video_id), meta.to_bytes()),
+                (checksum_key(video_id), pack_checksums(current.checksums)),
+            ]
+        )
+        metas.append(meta)
+        results.append(result)
+        log.info(
+            "%s: %d frames stored of %d decoded in %.1f s (%.0f frames/s)",
+            video_id,
+            result.stored_frames,
+            result.decoded_frames,
+            result.seconds,
+            result.frames_per_second,
+        )
+    return metas, results, bad
+
+
+def _finish(
+    current: _Video, source: FrameSource, params: ExtractParams
 ) -> tuple[VideoMeta, VideoResult]:
-    """A written video's metadata (for its shard) and its outcome (for the log)."""
+    """A read video's metadata (for its shard) and outcome (for the log); raises the
+    source's :class:`BadSourceError` when what it read does not match the plan."""
+    current.sort()
+    counts = source.counts()
     video = current.planned
     meta = VideoMeta(
         video_id=video.video_id,
         rate=video.rate,
         native_fps=video.native_fps,
         duration=video.duration,
-        decoded_frames=decoded,
+        decoded_frames=counts.decoded,
         stored_frames=len(current.checksums),
         stored_ranges=tuple((a, b) for a, b in current.ranges),
-        width=size[0],
-        height=size[1],
+        width=counts.width,
+        height=counts.height,
         short_side=params.short_side,
         jpeg_qscale=params.jpeg_qscale,
-        source=str(source),
-        native_frames=native_frames,
+        source=str(source.path),
+        native_frames=counts.native_frames,
         fingerprint=video.fingerprint,
-        source_kind=source_kind,
+        source_kind=source.kind,
     )
     result = VideoResult(
         video_id=video.video_id,
-        native_frames=native_frames,
-        decoded_frames=decoded,
+        native_frames=counts.native_frames,
+        decoded_frames=counts.decoded,
         stored_frames=meta.stored_frames,
-        seconds=seconds,
+        seconds=counts.seconds,
         jpeg_bytes=current.jpeg_bytes,
     )
+    source.check([tuple(r) for r in current.ranges])
     return meta, result
 
 
 def video_source(
     video: PlannedVideo, *, planned_root: str | None, videos_root: str | Path | None
 ) -> Path:
-    """Where to read ``video`` from: its planned path, or the same place under
-    ``videos_root`` when the tree moved. Old plans kept paths relative to the directory
-    `plan` ran in: those are found under the planned root (absolute) by their EPIC tail.
-    Official frames are read from their planned (absolute) path."""
-    if video.source_kind == SOURCE_FRAMES:
-        return Path(video.path)
-    path = Path(video.path or f"{video.video_id}.MP4")
-    tail = Path(*path.parts[-3:])  # PXX/videos/PXX_YY.MP4
-    if videos_root is not None:
-        return Path(videos_root) / tail
-    if path.is_absolute() or planned_root is None:
-        return path
-    return Path(planned_root) / tail
+    """Where to read ``video`` from: its planned path, or for an MP4 the same place under
+    ``videos_root`` when the tree moved (see :meth:`FrameSource.locate`)."""
+    return source_class(video).locate(video, planned_root=planned_root, videos_root=videos_root)
 
 
 def load_runnable_manifest(store_root: str | Path) -> Manifest:
@@ -626,13 +399,7 @@ def run_shard(
     started = time.perf_counter()
     store_root = Path(store_root)
     manifest = load_runnable_manifest(store_root)
-    plans = {s.index: s for s in manifest.shards}
-    if shard_index not in plans:
-        raise StoreError(
-            f"shard index {shard_index} is not in the plan of {store_root} "
-            f"(0..{len(plans) - 1}); check --shard-index / the --array range"
-        )
-    shard = plans[shard_index]
+    shard = _planned_shard(manifest, store_root, shard_index)
     final = shard_path(store_root, shard_index)
     remove_stale_temps(store_root, shard_index)
     if final.exists() and not force:
@@ -660,37 +427,17 @@ def run_shard(
         workers,
         tmp_root,
     )
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"epic-shard-{shard_index:05d}-", dir=tmp_root))
-    try:
-        writer = ShardWriter(workdir / final.name, map_size=map_size)
-        try:
-            metas, results, bad = _write_videos(
-                shard,
-                writer,
-                params=manifest.params,
-                sources=sources,
-                workers=workers,
-                on_frames=on_frames,
-            )
-            if bad:
-                raise BadVideoError(shard_index, bad, store_root)
-            shard_meta = ShardMeta(
-                format_version=STORE_FORMAT_VERSION,
-                shard_index=shard_index,
-                video_ids=tuple(m.video_id for m in metas),
-                params=asdict(manifest.params),
-                total_frames=sum(m.stored_frames for m in metas),
-            )
-            writer.put([(SHARD_META_KEY, shard_meta.to_bytes())])
-            problems = writer.verify(metas, expected_meta=shard_meta)
-            if problems:
-                raise RuntimeError(f"shard {shard_index} failed verification: {problems[:5]}")
-            path = writer.publish(store_root, shard_index)
-        finally:
-            writer.close()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with _scratch_folder(tmp_root, shard_index) as workdir:
+        path, shard_meta, results = _build_and_publish(
+            shard,
+            workdir / final.name,
+            map_size=map_size,
+            store_root=store_root,
+            params=manifest.params,
+            sources=sources,
+            workers=workers,
+            on_frames=on_frames,
+        )
     size = path.stat().st_size
     seconds = time.perf_counter() - started
     log.info(
@@ -702,6 +449,66 @@ def run_shard(
         seconds,
     )
     return ShardResult(shard_index, path, "published", tuple(results), seconds, size)
+
+
+def _planned_shard(manifest: Manifest, store_root: Path, shard_index: int) -> ShardPlan:
+    """Shard ``shard_index`` of the plan; a StoreError when the plan has no such shard."""
+    plans = {s.index: s for s in manifest.shards}
+    if shard_index not in plans:
+        raise StoreError(
+            f"shard index {shard_index} is not in the plan of {store_root} "
+            f"(0..{len(plans) - 1}); check --shard-index / the --array range"
+        )
+    return plans[shard_index]
+
+
+@contextlib.contextmanager
+def _scratch_folder(tmp_root: Path, shard_index: int) -> Iterator[Path]:
+    """A new folder under ``tmp_root`` for shard ``shard_index`` under construction,
+    removed with whatever it holds when the block ends."""
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"epic-shard-{shard_index:05d}-", dir=tmp_root))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _build_and_publish(
+    shard: ShardPlan,
+    scratch_path: Path,
+    *,
+    map_size: int,
+    store_root: Path,
+    params: ExtractParams,
+    sources: dict[str, Path],
+    workers: int,
+    on_frames: Callable[[int], None] | None,
+) -> tuple[Path, ShardMeta, list[VideoResult]]:
+    """Write every video of ``shard`` and the shard's metadata into a new shard at
+    ``scratch_path``, verify it and publish it into the store. Returns (published path,
+    shard metadata, per-video results)."""
+    writer = ShardWriter(scratch_path, map_size=map_size)
+    try:
+        metas, results, bad = _write_videos(
+            shard, writer, params=params, sources=sources, workers=workers, on_frames=on_frames
+        )
+        if bad:
+            raise BadVideoError(shard.index, bad, store_root)
+        shard_meta = ShardMeta(
+            format_version=STORE_FORMAT_VERSION,
+            shard_index=shard.index,
+            video_ids=tuple(m.video_id for m in metas),
+            params=asdict(params),
+            total_frames=sum(m.stored_frames for m in metas),
+        )
+        writer.put([(SHARD_META_KEY, shard_meta.to_bytes())])
+        problems = writer.verify(metas, expected_meta=shard_meta)
+        if problems:
+            raise RuntimeError(f"shard {shard.index} failed verification: {problems[:5]}")
+        return writer.publish(store_root, shard.index), shard_meta, results
+    finally:
+        writer.close()
 
 
 def scratch_root(tmp_dir: str | Path | None) -> Path:
@@ -720,7 +527,7 @@ def preflight_run(
     """Fail in a second, before any decoding, when ffmpeg is missing, or scratch or the
     store cannot be written or has no room: scratch for the largest shard of ``indices``,
     the store's disk for all of them (already published ones are skipped unless ``force``)."""
-    if any(v.source_kind == SOURCE_VIDEO for s in manifest.shards for v in s.videos):
+    if any(source_class(v).needs_ffmpeg for s in manifest.shards for v in s.videos):
         ffmpeg_path()  # a store made only from official frames copies, and needs no ffmpeg
     todo = [
         s

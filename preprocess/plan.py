@@ -15,13 +15,13 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lmdb
 
-from epicdata.annotations import AnnotationDir, Segment, read_video_info
+from epicdata.annotations import AnnotationDir, Segment, VideoInfo, read_video_info
 from epicdata.console import site_of_environment, user_line
 from epicdata.constants import (
     CLAMP_TOLERANCE_FRAMES,
@@ -30,27 +30,23 @@ from epicdata.constants import (
 )
 from epicdata.errors import BadSourceError, EpicInputError, StoreError
 from epicdata.frames import expected_frame_count, frame_rate_for
-from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_keep
-from epicdata.store import (
+from epicdata.layout import MANIFEST_NAME, SHARD_META_KEY, SHARDS_DIR, video_meta_key
+from epicdata.lmdb_env import open_shard_readonly
+from epicdata.manifest import (
     KEEP_MODES,
-    MANIFEST_NAME,
-    SHARD_META_KEY,
-    SHARDS_DIR,
     SOURCE_FRAMES,
     SOURCE_VIDEO,
     TAIL_FRAMES,
     ExtractParams,
     Manifest,
     PlannedVideo,
-    Range,
-    ShardMeta,
     ShardPlan,
-    VideoMeta,
-    open_shard_readonly,
-    video_meta_key,
 )
+from epicdata.metadata import ShardMeta, VideoMeta
+from epicdata.ranges import Range
+from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_keep
 from preprocess.official_frames import ERRATUM_VIDEO_IDS, find_frames, frames_problem
-from preprocess.probe import find_videos, fingerprint, probe_many
+from preprocess.probe import VideoProbe, find_videos, fingerprint, probe_many
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +118,54 @@ def estimate_core_hours(videos: Sequence[PlannedVideo]) -> float:
     return pixels / DECODE_PIXELS_PER_CORE_SECOND / 3600
 
 
+@dataclass(frozen=True)
+class VideoFacts:
+    """What planning knows of one video before choosing its frames: the file or frames it is
+    read from (None in a sizing-only plan), native frame rate (fps), duration (s), picture
+    size (px), the file's content fingerprint (None when not taken: a folder, a sizing-only
+    plan) and the kind of source (``PlannedVideo.source_kind``)."""
+
+    path: str | None
+    native_fps: float
+    duration: float
+    width: int
+    height: int
+    fingerprint: str | None = None
+    source_kind: str = SOURCE_VIDEO
+
+    @classmethod
+    def from_probe(cls, probe: VideoProbe) -> VideoFacts:
+        """An MP4's facts, as ffprobe read them."""
+        return cls(
+            path=probe.path,
+            native_fps=probe.native_fps,
+            duration=probe.duration,
+            width=probe.width,
+            height=probe.height,
+            fingerprint=probe.fingerprint,
+        )
+
+    @classmethod
+    def from_info(
+        cls,
+        info: VideoInfo,
+        *,
+        path: str | None = None,
+        fingerprint: str | None = None,
+        source_kind: str = SOURCE_VIDEO,
+    ) -> VideoFacts:
+        """Facts from the video's ``EPIC_100_video_info.csv`` row."""
+        return cls(
+            path=path,
+            native_fps=info.fps,
+            duration=info.duration,
+            width=info.width,
+            height=info.height,
+            fingerprint=fingerprint,
+            source_kind=source_kind,
+        )
+
+
 def plan_store(
     *,
     store_root: str | Path,
@@ -157,6 +201,63 @@ def plan_store(
     of :data:`~preprocess.official_frames.ERRATUM_VIDEO_IDS` (wrong official frames), is
     decoded from its MP4; each video records its source (``PlannedVideo.source_kind``).
     """
+    params = _checked_params(
+        videos_root=videos_root,
+        video_info=video_info,
+        frames_root=frames_root,
+        short_side=short_side,
+        jpeg_qscale=jpeg_qscale,
+        keep=keep,
+        num_frames=num_frames,
+        margin_frames=margin_frames,
+    )
+    store_root = Path(store_root)
+    published = _published_shards(store_root)
+    annotations = AnnotationDir(annotations_dir)
+    by_video = _segments_by_video(annotations, splits, annotations_dir)
+    frames_root, videos_root = _absolute(frames_root), _absolute(videos_root)
+    facts, problems = build_video_facts(
+        sorted(by_video),
+        annotations=annotations,
+        frames_root=frames_root,
+        videos_root=videos_root,
+        video_info=video_info,
+    )
+    planned, problems = _plan_videos(facts, by_video, params, problems)
+    _refuse_problems(
+        problems,
+        planned,
+        annotated=len(by_video),
+        allow_missing=allow_missing,
+        where=frames_root or videos_root or video_info,
+    )
+    manifest = build_manifest(
+        planned,
+        problems=problems,
+        splits=splits,
+        shards=shards,
+        target_shard_frames=target_shard_frames,
+        params=params,
+        videos_root=videos_root,
+        frames_root=frames_root,
+    )
+    _save_manifest(store_root, manifest, published=len(published))
+    return manifest
+
+
+def _checked_params(
+    *,
+    videos_root: str | Path | None,
+    video_info: str | Path | None,
+    frames_root: str | Path | None,
+    short_side: int,
+    jpeg_qscale: int,
+    keep: str,
+    num_frames: Sequence[int],
+    margin_frames: int,
+) -> ExtractParams:
+    """The extraction parameters of the options; an :class:`EpicInputError` for options
+    that contradict each other or are out of range (see :func:`plan_store`)."""
     if frames_root is None and (videos_root is None) == (video_info is None):
         raise EpicInputError(
             "give either --videos (probe the files), --frames (official frames) or "
@@ -180,7 +281,25 @@ def plan_store(
             f"--short-side {short_side} must be even and >= 2, --quality {jpeg_qscale} in "
             f"2..31, --margin-frames {margin_frames} >= 0"
         )
-    store_root = Path(store_root)
+    return ExtractParams(
+        short_side=short_side,
+        jpeg_qscale=jpeg_qscale,
+        keep=keep,
+        margin_frames=margin_frames if keep == "segments" else 0,
+        num_frames=tuple(num_frames) if keep == "sampled" else (),
+    )
+
+
+def _absolute(path: str | Path | None) -> Path | None:
+    """``path`` made absolute, so that `run` works from any directory (and --videos
+    re-roots a moved tree)."""
+    return None if path is None else Path(path).resolve()
+
+
+def _published_shards(store_root: Path) -> list[Path]:
+    """The shards published in ``store_root``; a StoreError when the store also has its
+    manifest (planning again would orphan them). Shards without a manifest are a store
+    whose manifest.json was lost: the plan may recover it."""
     published = sorted((store_root / SHARDS_DIR).glob("shard-*.lmdb"))
     if published and (store_root / MANIFEST_NAME).exists():
         raise StoreError(
@@ -188,189 +307,102 @@ def plan_store(
             where=store_root,
             fix="plan into a new --store folder (or delete this store)",
         )
+    return published
 
-    annotations = AnnotationDir(annotations_dir)
+
+def _segments_by_video(
+    annotations: AnnotationDir, splits: Sequence[str], annotations_dir: str | Path
+) -> dict[str, list[Segment]]:
+    """The annotated segments of ``splits``, by video id; an error when there are none."""
     by_video: dict[str, list[Segment]] = defaultdict(list)
     for split in splits:
         for segment in annotations.segments(split):
             by_video[segment.video_id].append(segment)
     if not by_video:
         raise EpicInputError(f"no segments in splits {', '.join(splits)} of {annotations_dir}")
+    return by_video
 
-    problems: dict[str, str] = {}
-    facts: dict[str, tuple[str | None, float, float, int, int, str | None]] = {}
-    kinds: dict[str, str] = {}
+
+def build_video_facts(
+    video_ids: Sequence[str],
+    *,
+    annotations: AnnotationDir,
+    frames_root: Path | None,
+    videos_root: Path | None,
+    video_info: str | Path | None,
+) -> tuple[dict[str, VideoFacts], dict[str, str]]:
+    """Facts of each of ``video_ids`` from the sources given (official frames, else probed
+    videos, else the video_info CSV): (facts by video id, why the others cannot be planned)."""
     if frames_root is not None:
-        frames_root = Path(frames_root).resolve()
-        _plan_frames_sources(
-            by_video,
+        return _facts_from_frames(
+            video_ids,
             annotations=annotations,
             frames_root=frames_root,
-            videos_root=None if videos_root is None else Path(videos_root).resolve(),
+            videos_root=videos_root,
             video_info=video_info,
-            facts=facts,
-            kinds=kinds,
-            problems=problems,
         )
-    elif videos_root is not None:
-        # Absolute paths: `run` works from any directory (and --videos re-roots a moved tree).
-        videos_root = Path(videos_root).resolve()
-        found = find_videos(videos_root)
-        for video_id in sorted(set(by_video) - set(found)):
-            problems[video_id] = f"missing: no {video_id}.MP4 under {videos_root}"
-        probes, errors = probe_many(found[v] for v in sorted(by_video) if v in found)
-        problems.update(errors)
-        for video_id, p in probes.items():
-            facts[video_id] = (
-                p.path, p.native_fps, p.duration, p.width, p.height, p.fingerprint
-            )  # fmt: skip
-    else:
-        info = {v.video_id: v for v in read_video_info(video_info)}
-        for video_id in sorted(by_video):
-            if video_id not in info:
-                problems[video_id] = f"missing: not in {Path(video_info).name}"
-                continue
-            v = info[video_id]
-            facts[video_id] = (None, v.fps, v.duration, v.width, v.height, None)
-
-    planned: list[PlannedVideo] = []
-    for video_id, (path, native_fps, duration, width, height, fprint) in sorted(facts.items()):
-        rate = frame_rate_for(video_id)
-        expected = expected_frame_count(duration, rate)
-        segments = by_video[video_id]
-        last_annotated = max(s.stop_frame for s in segments)
-        if last_annotated > expected + CLAMP_TOLERANCE_FRAMES:
-            problems[video_id] = (
-                f"{path or video_id}: shorter than its annotations: {duration:.2f} s = "
-                f"{expected} frames at {rate} fps, but a segment ends at frame {last_annotated}; "
-                f"the file is probably truncated, download it again"
-            )
-            continue
-        ranges = keep_ranges_for(
-            segments,
-            keep=keep,
-            margin_frames=margin_frames,
-            num_frames=num_frames,
-            expected_frames=expected,
-        )
-        planned.append(
-            PlannedVideo(
-                video_id=video_id,
-                path=path,
-                rate=rate,
-                native_fps=native_fps,
-                duration=duration,
-                width=width,
-                height=height,
-                expected_frames=expected,
-                planned_frames=expected if ranges is None else count_in_ranges(ranges),
-                max_annotated_frame=last_annotated,
-                keep_ranges=ranges,
-                fingerprint=fprint,
-                source_kind=kinds.get(video_id, SOURCE_VIDEO),
-            )
-        )
-
-    if problems and not allow_missing:
-        lines = "\n".join(f"  {v}: {why}" for v, why in sorted(problems.items()))
-        raise BadSourceError(
-            f"{len(problems)} of {len(by_video)} videos cannot be planned",
-            where=frames_root or videos_root or video_info,
-            fix="fix or download them, or pass --allow-missing to plan without them",
-            details=lines,
-        )
-    if not planned:
-        raise EpicInputError("no video can be planned: every annotated video has a problem")
-    for video_id, why in sorted(problems.items()):
-        log.warning("planning without %s (%s)", video_id, why)
-
-    total = sum(v.planned_frames for v in planned)
-    if shards is None:
-        target = target_shard_frames or DEFAULT_TARGET_SHARD_FRAMES
-        shards = math.ceil(total / target)
-    num_shards = max(1, min(int(shards), len(planned)))
-    manifest = Manifest(
-        params=ExtractParams(
-            short_side=short_side,
-            jpeg_qscale=jpeg_qscale,
-            keep=keep,
-            margin_frames=margin_frames if keep == "segments" else 0,
-            num_frames=tuple(num_frames) if keep == "sampled" else (),
-        ),
-        shards=tuple(
-            ShardPlan(index=i, videos=tuple(videos))
-            for i, videos in enumerate(_balance(planned, num_shards))
-        ),
-        splits=tuple(splits),
-        videos_root=None if videos_root is None else str(Path(videos_root).resolve()),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        extra={
-            "sizing_only": videos_root is None and frames_root is None,
-            "frames_root": None if frames_root is None else str(frames_root),
-            "excluded_videos": dict(sorted(problems.items())),
-            "estimated_bytes": estimate_bytes(total, short_side),
-            "estimated_core_hours": round(estimate_core_hours(planned), 2),
-        },
-    )
-    if published:
-        # manifest.json was lost: the same plan, made again, describes the shards exactly.
-        mismatches = published_mismatches(store_root, manifest)
-        if mismatches:
-            raise StoreError(
-                f"manifest.json is missing and this plan does not match the {len(published)} "
-                f"published shard(s)",
-                where=store_root,
-                fix="re-run the exact `epic-extract plan` command that made the store (the "
-                "header line of its log names it), or plan into a new --store folder",
-                details="\n".join(f"  {m}" for m in mismatches[:10]),
-            )
-        log.warning(
-            "manifest.json was missing: recovered it from this plan, which matches the %d "
-            "published shards; run `epic-check` to verify them",
-            len(published),
-        )
-    store_root.mkdir(parents=True, exist_ok=True)
-    manifest.save(store_root)
-    return manifest
+    if videos_root is not None:
+        return _facts_from_videos(video_ids, videos_root)
+    return _facts_from_video_info(video_ids, video_info)
 
 
-def _plan_frames_sources(
-    by_video: dict[str, list[Segment]],
+def _facts_from_videos(
+    video_ids: Sequence[str], videos_root: Path
+) -> tuple[dict[str, VideoFacts], dict[str, str]]:
+    """Each video probed from its MP4 under ``videos_root``."""
+    found = find_videos(videos_root)
+    problems = {
+        video_id: f"missing: no {video_id}.MP4 under {videos_root}"
+        for video_id in video_ids
+        if video_id not in found
+    }
+    facts, errors = _probe_facts(found[v] for v in video_ids if v in found)
+    return facts, problems | errors
+
+
+def _facts_from_video_info(
+    video_ids: Sequence[str], video_info: str | Path
+) -> tuple[dict[str, VideoFacts], dict[str, str]]:
+    """Each video's row of the video_info CSV (a sizing-only plan: no file to read)."""
+    info = {v.video_id: v for v in read_video_info(video_info)}
+    problems = {
+        video_id: f"missing: not in {Path(video_info).name}"
+        for video_id in video_ids
+        if video_id not in info
+    }
+    facts = {
+        video_id: VideoFacts.from_info(info[video_id]) for video_id in video_ids if video_id in info
+    }
+    return facts, problems
+
+
+def _probe_facts(paths: Iterable[Path]) -> tuple[dict[str, VideoFacts], dict[str, str]]:
+    """ffprobe ``paths`` (in parallel): (facts by video id, why the unreadable ones are)."""
+    probes, errors = probe_many(paths)
+    return {video_id: VideoFacts.from_probe(p) for video_id, p in probes.items()}, errors
+
+
+def _facts_from_frames(
+    video_ids: Sequence[str],
     *,
     annotations: AnnotationDir,
     frames_root: Path,
     videos_root: Path | None,
     video_info: str | Path | None,
-    facts: dict[str, tuple[str | None, float, float, int, int, str | None]],
-    kinds: dict[str, str],
-    problems: dict[str, str],
-) -> None:
-    """Fill ``facts``, ``kinds`` and ``problems`` for a plan from official frames: each
-    video from its frames (durations from video_info.csv), or from its MP4 when it has no
-    frames or its frames are in the erratum and ``videos_root`` holds it."""
+) -> tuple[dict[str, VideoFacts], dict[str, str]]:
+    """Facts for a plan from official frames: each video from its frames (durations from
+    video_info.csv), or from its MP4 when it has no frames or its frames are in the erratum
+    and ``videos_root`` holds it."""
     info_rows = read_video_info(video_info) if video_info else annotations.video_info()
     info = {v.video_id: v for v in info_rows}
     info_name = Path(video_info).name if video_info else "EPIC_100_video_info.csv"
     found_frames = find_frames(frames_root)
     found_videos = find_videos(videos_root) if videos_root is not None else {}
+    facts: dict[str, VideoFacts] = {}
+    problems: dict[str, str] = {}
     decode: list[str] = []
-    for video_id in sorted(by_video):
-        frames = found_frames.get(video_id)
-        if video_id in ERRATUM_VIDEO_IDS and frames is not None:
-            if video_id in found_videos:
-                log.warning(
-                    "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
-                    "README): decoding it from %s instead",
-                    video_id,
-                    found_videos[video_id],
-                )
-                frames = None
-            else:
-                log.warning(
-                    "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
-                    "README): copying them anyway; give its video with --videos to decode it",
-                    video_id,
-                )
+    for video_id in video_ids:
+        frames = _usable_frames(video_id, found_frames.get(video_id), found_videos)
         if frames is None:
             if video_id in found_videos:
                 decode.append(video_id)
@@ -382,23 +414,178 @@ def _plan_frames_sources(
                 )
             continue
         why = frames_problem(frames)
+        if why is None and video_id not in info:
+            why = f"missing: not in {info_name} (its frame count is estimated from it)"
         if why is not None:
             problems[video_id] = why
             continue
-        if video_id not in info:
+        facts[video_id] = VideoFacts.from_info(
+            info[video_id],
+            path=str(frames),
+            fingerprint=fingerprint(frames) if frames.is_file() else None,
+            source_kind=SOURCE_FRAMES,
+        )
+    decoded, errors = _probe_facts(found_videos[v] for v in decode)
+    return facts | decoded, problems | errors
+
+
+def _usable_frames(
+    video_id: str, frames: Path | None, found_videos: dict[str, Path]
+) -> Path | None:
+    """``frames``, or None when the video is to be decoded instead: its official frames are
+    wrong (erratum) and its MP4 was found. Copied anyway, with a warning, without the MP4."""
+    if video_id not in ERRATUM_VIDEO_IDS or frames is None:
+        return frames
+    if video_id in found_videos:
+        log.warning(
+            "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
+            "README): decoding it from %s instead",
+            video_id,
+            found_videos[video_id],
+        )
+        return None
+    log.warning(
+        "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
+        "README): copying them anyway; give its video with --videos to decode it",
+        video_id,
+    )
+    return frames
+
+
+def _plan_videos(
+    facts: dict[str, VideoFacts],
+    by_video: dict[str, list[Segment]],
+    params: ExtractParams,
+    problems: dict[str, str],
+) -> tuple[list[PlannedVideo], dict[str, str]]:
+    """Plan each video of ``facts`` (rate, expected frames, frames to keep per ``params``),
+    by video id. Returns (planned videos, ``problems`` and the videos shorter than their
+    annotations)."""
+    planned: list[PlannedVideo] = []
+    problems = dict(problems)
+    for video_id, fact in sorted(facts.items()):
+        rate = frame_rate_for(video_id)
+        expected = expected_frame_count(fact.duration, rate)
+        segments = by_video[video_id]
+        last_annotated = max(s.stop_frame for s in segments)
+        if last_annotated > expected + CLAMP_TOLERANCE_FRAMES:
             problems[video_id] = (
-                f"missing: not in {info_name} (its frame count is estimated from it)"
+                f"{fact.path or video_id}: shorter than its annotations: {fact.duration:.2f} s "
+                f"= {expected} frames at {rate} fps, but a segment ends at frame "
+                f"{last_annotated}; the file is probably truncated, download it again"
             )
             continue
-        v = info[video_id]
-        fprint = fingerprint(frames) if frames.is_file() else None
-        facts[video_id] = (str(frames), v.fps, v.duration, v.width, v.height, fprint)
-        kinds[video_id] = SOURCE_FRAMES
-    probes, errors = probe_many(found_videos[v] for v in decode)
-    problems.update(errors)
-    for video_id, p in probes.items():
-        facts[video_id] = (p.path, p.native_fps, p.duration, p.width, p.height, p.fingerprint)
-        kinds[video_id] = SOURCE_VIDEO
+        ranges = keep_ranges_for(
+            segments,
+            keep=params.keep,
+            margin_frames=params.margin_frames,
+            num_frames=params.num_frames,
+            expected_frames=expected,
+        )
+        planned.append(
+            PlannedVideo(
+                video_id=video_id,
+                path=fact.path,
+                rate=rate,
+                native_fps=fact.native_fps,
+                duration=fact.duration,
+                width=fact.width,
+                height=fact.height,
+                expected_frames=expected,
+                planned_frames=expected if ranges is None else count_in_ranges(ranges),
+                max_annotated_frame=last_annotated,
+                keep_ranges=ranges,
+                fingerprint=fact.fingerprint,
+                source_kind=fact.source_kind,
+            )
+        )
+    return planned, problems
+
+
+def _refuse_problems(
+    problems: dict[str, str],
+    planned: Sequence[PlannedVideo],
+    *,
+    annotated: int,
+    allow_missing: bool,
+    where: str | Path | None,
+) -> None:
+    """Report every video that cannot be planned in one error (or, with ``allow_missing``,
+    as warnings); an error too when no video is left to plan."""
+    if problems and not allow_missing:
+        lines = "\n".join(f"  {v}: {why}" for v, why in sorted(problems.items()))
+        raise BadSourceError(
+            f"{len(problems)} of {annotated} videos cannot be planned",
+            where=where,
+            fix="fix or download them, or pass --allow-missing to plan without them",
+            details=lines,
+        )
+    if not planned:
+        raise EpicInputError("no video can be planned: every annotated video has a problem")
+    for video_id, why in sorted(problems.items()):
+        log.warning("planning without %s (%s)", video_id, why)
+
+
+def build_manifest(
+    planned: Sequence[PlannedVideo],
+    *,
+    problems: dict[str, str],
+    splits: Sequence[str],
+    shards: int | None,
+    target_shard_frames: int | None,
+    params: ExtractParams,
+    videos_root: Path | None,
+    frames_root: Path | None,
+) -> Manifest:
+    """The manifest of ``planned`` balanced into ``shards`` shards (or enough of
+    ``target_shard_frames`` frames each), with the size estimates and the videos left out
+    (``problems``)."""
+    total = sum(v.planned_frames for v in planned)
+    if shards is None:
+        target = target_shard_frames or DEFAULT_TARGET_SHARD_FRAMES
+        shards = math.ceil(total / target)
+    num_shards = max(1, min(int(shards), len(planned)))
+    return Manifest(
+        params=params,
+        shards=tuple(
+            ShardPlan(index=i, videos=tuple(videos))
+            for i, videos in enumerate(_balance(planned, num_shards))
+        ),
+        splits=tuple(splits),
+        videos_root=None if videos_root is None else str(videos_root),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        extra={
+            "sizing_only": videos_root is None and frames_root is None,
+            "frames_root": None if frames_root is None else str(frames_root),
+            "excluded_videos": dict(sorted(problems.items())),
+            "estimated_bytes": estimate_bytes(total, params.short_side),
+            "estimated_core_hours": round(estimate_core_hours(planned), 2),
+        },
+    )
+
+
+def _save_manifest(store_root: Path, manifest: Manifest, *, published: int) -> None:
+    """Write ``<store_root>/manifest.json``. With ``published`` shards there already, it was
+    lost: the same plan, made again, describes them exactly; a StoreError when this plan
+    does not."""
+    if published:
+        mismatches = published_mismatches(store_root, manifest)
+        if mismatches:
+            raise StoreError(
+                f"manifest.json is missing and this plan does not match the {published} "
+                f"published shard(s)",
+                where=store_root,
+                fix="re-run the exact `epic-extract plan` command that made the store (the "
+                "header line of its log names it), or plan into a new --store folder",
+                details="\n".join(f"  {m}" for m in mismatches[:10]),
+            )
+        log.warning(
+            "manifest.json was missing: recovered it from this plan, which matches the %d "
+            "published shards; run `epic-check` to verify them",
+            published,
+        )
+    store_root.mkdir(parents=True, exist_ok=True)
+    manifest.save(store_root)
 
 
 def _inside(inner: Sequence[Range], outer: Sequence[Range]) -> bool:

@@ -18,20 +18,12 @@ from pathlib import Path
 
 import lmdb
 
+from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.errors import EpicInputError, OutOfSpaceError, StoreError
-from epicdata.store import (
-    SHARD_META_KEY,
-    ShardMeta,
-    VideoMeta,
-    checksum_key,
-    frame_checksum,
-    frame_key,
-    frames_in_ranges,
-    open_shard_readonly,
-    shard_path,
-    unpack_checksums,
-    video_meta_key,
-)
+from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
+from epicdata.lmdb_env import open_shard_readonly
+from epicdata.metadata import ShardMeta, VideoMeta
+from epicdata.ranges import frames_in_ranges
 
 log = logging.getLogger(__name__)
 

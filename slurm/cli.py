@@ -24,7 +24,8 @@ from epicslurm.submit import Job, submit
 
 from epicdata.console import EpicCommand, EpicGroup, example, run_header, start_command
 from epicdata.errors import EpicInputError
-from epicdata.store import KEEP_MODES, MANIFEST_NAME
+from epicdata.layout import MANIFEST_NAME
+from epicdata.manifest import KEEP_MODES
 
 log = logging.getLogger(__name__)
 

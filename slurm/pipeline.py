@@ -24,7 +24,7 @@ from epicslurm.site import Site
 from epicslurm.submit import Job, submit
 
 from epicdata.errors import EnvironmentProblem, EpicInputError
-from epicdata.store import MANIFEST_NAME
+from epicdata.layout import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 

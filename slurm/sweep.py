@@ -19,8 +19,6 @@ import logging
 import math
 import os
 import re
-import types
-import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +31,8 @@ from epicslurm.submit import Job, submit
 
 from epicdata.console import user_line
 from epicdata.errors import EpicInputError
-from epicdata.store import Manifest
-from train.config import TrainConfig
+from epicdata.manifest import Manifest
+from train.config import PATH_FIELDS, FieldType, TrainConfig, field_types
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ SUMMARY_CSV = "sweep_summary.csv"
 #: The grid file's key for options every run gets.
 FIXED_KEY = "fixed"
 #: Set by the sweep itself (the store, the annotations, RUNS/<name>).
-NOT_IN_GRID = ("store", "annotations", "output_dir")
+NOT_IN_GRID = PATH_FIELDS
 #: Short names in run folder names; other keys appear as key=value.
 SHORT_NAMES = {"batch_size": "bs", "lr": "lr", "num_frames": "f"}
 #: The summary.csv columns (train/fit.py _end_epoch: "val_" + train/metrics.py keys, in %).
@@ -107,48 +105,10 @@ def _default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
-def _field_types() -> dict[str, tuple[type, bool]]:
-    """TrainConfig's grid-able fields: name -> (type, whether None is allowed)."""
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in NOT_IN_GRID:
-            continue
-        kind, optional = hints[f.name], False
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-            kind = next(k for k in typing.get_args(kind) if k is not type(None))
-            optional = True
-        out[f.name] = (kind, optional)
-    return out
-
-
-def _typed(value: Any, kind: type, optional: bool) -> Any:
-    """``value`` as a ``kind`` field takes it, or ValueError saying what was expected."""
-    if value is None:
-        if optional:
-            return None
-        raise ValueError("null is not allowed here")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError("expected true or false")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError("expected an integer")
-    if kind is float:
-        try:  # text too: YAML 1.1 reads 5e-5 (no dot) as text
-            if isinstance(value, bool):
-                raise TypeError
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("expected a number") from None
-        if math.isfinite(number):
-            return number
-        raise ValueError("expected a finite number")
-    if isinstance(value, str) and value and not any(c < " " for c in value):
-        return value
-    raise ValueError("expected a one-line text")
+def _grid_fields() -> dict[str, FieldType]:
+    """TrainConfig's grid-able fields and their types (train.config: the one typing of config
+    values, shared with epic-train's options and --config files)."""
+    return {k: v for k, v in field_types().items() if k not in NOT_IN_GRID}
 
 
 def _word(value: Any) -> str:
@@ -175,10 +135,22 @@ def run_name(values: dict[str, Any]) -> str:
     )
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate a grid file (keys: TrainConfig fields; values: non-empty lists;
-    ``fixed:`` a mapping) and expand it; every run's options must make a valid TrainConfig."""
-    path = Path(path)
+@dataclass(frozen=True)
+class _GridFile:
+    """A grid file as YAML read it, not yet checked against TrainConfig: the ``fixed:``
+    mapping and the other keys (option -> list of values)."""
+
+    path: Path
+    fixed: dict[Any, Any]
+    axes: dict[Any, Any]
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+
+def _read_grid_file(path: Path) -> _GridFile:
+    """The grid file's two mappings, or an error naming the file."""
     where = str(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -198,62 +170,82 @@ def load_grid(path: str | Path) -> Grid:
             where=where,
             fix="write e.g. `batch_size: [16, 32]` (see slurm/sweeps/seed-week2.yaml)",
         )
-    fields = _field_types()
-    valid = ", ".join(sorted(fields))
-
-    def key_of(raw: Any, section: str) -> str:
-        key = str(raw).replace("-", "_")
-        if key not in fields:
-            raise EpicInputError(
-                f"unknown option {raw!r} in {section}",
-                where=where,
-                fix=f"use epic-train options (TrainConfig fields): {valid}",
-            )
-        return key
-
-    def typed(key: str, value: Any, section: str) -> Any:
-        try:
-            return _typed(value, *fields[key])
-        except ValueError as exc:
-            raise EpicInputError(
-                f"{section} {key}: value {value!r}: {exc}", where=where, fix="correct the value"
-            ) from None
-
-    fixed_raw = data.pop(FIXED_KEY, None) or {}
-    if not isinstance(fixed_raw, dict):
+    fixed = data.pop(FIXED_KEY, None) or {}
+    if not isinstance(fixed, dict):
         raise EpicInputError(
             f"'{FIXED_KEY}' must be a mapping of option: value",
             where=where,
             fix=f"write e.g. `{FIXED_KEY}: {{epochs: 30}}`",
         )
+    return _GridFile(path, fixed, data)
+
+
+def _option_name(raw: Any, section: str, where: str) -> str:
+    """A grid key as the TrainConfig field it names (``batch-size`` -> ``batch_size``)."""
+    key = str(raw).replace("-", "_")
+    if key not in _grid_fields():
+        raise EpicInputError(
+            f"unknown option {raw!r} in {section}",
+            where=where,
+            fix=f"use epic-train options (TrainConfig fields): {', '.join(sorted(_grid_fields()))}",
+        )
+    return key
+
+
+def _option_value(key: str, value: Any, section: str, where: str) -> Any:
+    """A grid value typed as epic-train types it (``5e-5``: a float; ``2.5``: no integer)."""
+    try:
+        return _grid_fields()[key].parse(value)
+    except ValueError as exc:
+        raise EpicInputError(
+            f"{section} {key}: {exc}", where=where, fix="correct the value"
+        ) from None
+
+
+def _fixed_options(grid: _GridFile) -> dict[str, Any]:
+    """The options every run gets, typed."""
     fixed = {}
-    for raw, value in fixed_raw.items():
-        key = key_of(raw, FIXED_KEY)
-        fixed[key] = typed(key, value, FIXED_KEY)
+    for raw, value in grid.fixed.items():
+        key = _option_name(raw, FIXED_KEY, grid.where)
+        fixed[key] = _option_value(key, value, FIXED_KEY, grid.where)
+    return fixed
+
+
+def _grid_axes(grid: _GridFile, fixed: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """Each varied option and its values, typed, in file order: at least one, none given
+    twice, each a non-empty list without repeats."""
     axes: dict[str, tuple[Any, ...]] = {}
-    for raw, values in data.items():
-        key = key_of(raw, "the grid")
+    for raw, values in grid.axes.items():
+        key = _option_name(raw, "the grid", grid.where)
         if key in axes or key in fixed:
             raise EpicInputError(
-                f"option {key} is given twice", where=where, fix="keep one of them"
+                f"option {key} is given twice", where=grid.where, fix="keep one of them"
             )
         if not isinstance(values, list) or not values:
             raise EpicInputError(
                 f"grid option {key}: expected a non-empty list of values, got {values!r}",
-                where=where,
+                where=grid.where,
                 fix=f"write `{key}: [value, ...]`, or put a single value under `{FIXED_KEY}:`",
             )
-        axes[key] = tuple(typed(key, v, "grid option") for v in values)
+        axes[key] = tuple(_option_value(key, v, "grid option", grid.where) for v in values)
         if len(set(map(repr, axes[key]))) != len(axes[key]):
             raise EpicInputError(
-                f"grid option {key} repeats a value", where=where, fix="list each value once"
+                f"grid option {key} repeats a value", where=grid.where, fix="list each value once"
             )
     if not axes:
         raise EpicInputError(
             "the grid has no option with a list of values",
-            where=where,
+            where=grid.where,
             fix="add e.g. `lr: [5e-5, 1e-4]` next to `fixed:`",
         )
+    return axes
+
+
+def _expand_runs(
+    axes: dict[str, tuple[Any, ...]], fixed: dict[str, Any], where: str
+) -> tuple[Run, ...]:
+    """Every combination of the axes (the last key varying fastest) as a run whose options
+    make a valid TrainConfig, each with its own folder name."""
     runs = []
     for index, combo in enumerate(itertools.product(*axes.values())):
         values = dict(zip(axes, combo, strict=True))
@@ -273,7 +265,16 @@ def load_grid(path: str | Path) -> Grid:
             where=where,
             fix="use values that differ once written as a name (letters, digits, . _ + -)",
         )
-    return Grid(path, axes, fixed, tuple(runs))
+    return tuple(runs)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file (keys: TrainConfig fields; values: non-empty lists;
+    ``fixed:`` a mapping) and expand it; every run's options must make a valid TrainConfig."""
+    grid = _read_grid_file(Path(path))
+    fixed = _fixed_options(grid)
+    axes = _grid_axes(grid, fixed)
+    return Grid(grid.path, axes, fixed, _expand_runs(axes, fixed, grid.where))
 
 
 # ----------------------------------------------------------------------------- sweep.json
@@ -298,7 +299,7 @@ def read_sweep(path: str | Path) -> list[Run]:
         raise EpicInputError(
             "malformed sweep file", where=f"{path}: {type(exc).__name__} {exc}", fix=fix
         ) from None
-    fields = _field_types()
+    fields = _grid_fields()
     for position, run in enumerate(runs):
         problem = ""
         if run.index != position:
@@ -309,9 +310,9 @@ def read_sweep(path: str | Path) -> list[Run]:
             try:
                 if key not in fields:
                     raise ValueError("not an epic-train option")
-                _typed(value, *fields[key])
+                fields[key].parse(value)
             except ValueError as exc:
-                problem = problem or f"option {key}={value!r}: {exc}"
+                problem = problem or f"option {key}: {exc}"
         if problem:
             raise EpicInputError(
                 f"malformed sweep file: run {position}: {problem}", where=str(path), fix=fix

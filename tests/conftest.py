@@ -1,13 +1,21 @@
 """Fixtures shared by every test package: a generated mini-EPIC, the real annotations, tiny
 stamped videos in the EPIC layout with annotation folders that have the real headers (so
-every test builds exactly the store it needs), and disks that fill up or refuse writes."""
+every test builds exactly the store it needs), and disks that fill up or refuse writes.
+
+The small store is built once per session: ``small_store_ro`` (planned) and
+``small_store_extracted_ro`` (its shard extracted) are shared, READ ONLY, by the tests that
+only read them (the session fails if one changed); a test that writes, damages or
+re-extracts takes ``small_store``, its own copy in ``tmp_path`` (copied, not re-encoded)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
+import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,9 +33,13 @@ REAL_ANNOTATIONS = Path(
 
 
 @pytest.fixture(scope="session")
-def mini_epic(tmp_path_factory: pytest.TempPathFactory) -> MiniEpic:
-    """The default mini-EPIC (seed 0, 8 videos at 320x180), written once per session."""
-    return make_mini_epic(tmp_path_factory.mktemp("mini_epic"))
+def mini_epic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MiniEpic]:
+    """The default mini-EPIC (seed 0, 8 videos at 320x180), written once per session: READ
+    ONLY."""
+    root = tmp_path_factory.mktemp("mini_epic")
+    made = make_mini_epic(root)
+    with _read_only(root, "mini_epic"):
+        yield made
 
 
 @pytest.fixture(scope="session")
@@ -96,14 +108,17 @@ def epic_files() -> type[EpicFiles]:
     return EpicFiles
 
 
-@pytest.fixture
-def small_store(tmp_path: Path) -> dict[str, Path]:
-    """Two 2-second videos with segments over most of them, planned into one shard (not run)."""
+#: small_store's videos: (video id, native fps, seconds), and its test split's segments.
+SMALL_VIDEOS = [("P01_01", "60000/1001", 2.0), ("P01_101", "50", 2.0)]
+SMALL_SEGMENTS = [("P01_01", 0.2, 1.5), ("P01_101", 0.5, 1.9)]
+
+
+def _plan_small_store(root: Path, inputs: Path) -> dict[str, Path]:
+    """Plan the videos and annotations under ``inputs`` into ``root``/store (one shard, not
+    run)."""
     from preprocess.plan import plan_store
 
-    videos, annotations, store = tmp_path / "videos", tmp_path / "ann", tmp_path / "store"
-    EpicFiles.make_videos(videos, [("P01_01", "60000/1001", 2.0), ("P01_101", "50", 2.0)])
-    EpicFiles.write_test_split(annotations, [("P01_01", 0.2, 1.5), ("P01_101", 0.5, 1.9)])
+    videos, annotations, store = inputs / "videos", inputs / "ann", root / "store"
     plan_store(
         store_root=store,
         annotations_dir=annotations,
@@ -111,12 +126,79 @@ def small_store(tmp_path: Path) -> dict[str, Path]:
         splits=("test",),
         shards=1,
     )
+    return {"videos": videos, "annotations": annotations, "store": store}
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
     return {
-        "videos": videos,
-        "annotations": annotations,
-        "store": store,
-        "tmp": tmp_path / "scratch",
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
     }
+
+
+@contextmanager
+def _read_only(root: Path, name: str) -> Iterator[None]:
+    """Fail the session when a test wrote into ``root``, a tree shared by every test that
+    uses the fixture ``name`` (their verdicts would then depend on the order they ran in)."""
+    before = _tree_digest(root)
+    yield
+    after = _tree_digest(root)
+    assert after == before, (
+        f"{name} is shared by the whole session and must stay read-only, but a test changed "
+        f"{sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))}: "
+        "give the test that writes its own copy (small_store, or shutil.copytree to tmp_path)"
+    )
+
+
+@pytest.fixture(scope="session")
+def read_only() -> Callable[[Path, str], AbstractContextManager[None]]:
+    """``with read_only(tree, name): yield ...`` in a session fixture shared by tests that
+    only read ``tree``: the session fails if one of them changed it."""
+    return _read_only
+
+
+@pytest.fixture(scope="session")
+def _small_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """small_store's videos and annotations, encoded once per session: READ ONLY."""
+    root = tmp_path_factory.mktemp("small_inputs")
+    EpicFiles.make_videos(root / "videos", SMALL_VIDEOS)
+    EpicFiles.write_test_split(root / "ann", SMALL_SEGMENTS)
+    with _read_only(root, "small_store's videos and annotations"):
+        yield root
+
+
+@pytest.fixture(scope="session")
+def small_store_ro(
+    _small_inputs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Path]]:
+    """small_store shared by the session: READ ONLY (a test that writes gets ``small_store``)."""
+    paths = _plan_small_store(tmp_path_factory.mktemp("small_store_ro"), _small_inputs)
+    with _read_only(paths["store"], "small_store_ro"):
+        yield paths
+
+
+@pytest.fixture(scope="session")
+def small_store_extracted_ro(
+    _small_inputs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Path]]:
+    """small_store with its one shard extracted, shared by the session: READ ONLY."""
+    from preprocess.extract import run_shard
+
+    root = tmp_path_factory.mktemp("small_store_extracted_ro")
+    paths = _plan_small_store(root, _small_inputs)
+    run_shard(store_root=paths["store"], shard_index=0, tmp_dir=root / "scratch")
+    with _read_only(paths["store"], "small_store_extracted_ro"):
+        yield paths
+
+
+@pytest.fixture
+def small_store(_small_inputs: Path, tmp_path: Path) -> dict[str, Path]:
+    """Two 2-second videos with segments over most of them, planned into one shard (not run):
+    this test's own copy (videos, annotations and store under ``tmp_path``), free to damage."""
+    for name in ("videos", "ann"):
+        shutil.copytree(_small_inputs / name, tmp_path / name)
+    return {**_plan_small_store(tmp_path, tmp_path), "tmp": tmp_path / "scratch"}
 
 
 def _mount_tmpfs(mount: Path, size: str) -> None:

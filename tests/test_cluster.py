@@ -212,20 +212,22 @@ def quiet_queue(monkeypatch):
     return Queue
 
 
-def test_a_fresh_pipeline_chains_extract_check_train_validate(small_store, tmp_path, quiet_queue):
+def test_a_fresh_pipeline_chains_extract_check_train_validate(
+    small_store_ro, tmp_path, quiet_queue
+):
     site = load_site(_site(tmp_path))
     run = tmp_path / "run"
     jobs = run_pipeline(
         site,
-        store=small_store["store"],
-        annotations=small_store["annotations"],
+        store=small_store_ro["store"],
+        annotations=small_store_ro["annotations"],
         run_dir=run,
         train_args=["--epochs", "2"],
         dry_run=True,
     )
     assert [j.kind for j in jobs] == ["extract", "check", "train", "validate"]
     commands = {j.kind: j.command for j in jobs}
-    key = chain_key(small_store["store"], run)
+    key = chain_key(small_store_ro["store"], run)
     for command in commands.values():
         assert f"--comment={key}" in command
     assert "--array=0" in commands["extract"]
@@ -241,7 +243,7 @@ def test_a_fresh_pipeline_chains_extract_check_train_validate(small_store, tmp_p
 
 
 def test_a_finished_run_with_its_metrics_submits_nothing(
-    small_store, tmp_path, quiet_queue, monkeypatch
+    small_store_ro, tmp_path, quiet_queue, monkeypatch
 ):
     run = tmp_path / "run"
     _fake_run(run, epochs=2, done=2)
@@ -256,31 +258,32 @@ def test_a_finished_run_with_its_metrics_submits_nothing(
     monkeypatch.setattr("preprocess.check.check_store", lambda store: Complete)
     site = load_site(_site(tmp_path))
     jobs = run_pipeline(
-        site, store=small_store["store"], annotations=small_store["annotations"], run_dir=run
+        site, store=small_store_ro["store"], annotations=small_store_ro["annotations"], run_dir=run
     )
     assert jobs == []
 
 
-def test_no_second_chain_while_one_is_queued(small_store, tmp_path, quiet_queue):
+def test_no_second_chain_while_one_is_queued(small_store_ro, tmp_path, quiet_queue):
     quiet_queue.jobs = ["41", "42"]
     site = load_site(_site(tmp_path))
     with pytest.raises(EpicInputError, match="still queued or running .jobs 41, 42") as caught:
         run_pipeline(
             site,
-            store=small_store["store"],
-            annotations=small_store["annotations"],
+            store=small_store_ro["store"],
+            annotations=small_store_ro["annotations"],
             run_dir=tmp_path / "run",
             dry_run=True,
         )
     assert "scancel" in str(caught.value)
 
 
-def test_the_plan_prints_the_site_s_submit_line(small_store, tmp_path, monkeypatch):
-    from epicdata.store import Manifest
+def test_the_plan_prints_the_site_s_submit_line(small_store_ro, tmp_path, monkeypatch):
+    from epicdata.manifest import Manifest
     from preprocess.plan import plan_summary
 
     site = _site(tmp_path)
     monkeypatch.setenv("EPIC_SITE", str(site))
-    text = plan_summary(Manifest.load(small_store["store"]), small_store["store"])
-    expected = user_line("extract", site, store=small_store["store"].resolve(), array="0-0")
+    store = small_store_ro["store"]
+    text = plan_summary(Manifest.load(store), store)
+    expected = user_line("extract", site, store=store.resolve(), array="0-0")
     assert f"next: {expected}" in text

@@ -18,7 +18,7 @@ from epicslurm.cli import main as slurm
 import epicdata.console as cli_module
 from epicdata.console import Progress, run_header
 from epicdata.errors import ExitCode
-from epicdata.store import shard_path
+from epicdata.layout import shard_path
 from epicdata.synthetic import main as synth
 from preprocess.cli import check, extract
 from train.cli import train_main, validate_main
@@ -39,6 +39,7 @@ COMMANDS = {
     "epic-slurm pipeline": (slurm, ["pipeline"]),
     "epic-slurm sweep": (slurm, ["sweep"]),
     "epic-slurm summary": (slurm, ["summary"]),
+    "epic-slurm site-example": (slurm, ["site-example"]),
 }
 #: Options the slurm scripts set through the environment (docs/conventions.md).
 ENVVARS = {
@@ -187,6 +188,7 @@ def test_bad_input_exits_2_with_one_error_line(planned: dict[str, Path], tmp_pat
             ["'batch_sise'", str(bad_grid), "batch_size"],
         ),
         "epic-slurm summary": ([tmp_path / "runs"], ["sweep.json", "epic-slurm sweep"]),
+        "epic-slurm site-example": (["vsc"], ["'vsc'", "cpu, genius, wice"]),
     }  # fmt: skip
     assert set(cases) == set(COMMANDS)
     for name, (args, needles) in cases.items():
@@ -214,8 +216,8 @@ def test_missing_ffmpeg_is_an_environment_error_not_a_bad_video(
     assert not shard_path(planned["store"], 0).exists()
 
 
-def test_a_store_with_a_missing_shard_exits_5(planned: dict[str, Path]) -> None:
-    result = invoke("epic-check", "--store", planned["store"])
+def test_a_store_with_a_missing_shard_exits_5(small_store_ro: dict[str, Path]) -> None:
+    result = invoke("epic-check", "--store", small_store_ro["store"])
     assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
     assert "resubmit shards 0:" in result.output
 
@@ -327,8 +329,8 @@ def test_run_header_names_slurm_ids_versions_and_the_command() -> None:
     assert "slurm" not in run_header(["epic-check"], {})
 
 
-def test_log_lines_carry_the_date(planned: dict[str, Path]) -> None:
-    result = invoke("epic-check", "--store", planned["store"])
+def test_log_lines_carry_the_date(small_store_ro: dict[str, Path]) -> None:
+    result = invoke("epic-check", "--store", small_store_ro["store"])
     logged = [line for line in result.output.splitlines() if " INFO " in line]
     assert logged and all(
         re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", line) for line in logged
@@ -444,10 +446,10 @@ def test_the_group_takes_dash_h_too() -> None:
     assert result.exit_code == 0 and "Example:" in result.output
 
 
-def test_environment_variables_are_read(planned: dict[str, Path]) -> None:
-    result = CliRunner().invoke(check, [], env={"EPIC_STORE": str(planned["store"])})
+def test_environment_variables_are_read(small_store_ro: dict[str, Path]) -> None:
+    result = CliRunner().invoke(check, [], env={"EPIC_STORE": str(small_store_ro["store"])})
     assert result.exit_code == ExitCode.STORE_INCOMPLETE, result.output
-    assert str(planned["store"].resolve()) in result.output
+    assert str(small_store_ro["store"].resolve()) in result.output
 
 
 @pytest.mark.parametrize(
@@ -461,11 +463,11 @@ def test_environment_variables_are_read(planned: dict[str, Path]) -> None:
     ],
 )
 def test_an_os_error_about_a_path_is_named_not_a_traceback(
-    error: OSError, needle: str, planned: dict[str, Path], monkeypatch
+    error: OSError, needle: str, small_store_ro: dict[str, Path], monkeypatch
 ) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
     monkeypatch.setattr("preprocess.check.check_store", fail)
-    result = invoke("epic-check", "--store", planned["store"])
+    result = invoke("epic-check", "--store", small_store_ro["store"])
     assert_named_error(result, ExitCode.BAD_INPUT, needle, error.filename)

@@ -117,10 +117,13 @@ def test_other_keys_are_named_key_value_and_flags_become_switches(tmp_path: Path
         ("fixed:\n  epoch: 3\nlr: [1e-4]\n", ["'epoch' in fixed", "epochs"]),
         ("lr: []\n", ["lr", "non-empty list"]),
         ("lr: 1e-4\n", ["lr", "non-empty list", "fixed:"]),
-        ("lr: [fast]\n", ["lr", "'fast'", "expected a number"]),
-        ("batch_size: [16, 1.5]\n", ["batch_size", "1.5", "integer"]),
+        ("lr: [fast]\n", ["grid option lr", "expected a number (float), got 'fast'"]),
+        ("batch_size: [16, 1.5]\n", ["batch_size", "expected an integer (int), got 1.5"]),
+        ("fixed:\n  epochs: abc\nlr: [1e-4]\n", ["fixed epochs", "an integer (int), got 'abc'"]),
+        ("deterministic: [1]\n", ["deterministic", "expected true or false (bool), got 1"]),
+        ("lr: [.inf]\n", ["lr", "expected a number (float), got inf"]),
         ("batch_size: [0, 16]\n", ["run bs0", "batch_size=0", ">= 1"]),
-        ("scheduler: [plateau, linear]\n", ["scheduler=linear", "cosine"]),
+        ("scheduler: [plateau, linear]\n", ["scheduler", "one of plateau, cosine, got 'linear'"]),
         ("store: [/a, /b]\n", ["'store'"]),
         ("lr: [1e-4, 0.0001]\n", ["lr repeats a value"]),
         ("fixed:\n  lr: 1e-4\nlr: [2e-4]\n", ["lr is given twice"]),
@@ -137,6 +140,19 @@ def test_a_bad_grid_is_named_with_the_file(tmp_path: Path, text: str, needles: l
     message = str(caught.value)
     for needle in [str(path), *needles]:
         assert needle in message, (needle, message)
+
+
+def test_grid_values_are_typed_as_epic_train_types_them(tmp_path: Path) -> None:
+    # YAML 1.1 reads 5e-5 and 1e-4 (no dot) as text; epic-train and --config files read
+    # them as floats through train.config's coercion, and so does the grid.
+    grid = load_grid(_grid(tmp_path, "lr: [5e-5, 1]\nfixed:\n  epochs: '3'\n  dropout: 0\n"))
+    assert [r.options for r in grid.runs] == [
+        {"epochs": 3, "dropout": 0.0, "lr": 5e-5},
+        {"epochs": 3, "dropout": 0.0, "lr": 1.0},
+    ]
+    assert all(type(r.options["lr"]) is float for r in grid.runs)
+    assert type(grid.runs[0].options["dropout"]) is float
+    assert grid.runs[0].train_args() == ["--epochs=3", "--dropout=0.0", "--lr=5e-05"]
 
 
 def test_a_missing_grid_file_is_named(tmp_path: Path) -> None:
@@ -178,7 +194,8 @@ def test_sweep_json_is_rewritten_for_the_same_grid_and_refused_for_another(tmp_p
     [
         ({"index": 0, "name": "../elsewhere", "options": {}}, "not a plain folder name"),
         ({"index": 1, "name": "a", "options": {}}, "run 0: index 1"),
-        ({"index": 0, "name": "a", "options": {"weights": "x\n--lr=1"}}, "weights="),
+        ({"index": 0, "name": "a", "options": {"weights": "x\n--lr=1"}}, "weights: expected a"),
+        ({"index": 0, "name": "a", "options": {"lr": "fast"}}, "lr: expected a number (float)"),
         ({"index": 0, "name": "a", "options": {"output_dir": "/x"}}, "not an epic-train option"),
         ({"index": 0, "name": "a"}, "KeyError"),
     ],

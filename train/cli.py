@@ -22,18 +22,17 @@ SIGUSR1/SIGTERM: requeue me).
 from __future__ import annotations
 
 import logging
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from epicdata.console import EpicCommand, example, start_command
 from train import distributed
-from train.config import TrainConfig, load_yaml_defaults
+from train.config import PATH_FIELDS, FieldType, TrainConfig, field_types, load_yaml_defaults
 from train.fit import fit
 from train.metrics import format_metrics_table
 from train.preview import write_preview
@@ -43,37 +42,73 @@ log = logging.getLogger(__name__)
 
 #: Options the slurm scripts set through the environment.
 _ENVVARS = {"workers": "EPIC_WORKERS"}
-_REQUIRED = ("store", "annotations", "output_dir")
+
+
+class _Coerced(click.ParamType):
+    """A config option's click type: the value (command line or environment) is typed by
+    ``FieldType.parse``, as YAML files and sweep grids are; the click type it is mixed into
+    then adds its help (choices, range) and checks (bounds) with click's messages."""
+
+    def __init__(self, spec: FieldType, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = spec
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            value = self.spec.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class _Text(_Coerced, click.types.StringParamType):
+    pass
+
+
+class _Integer(_Coerced, click.types.IntParamType):
+    pass
+
+
+class _Number(_Coerced, click.types.FloatParamType):
+    pass
+
+
+class _Choice(_Coerced, click.Choice):
+    pass
+
+
+class _Bounded(_Coerced, click.IntRange):
+    pass
+
+
+def _click_type(spec: FieldType) -> click.ParamType:
+    """The option type of a non-bool field (bools are --x/--no-x flags)."""
+    if spec.choices:
+        return _Choice(spec, spec.choices)
+    if spec.minimum is not None:
+        return _Bounded(spec, min=spec.minimum)
+    return {str: _Text, int: _Integer, float: _Number}[spec.kind](spec)
 
 
 def _config_options(command: click.Command) -> click.Command:
     """One option per TrainConfig field: type, default, help and choices come from the field
     itself. Only options given on the command line or in the environment override
     ``--config``."""
-    hints = typing.get_type_hints(TrainConfig)
     for field in reversed(fields(TrainConfig)):
-        if field.name in _REQUIRED:
+        if field.name in PATH_FIELDS:
             continue
+        spec = field_types()[field.name]
         name = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-            kind = next(k for k in typing.get_args(kind) if k is not type(None))
         extra: dict[str, object] = {}
         if field.name in _ENVVARS:
             extra.update(envvar=_ENVVARS[field.name], show_envvar=True)
         if field.default is None:
             extra["show_default"] = "none"
-        if kind is bool:
+        if spec.kind is bool:
             decls = [f"{name}/--no-{name[2:]}"]
         else:
             decls = [name]
-            choices, minimum = field.metadata.get("choices"), field.metadata.get("min")
-            if choices:
-                extra["type"] = click.Choice(choices)
-            elif minimum is not None:
-                extra["type"] = click.IntRange(min=minimum)
-            else:
-                extra["type"] = kind
+            extra["type"] = _click_type(spec)
         option = click.option(*decls, default=field.default, help=field.metadata["help"], **extra)
         command = option(command)
     return command

@@ -3,11 +3,21 @@
 Defaults are the seed's ResNet-18 recipe. A YAML file (``--config``) only changes defaults;
 command-line options override it. The resolved config is saved as ``config.yaml`` in the
 run folder and inside every checkpoint.
+
+Every value from outside (a command-line option, an environment variable, a YAML file, a
+sweep grid, a sweep.json) is typed by one coercion, :func:`field_types` /
+:func:`coerce_field` / :func:`coerce_values`, read from the dataclass's annotations: a
+source cannot type ``5e-5`` or ``2.5`` differently from another.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +30,11 @@ SCHEDULERS = ("plateau", "cosine")
 SAMPLINGS = ("linspace", "tsn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DECODERS = ("torchvision", "pil", "nvjpeg")  # as epicdata.dataset.DECODERS
+#: The fields a run's command line gives itself (required options, never in a YAML file).
+PATH_FIELDS = ("store", "annotations", "output_dir")
+#: Text a bool field takes, as click's BOOL reads it (YAML's own true/false arrive as bools).
+_TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
 def _option(
@@ -104,13 +119,14 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(self, f.name) not in allowed:
-                raise EpicInputError(
-                    f"config {f.name}={getattr(self, f.name)!r}: expected one of "
-                    f"{', '.join(allowed)}"
-                )
+        # The edges type their values with the names of their sources; this catches a
+        # config built elsewhere (a checkpoint's dict, a test) with a value of the wrong type.
+        for name, spec in field_types().items():
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, spec.parse(value))  # e.g. an int lr 1 -> 1.0
+            except ValueError as exc:
+                raise EpicInputError(f"config {name}: {exc}") from None
         for f in fields(self):
             minimum, value = f.metadata.get("min"), getattr(self, f.name)
             if minimum is not None and value is not None and value < minimum:
@@ -136,20 +152,143 @@ class TrainConfig:
         Path(path).write_text(_dump_yaml(self.to_dict()))
 
 
+# ----------------------------------------------------------------------------- typing values
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise ValueError
+
+
+def _as_int(value: Any) -> int:
+    # No float, not even 3.0: a YAML `batch_size: 2.5` must not train with 2.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value)
+    raise ValueError
+
+
+def _as_float(value: Any) -> float:
+    # Text too: YAML 1.1 reads 5e-5 (no dot) as the string '5e-5'.
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    raise ValueError
+
+
+def _as_text(value: Any) -> str:
+    # One line: a sweep task hands options to bash one a line.
+    if isinstance(value, str) and value and not any(c < " " for c in value):
+        return value
+    raise ValueError
+
+
+_PARSERS: dict[type, Callable[[Any], Any]] = {
+    bool: _as_bool,
+    int: _as_int,
+    float: _as_float,
+    str: _as_text,
+}
+_EXPECTED = {
+    bool: "true or false (bool)",
+    int: "an integer (int)",
+    float: "a number (float)",
+    str: "a one-line text (str)",
+}
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """What a TrainConfig field takes, from its annotation and metadata: ``kind`` (bool,
+    int, float or str), whether None (YAML ``null``) is allowed, and its choices."""
+
+    name: str
+    kind: type
+    optional: bool
+    choices: tuple[str, ...] | None
+    minimum: int | None
+
+    @property
+    def expected(self) -> str:
+        """What the field takes, in words: ``a number (float)``, ``one of plateau, cosine``."""
+        text = f"one of {', '.join(self.choices)}" if self.choices else _EXPECTED[self.kind]
+        return f"{text} or null" if self.optional else text
+
+    def parse(self, value: Any) -> Any:
+        """``value`` (command-line or environment text, or a YAML/JSON value) as the field
+        holds it; ValueError ``expected <type>, got <value>`` when it is not one: an int for
+        a float field is a float, ``5e-5`` a float, ``2.5`` no int, ``yes`` a bool."""
+        if value is None and self.optional:
+            return None
+        try:
+            typed = _PARSERS[self.kind](value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {self.expected}, got {value!r}") from None
+        if self.choices and typed not in self.choices:
+            raise ValueError(f"expected {self.expected}, got {value!r}")
+        return typed
+
+
+@functools.cache
+def field_types() -> dict[str, FieldType]:
+    """Every TrainConfig field's :class:`FieldType`, in the dataclass's order."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for f in fields(TrainConfig):
+        kind, optional = hints[f.name], False
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+            optional = True
+        out[f.name] = FieldType(
+            f.name, kind, optional, f.metadata.get("choices"), f.metadata.get("min")
+        )
+    return out
+
+
+def coerce_field(name: str, value: Any, *, source: str) -> Any:
+    """``value`` typed for field ``name``, or an EpicInputError (exit 2) naming ``source``
+    (the file or option it came from), the field and the type expected:
+    ``--config x.yaml: lr: expected a number (float), got 'abc'``."""
+    spec = field_types().get(name)
+    if spec is None:
+        raise EpicInputError(f"{source}: unknown field(s) {name}")
+    try:
+        return spec.parse(value)
+    except ValueError as exc:
+        raise EpicInputError(f"{source}: {name}: {exc}") from None
+
+
+def coerce_values(values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Every value of ``values`` (field name -> value) typed by :func:`coerce_field`; unknown
+    names are refused, all in one message."""
+    unknown = sorted(set(values) - set(field_types()))
+    if unknown:
+        raise EpicInputError(f"{source}: unknown field(s) {', '.join(unknown)}")
+    return {name: coerce_field(name, value, source=source) for name, value in values.items()}
+
+
 def load_yaml_defaults(path: str | Path) -> dict[str, Any]:
-    """Read a YAML file of config defaults (field names with ``-`` or ``_``)."""
+    """Read a YAML file of config defaults (field names with ``-`` or ``_``), typed."""
+    source = f"--config {path}"
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise EpicInputError(f"--config {path}: cannot read it ({exc})") from None
+        raise EpicInputError(f"{source}: cannot read it ({exc})") from None
     if not isinstance(data, dict):
-        raise EpicInputError(f"--config {path}: expected a mapping of option: value")
+        raise EpicInputError(f"{source}: expected a mapping of option: value")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise EpicInputError(f"--config {path}: unknown field(s) {', '.join(unknown)}")
-    return data
+    paths = [k for k in PATH_FIELDS if k in data]
+    if paths:
+        options = ", ".join("--" + k.replace("_", "-") for k in paths)
+        raise EpicInputError(
+            f"{source}: {', '.join(paths)} cannot be set here; give {options} on the command line"
+        )
+    return coerce_values(data, source=source)
 
 
 def _dump_yaml(data: dict[str, Any]) -> str:

@@ -1,12 +1,14 @@
 """Datasets and loaders, built the same way for training, per-epoch validation and
-``epic-validate``."""
+``epic-validate``, and how the loop gets a loader batch's clips onto the device."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -17,7 +19,7 @@ from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
 from train.distributed import DistInfo
-from train.nvjpeg import ClipLoader, NvjpegClips, collate_jpeg_clips, frames_to
+from train.nvjpeg import NvjpegClips, collate_jpeg_clips
 from train.transforms import EvalClipTransform, TrainClipTransform
 
 
@@ -171,6 +173,19 @@ def build_eval_data(
         pin_memory=pin_memory,
     )
     return dataset, loader
+
+
+#: A loader batch -> (B, T, C, S, S) uint8 clips on the device.
+ClipLoader = Callable[[dict[str, Any]], torch.Tensor]
+
+
+def frames_to(device: torch.device) -> ClipLoader:
+    """The CPU decoders' batches: the workers' uint8 clips, copied to ``device``."""
+
+    def load(batch: dict[str, Any]) -> torch.Tensor:
+        return batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
+
+    return load
 
 
 def clip_loader(dataset: EpicActionDataset, device: torch.device) -> ClipLoader:

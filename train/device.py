@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
 from epicdata.errors import EnvironmentProblem
 from train.distributed import DistInfo
-from train.engine import Precision
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,18 @@ BF16_MIN_CAPABILITY = (8, 0)
 #: count.
 SLURM_GPU_LISTS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 SLURM_GPU_COUNT = "SLURM_GPUS_ON_NODE"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings; ``scaler`` only for fp16 (bf16 has fp32's exponent range)."""
+
+    device_type: str
+    dtype: torch.dtype
+    enabled: bool
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
 def cuda_unavailable_reason() -> str:

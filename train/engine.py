@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 
 from epicdata.console import Progress
 from epicdata.errors import EpicInputError
+from train.data import ClipLoader, frames_to
+from train.device import Precision
 from train.distributed import DistInfo, any_rank, gather_to_main
-from train.nvjpeg import ClipLoader, frames_to
 from train.transforms import DeviceAugment
 
 log = logging.getLogger(__name__)
@@ -30,18 +31,6 @@ log = logging.getLogger(__name__)
 #: step would stall the queue for. SLURM signals minutes before the limit, so a few steps
 #: of delay cost nothing.
 STOP_SYNC_STEPS = 20
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast settings; ``scaler`` only for fp16 (bf16 has fp32's exponent range)."""
-
-    device_type: str
-    dtype: torch.dtype
-    enabled: bool
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
 @dataclass(frozen=True)
@@ -66,6 +55,115 @@ class EpochStats:
             "seconds": self.seconds,
             "wait": self.wait_seconds,
         }
+
+
+class TrainingDivergedError(EpicInputError):
+    """The loss stopped being finite: nothing after the last good epoch is saved."""
+
+
+class EpochMeter:
+    """The running sums of one training epoch on this rank: loss and hits on the device (no
+    host sync per step), clips and steps, time spent and time waiting for the loader; then
+    the :class:`EpochStats` of all ranks. ``carry`` (:meth:`EpochStats.carry`) continues an
+    epoch resumed mid-way."""
+
+    def __init__(self, device: torch.device, info: DistInfo, carry: dict | None = None) -> None:
+        self.device = device
+        self.info = info
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*B, verb, noun, action
+        self.clips = self.steps = 0
+        self.wait = self.before = 0.0
+        if carry and info.is_main:  # the others add zeros when the sums are reduced
+            self.sums += torch.tensor(carry["sums"], device=device, dtype=torch.float64)
+            self.clips = int(carry["clips"])
+        if carry:
+            self.before, self.wait = float(carry["seconds"]), float(carry["wait"])
+        # The first step whose loss is not finite, tracked on the device and looked at when
+        # the ranks agree on a stop anyway.
+        self.step_t = torch.zeros((), device=device, dtype=torch.long)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.start = self.tick = time.perf_counter()
+
+    def start_wait(self) -> None:
+        """The loop asks the loader for the next batch."""
+        self.tick = time.perf_counter()
+
+    def end_wait(self) -> None:
+        """The batch is there: the time since :meth:`start_wait` was the loader's."""
+        self.wait += time.perf_counter() - self.tick
+
+    def add(
+        self,
+        loss: torch.Tensor,
+        verb_logits: torch.Tensor,
+        noun_logits: torch.Tensor,
+        verbs: torch.Tensor,
+        nouns: torch.Tensor,
+    ) -> None:
+        """One step's batch mean ``loss`` (scalar), logits (B, 97), (B, 300), labels (B,)."""
+        self.step_t += 1
+        bad = (self.first_bad < 0) & ~torch.isfinite(loss)
+        self.first_bad = torch.where(bad, self.step_t, self.first_bad)
+        verb_hit = verb_logits.argmax(1) == verbs
+        noun_hit = noun_logits.argmax(1) == nouns
+        batch_size = len(verbs)
+        self.sums += torch.stack(
+            [
+                loss.double() * batch_size,
+                verb_hit.sum().double(),
+                noun_hit.sum().double(),
+                (verb_hit & noun_hit).sum().double(),
+            ]
+        )
+        self.clips += batch_size
+        self.steps += 1
+
+    def wait_fraction(self) -> float:
+        """The share of this run of the epoch spent waiting for the loader so far."""
+        return self.wait / (time.perf_counter() - self.start)
+
+    def raise_if_diverged(self, header: str) -> None:
+        """Every rank raises when any rank saw a non-finite loss (the same step on all)."""
+        none = torch.iinfo(torch.long).max
+        bad = torch.where(self.first_bad < 0, torch.full_like(self.first_bad, none), self.first_bad)
+        if self.info.enabled:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+        step = int(bad.item())
+        if step != none:
+            raise TrainingDivergedError(
+                f"training diverged: the loss is not finite ({header}, first at step {step} of "
+                f"this run of the epoch)",
+                where="NaN or Inf",
+                fix="lower --lr (or use --amp off to rule out fp16 overflow); last.pt and best.pt "
+                "still hold the last good epoch, so `--resume auto` continues from there",
+            )
+
+    def stats(self, *, interrupted: bool) -> EpochStats:
+        """The epoch's record over all ranks (a collective under DDP)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = self.before + time.perf_counter() - self.start
+        clips = self.clips
+        if self.info.enabled:
+            torch.distributed.all_reduce(self.sums)
+            counts = torch.tensor([clips], device=self.device)
+            torch.distributed.all_reduce(counts)
+            clips = int(counts.item())
+        loss_sum, verb_hits, noun_hits, action_hits = self.sums.tolist()
+        total = max(clips, 1)
+        return EpochStats(
+            loss=loss_sum / total,
+            verb_top1=100 * verb_hits / total,
+            noun_top1=100 * noun_hits / total,
+            action_top1=100 * action_hits / total,
+            clips=clips,
+            seconds=seconds,
+            data_wait=self.wait / max(seconds, 1e-9),
+            steps=self.steps,
+            interrupted=interrupted,
+            sums=(loss_sum, verb_hits, noun_hits, action_hits),
+            wait_seconds=self.wait,
+        )
 
 
 def train_one_epoch(
@@ -95,23 +193,11 @@ def train_one_epoch(
     the workers' decoded clips, copied)."""
     load_clips = load_clips or frames_to(device)
     model.train()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*B, verb, noun, action hits
-    clips = steps = 0
-    wait = before = 0.0
-    if carry and info.is_main:  # the others add zeros when the sums are reduced
-        sums += torch.tensor(carry["sums"], device=device, dtype=torch.float64)
-        clips = int(carry["clips"])
-    if carry:
-        before, wait = float(carry["seconds"]), float(carry["wait"])
-    start = tick = time.perf_counter()
+    meter = EpochMeter(device, info, carry)
     interrupted = False
     progress = Progress(max_steps, label=header or "train", unit="batches")
-    # The first step whose loss is not finite, tracked on the device (no host sync per
-    # step) and looked at when the ranks agree on a stop anyway.
-    step_t = torch.zeros((), device=device, dtype=torch.long)
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)
     for batch in loader:
-        wait += time.perf_counter() - tick
+        meter.end_wait()
         frames = load_clips(batch)  # (B, T, C, H, W) uint8
         verbs = batch["verb"].to(device, non_blocking=True)  # (B,)
         nouns = batch["noun"].to(device, non_blocking=True)  # (B,)
@@ -124,22 +210,9 @@ def train_one_epoch(
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-        step_t += 1
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step_t, first_bad)
-        verb_hit = verb_logits.argmax(1) == verbs
-        noun_hit = noun_logits.argmax(1) == nouns
-        batch_size = len(verbs)
-        sums += torch.stack(
-            [
-                loss.detach().double() * batch_size,
-                verb_hit.sum().double(),
-                noun_hit.sum().double(),
-                (verb_hit & noun_hit).sum().double(),
-            ]
-        )
-        clips += batch_size
-        steps += 1
+        meter.add(loss.detach(), verb_logits, noun_logits, verbs, nouns)
         progress.update()
+        steps = meter.steps
         if log_every and steps % log_every == 0:
             log.info(
                 "%s step %d/%d loss %.4f data-wait %.0f%%",
@@ -147,7 +220,7 @@ def train_one_epoch(
                 first_step + steps,
                 first_step + max_steps,
                 loss.item(),
-                100 * wait / (time.perf_counter() - start),
+                100 * meter.wait_fraction(),
             )
         if steps >= max_steps:
             break
@@ -155,58 +228,15 @@ def train_one_epoch(
         # process a stop request is a host flag, looked at every step.
         every = steps % STOP_SYNC_STEPS == 0
         if every:
-            _raise_if_diverged(first_bad, info, header)
+            meter.raise_if_diverged(header)
         if (every or not info.enabled) and any_rank(stop_requested(), info, device):
-            _raise_if_diverged(first_bad, info, header)  # last.pt is never non-finite
+            meter.raise_if_diverged(header)  # last.pt is never non-finite
             interrupted = True
             break
-        tick = time.perf_counter()
+        meter.start_wait()
     progress.close()
-    _raise_if_diverged(first_bad, info, header)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = before + time.perf_counter() - start
-    if info.enabled:
-        torch.distributed.all_reduce(sums)
-        counts = torch.tensor([clips], device=device)
-        torch.distributed.all_reduce(counts)
-        clips = int(counts.item())
-    loss_sum, verb_hits, noun_hits, action_hits = sums.tolist()
-    total = max(clips, 1)
-    return EpochStats(
-        loss=loss_sum / total,
-        verb_top1=100 * verb_hits / total,
-        noun_top1=100 * noun_hits / total,
-        action_top1=100 * action_hits / total,
-        clips=clips,
-        seconds=seconds,
-        data_wait=wait / max(seconds, 1e-9),
-        steps=steps,
-        interrupted=interrupted,
-        sums=(loss_sum, verb_hits, noun_hits, action_hits),
-        wait_seconds=wait,
-    )
-
-
-class TrainingDivergedError(EpicInputError):
-    """The loss stopped being finite: nothing after the last good epoch is saved."""
-
-
-def _raise_if_diverged(first_bad: torch.Tensor, info: DistInfo, header: str) -> None:
-    """Every rank raises when any rank saw a non-finite loss (the same step on all)."""
-    none = torch.iinfo(torch.long).max
-    bad = torch.where(first_bad < 0, torch.full_like(first_bad, none), first_bad)
-    if info.enabled:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
-    step = int(bad.item())
-    if step != none:
-        raise TrainingDivergedError(
-            f"training diverged: the loss is not finite ({header}, first at step {step} of "
-            f"this run of the epoch)",
-            where="NaN or Inf",
-            fix="lower --lr (or use --amp off to rule out fp16 overflow); last.pt and best.pt "
-            "still hold the last good epoch, so `--resume auto` continues from there",
-        )
+    meter.raise_if_diverged(header)
+    return meter.stats(interrupted=interrupted)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from epicdata.annotations import AnnotationDir, SegmentTable
 from epicdata.console import add_log_file, preflight_output
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
-from epicdata.dataset import check_readable, worker_deaths_named
+from epicdata.dataset import EpicActionDataset, check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError, ExitCode
 from epicdata.stage import stage_store, staged_root
 from epicdata.store import FrameStore
@@ -43,13 +43,20 @@ from train.checkpoint import (
     training_state,
 )
 from train.config import TrainConfig
-from train.data import TrainData, build_eval_data, build_train_data, clip_loader, metric_sets
-from train.device import make_scaler, resolve_device, resolve_precision
+from train.data import (
+    ClipLoader,
+    TrainData,
+    build_eval_data,
+    build_train_data,
+    clip_loader,
+    metric_sets,
+)
+from train.device import Precision, make_scaler, resolve_device, resolve_precision
 from train.distributed import DistInfo
-from train.engine import EpochStats, Precision, evaluate, train_one_epoch
+from train.engine import EpochStats, evaluate, train_one_epoch
 from train.metrics import compute_metrics
 from train.model import ActionModel, build_model, compile_failures_named, compile_model
-from train.nvjpeg import ClipLoader, check_nvjpeg
+from train.nvjpeg import check_nvjpeg
 from train.runlog import RunLog
 from train.transforms import DeviceAugment
 
@@ -144,6 +151,20 @@ def _seed_epoch(seed: int, epoch: int, step: int, rank: int, generator: torch.Ge
 
 
 @dataclass
+class _RunData:
+    """What a run reads, built once by :func:`_build_data`."""
+
+    store: FrameStore  # the staged copy with --stage-dir
+    train: TrainData
+    val_table: SegmentTable
+    val_set: EpicActionDataset
+    val_loader: DataLoader
+    metric_sets: dict[str, frozenset]
+    train_clips: ClipLoader  # a batch -> its uint8 clips on the device
+    val_clips: ClipLoader
+
+
+@dataclass
 class _Run:
     """Everything the epochs of one run share, built once by :func:`_setup`."""
 
@@ -151,11 +172,7 @@ class _Run:
     info: DistInfo
     device: torch.device
     precision: Precision
-    store: FrameStore
-    train: TrainData
-    val_table: SegmentTable
-    val_loader: DataLoader
-    metric_sets: dict[str, frozenset]
+    data: _RunData
     model: torch.nn.Module
     ddp_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -163,8 +180,6 @@ class _Run:
     scaler: object
     augment: DeviceAugment
     generator: torch.Generator
-    train_clips: ClipLoader  # a batch -> its uint8 clips on the device
-    val_clips: ClipLoader
     run_dir: Path
     runlog: RunLog | None  # rank 0 of a run that writes
     limit_batches: int | None
@@ -281,15 +296,7 @@ def _setup(
     cfg: TrainConfig, *, resume_from: str | None, dry_run: bool, allow_config_change: bool
 ) -> _Run:
     """Device and ranks, the run folder's preflight, data, model and optimiser, resume."""
-    device = resolve_device(cfg.device, distributed.discover())
-    info = distributed.init(device.type)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
-    if cfg.decoder == "nvjpeg":
-        check_nvjpeg(device)  # before anything is built: exit 2 with the fix
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not cfg.deterministic
+    device, info = init_device(cfg.device, decoder=cfg.decoder, deterministic=cfg.deterministic)
     run_dir = Path(cfg.output_dir)
     checkpoint_path = find_resume(run_dir, resume_from)
     writes = info.is_main and not dry_run
@@ -300,41 +307,15 @@ def _setup(
             checkpoint_every=cfg.checkpoint_every,
         )
         preflight_output(run_dir, need_bytes=need, option="--output-dir")
-
-    annotations = AnnotationDir(cfg.annotations)
-    train_table = annotations.table(cfg.train_split)
-    val_table = annotations.table(cfg.val_split)
-    store_root = Path(cfg.store)
-    if cfg.stage_dir and dry_run:
-        log.info("dry run: --stage-dir %s not used, the store is read in place", cfg.stage_dir)
-    elif cfg.stage_dir:
-        videos = {*train_table.video_ids, *val_table.video_ids}
-        store_root = _stage(cfg.store, cfg.stage_dir, videos, info=info, device=device)
-    # Only the reader sees the staged copy: cfg (config.yaml, checkpoints) keeps --store.
-    store = FrameStore(store_root)
-    pin = device.type == "cuda"
-    clips = dict(
-        num_frames=cfg.num_frames,
-        sampling=cfg.sampling,
-        crop_size=cfg.crop_size,
-        decoder=cfg.decoder,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        info=info,
-        pin_memory=pin,
-    )
     limit = 2 if dry_run else cfg.limit_batches
-    train = build_train_data(store, train_table, seed=cfg.seed, limit_batches=limit, **clips)
-    val_set, val_loader = build_eval_data(store, val_table, **clips)
-    # Every frame the samplers can ask for, from the metadata: a missing one fails here,
-    # not as a worker traceback mid-epoch.
-    check_readable(train.dataset)
-    check_readable(val_set)
+    data = _build_data(cfg, info=info, device=device, dry_run=dry_run, limit_batches=limit)
 
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every run
     # Resuming, the checkpoint replaces the weights: nothing to load (or to log as loaded).
     weights = None if checkpoint_path is not None else cfg.weights
-    model = build_model(weights=weights, dropout=cfg.dropout, device=device, channels_last=pin)
+    model = build_model(
+        weights=weights, dropout=cfg.dropout, device=device, channels_last=device.type == "cuda"
+    )
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(
         optimizer,
@@ -344,31 +325,20 @@ def _setup(
         patience=cfg.plateau_patience,
     )
     precision = resolve_precision(cfg.amp, device)
-    ddp_model = (
-        DistributedDataParallel(model, device_ids=[device.index] if pin else None)
-        if info.enabled
-        else model
-    )
     run = _Run(
         cfg=cfg,
         info=info,
         device=device,
         precision=precision,
-        store=store,
-        train=train,
-        val_table=val_table,
-        val_loader=val_loader,
-        metric_sets=metric_sets(annotations, cfg.val_split),
+        data=data,
         model=model,
         # Checkpoints take run.model, the bare model: --compile does not change their keys.
-        ddp_model=compile_model(ddp_model) if cfg.compile else ddp_model,
+        ddp_model=wrap_model(model, info=info, device=device, compiled=cfg.compile),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
         augment=DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device),
         generator=torch.Generator(),
-        train_clips=clip_loader(train.dataset, device),
-        val_clips=clip_loader(val_set, device),
         run_dir=run_dir,
         runlog=None,
         limit_batches=limit,
@@ -382,20 +352,102 @@ def _setup(
         cfg.save(run_dir / "config.yaml")
         # Records of epochs after the resumed one are dropped: they are redone.
         run.runlog = RunLog(run_dir, upto_epoch=run.start_epoch)
+    _log_start(run)
+    return run
+
+
+def init_device(name: str, *, decoder: str, deterministic: bool) -> tuple[torch.device, DistInfo]:
+    """This rank's device (``--device name``) and the process group, before anything is
+    built: ``--decoder nvjpeg`` where it cannot run exits 2 here, with the fix."""
+    device = resolve_device(name, distributed.discover())
+    info = distributed.init(device.type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
+    if decoder == "nvjpeg":
+        check_nvjpeg(device)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    return device, info
+
+
+def _build_data(
+    cfg: TrainConfig,
+    *,
+    info: DistInfo,
+    device: torch.device,
+    dry_run: bool,
+    limit_batches: int | None,
+) -> _RunData:
+    """The store (staged to ``--stage-dir`` unless a dry run), the training and validation
+    datasets and loaders, and how their batches reach the device."""
+    annotations = AnnotationDir(cfg.annotations)
+    train_table = annotations.table(cfg.train_split)
+    val_table = annotations.table(cfg.val_split)
+    store_root = Path(cfg.store)
+    if cfg.stage_dir and dry_run:
+        log.info("dry run: --stage-dir %s not used, the store is read in place", cfg.stage_dir)
+    elif cfg.stage_dir:
+        videos = {*train_table.video_ids, *val_table.video_ids}
+        store_root = _stage(cfg.store, cfg.stage_dir, videos, info=info, device=device)
+    # Only the reader sees the staged copy: cfg (config.yaml, checkpoints) keeps --store.
+    store = FrameStore(store_root)
+    clips = dict(
+        num_frames=cfg.num_frames,
+        sampling=cfg.sampling,
+        crop_size=cfg.crop_size,
+        decoder=cfg.decoder,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        info=info,
+        pin_memory=device.type == "cuda",
+    )
+    train = build_train_data(
+        store, train_table, seed=cfg.seed, limit_batches=limit_batches, **clips
+    )
+    val_set, val_loader = build_eval_data(store, val_table, **clips)
+    # Every frame the samplers can ask for, from the metadata: a missing one fails here,
+    # not as a worker traceback mid-epoch.
+    check_readable(train.dataset)
+    check_readable(val_set)
+    return _RunData(
+        store=store,
+        train=train,
+        val_table=val_table,
+        val_set=val_set,
+        val_loader=val_loader,
+        metric_sets=metric_sets(annotations, cfg.val_split),
+        train_clips=clip_loader(train.dataset, device),
+        val_clips=clip_loader(val_set, device),
+    )
+
+
+def wrap_model(
+    model: torch.nn.Module, *, info: DistInfo, device: torch.device, compiled: bool
+) -> torch.nn.Module:
+    """What the training steps call: ``model`` in DDP under several processes, compiled
+    with ``--compile``."""
+    if info.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
+    return compile_model(model) if compiled else model
+
+
+def _log_start(run: _Run) -> None:
+    cfg, precision = run.cfg, run.precision
     log.info(
         "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s, "
         "decoder %s%s",
-        len(train.dataset),
+        len(run.data.train.dataset),
         cfg.val_split,
-        len(val_set),
-        train.steps_per_epoch,
-        info.world_size,
-        device,
+        len(run.data.val_set),
+        run.data.train.steps_per_epoch,
+        run.info.world_size,
+        run.device,
         precision.dtype if precision.enabled else "off",
         cfg.decoder,
         ", compiled" if cfg.compile else "",
     )
-    return run
 
 
 def _stage(
@@ -491,8 +543,8 @@ def _apply_changes(run: _Run) -> None:
 def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStats:
     """Epoch ``epoch`` from step ``step0`` (> 0 after a mid-epoch resume)."""
     cfg = run.cfg
-    run.train.dataset.set_epoch(epoch)
-    run.train.sampler.set_epoch(epoch, skip=step0 * cfg.batch_size)
+    run.data.train.dataset.set_epoch(epoch)
+    run.data.train.sampler.set_epoch(epoch, skip=step0 * cfg.batch_size)
     mid = run.resumed_mid_epoch if step0 else None
     run.resumed_mid_epoch = None
     if mid is not None and run.info.world_size == 1:
@@ -502,10 +554,10 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
     else:
         # Ranks > 0 of a resumed DDP run (only rank 0's states are saved) reseed.
         _seed_epoch(cfg.seed, epoch, step0, run.info.rank, run.generator)
-    with worker_deaths_named(run.store), compile_failures_named(cfg.compile):
+    with worker_deaths_named(run.data.store), compile_failures_named(cfg.compile):
         return train_one_epoch(
             run.ddp_model,
-            run.train.loader,
+            run.data.train.loader,
             optimizer=run.optimizer,
             scaler=run.scaler,
             augment=run.augment,
@@ -513,13 +565,13 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
             precision=run.precision,
             device=run.device,
             info=run.info,
-            max_steps=run.train.steps_per_epoch - step0,
+            max_steps=run.data.train.steps_per_epoch - step0,
             stop_requested=stop,
             log_every=cfg.log_every,
             header=f"epoch {epoch + 1}/{cfg.epochs}",
             first_step=step0,
             carry=mid["epoch_progress"] if mid is not None else None,
-            load_clips=run.train_clips,
+            load_clips=run.data.train_clips,
         )
 
 
@@ -531,28 +583,28 @@ def _validate_epoch(run: _Run) -> tuple[dict[str, float], float]:
         # ranks validate with rank 0's, which are the ones saved.
         for buffer in run.model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    with worker_deaths_named(run.store):
+    with worker_deaths_named(run.data.store):
         preds = evaluate(
             run.model,
-            run.val_loader,
+            run.data.val_loader,
             augment=run.augment,
             precision=run.precision,
             device=run.device,
             info=run.info,
             max_steps=run.limit_batches,
-            load_clips=run.val_clips,
+            load_clips=run.data.val_clips,
         )
     metrics: dict[str, float] = {}
     metric = torch.tensor([0.0], device=run.device)
     if run.info.is_main:
-        table = run.val_table
+        table = run.data.val_table
         metrics = compute_metrics(
             preds.verb_logits,
             preds.noun_logits,
             table.verb_classes[preds.indices],
             table.noun_classes[preds.indices],
             [table.participant_ids[i] for i in preds.indices],
-            **run.metric_sets,
+            **run.data.metric_sets,
         )
         metric[0] = metrics[SELECTION_METRIC]
     if run.info.enabled:

@@ -13,7 +13,6 @@ clips that share a crop. The images are the CPU path's up to decoder and resize 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -22,6 +21,7 @@ from torch.utils.data import default_collate
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from epicdata.errors import EnvironmentProblem, StoreIncompleteError
+from train.device import cuda_unavailable_reason
 from train.transforms import CropFlip
 
 #: torchvision decodes a list of JPEGs in one nvJPEG call from this version on.
@@ -29,23 +29,11 @@ BATCHED_DECODE_FROM = (0, 19)
 #: The sample keys that :func:`collate_jpeg_clips` packs itself.
 _JPEG_KEYS = ("jpegs", "crop", "frame_numbers")
 
-#: A loader batch -> (B, T, C, S, S) uint8 clips on the device.
-ClipLoader = Callable[[dict[str, Any]], torch.Tensor]
-
 
 class ClipGeometry(Protocol):
     """The geometric half of a clip transform (train.transforms)."""
 
     def apply(self, frames: torch.Tensor, crop: CropFlip) -> torch.Tensor: ...
-
-
-def frames_to(device: torch.device) -> ClipLoader:
-    """The CPU decoders' batches: the workers' uint8 clips, copied to ``device``."""
-
-    def load(batch: dict[str, Any]) -> torch.Tensor:
-        return batch["frames"].to(device, non_blocking=True)  # (B, T, C, H, W) uint8
-
-    return load
 
 
 def torchvision_version() -> tuple[int, int]:
@@ -64,8 +52,6 @@ def check_nvjpeg(device: torch.device) -> None:
     """Before anything is built: the run's device is a CUDA GPU on which torchvision's
     nvJPEG decodes a JPEG (a tiny one is tried). Raises :class:`EnvironmentProblem` (exit 2)
     naming ``--decoder nvjpeg``, the reason and the fix; there is no silent fallback."""
-    from train.device import cuda_unavailable_reason  # train.device imports the engine
-
     if device.type != "cuda":
         reason = f"it decodes on a CUDA GPU and this run's device is {device}"
         if not torch.cuda.is_available():

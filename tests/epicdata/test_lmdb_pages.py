@@ -13,8 +13,10 @@ import lmdb
 import pytest
 
 from epicdata.errors import ExitCode, StoreIncompleteError
+from epicdata.layout import shard_path
 from epicdata.lmdb_pages import P_BRANCH, P_LEAF, PAGE_HEADER, ShardPages
-from epicdata.store import FrameStore, frames_in_ranges, shard_path
+from epicdata.ranges import frames_in_ranges
+from epicdata.store import FrameStore
 
 
 def _write(path: Path, items: dict[bytes, bytes], **options: object) -> None:
@@ -104,17 +106,20 @@ def test_files_of_another_format_are_left_to_lmdb(tmp_path: Path) -> None:
 
 @pytest.fixture
 def store_root(small_store: dict[str, Path]) -> Path:
-    """Two short videos extracted into one shard (real JPEGs, a B-tree of several pages)."""
+    """Two short videos extracted into one shard (real JPEGs, a B-tree of several pages):
+    this test's own, to damage."""
     from preprocess.extract import run_shard
 
     run_shard(store_root=small_store["store"], shard_index=0, tmp_dir=small_store["tmp"])
     return small_store["store"]
 
 
-def test_the_store_reads_through_the_pages_and_equals_the_mapped_reads(store_root: Path) -> None:
+def test_the_store_reads_through_the_pages_and_equals_the_mapped_reads(
+    small_store_extracted_ro: dict[str, Path],
+) -> None:
     frames: dict[str, list[bytes]] = {}
     for direct in (True, False):  # one after the other: LMDB opens a file once per process
-        reader = FrameStore(store_root, direct=direct)
+        reader = FrameStore(small_store_extracted_ro["store"], direct=direct)
         try:
             for video in reader.video_ids:
                 wanted = frames_in_ranges(reader.video_meta(video).stored_ranges).tolist()

@@ -15,8 +15,10 @@ import pytest
 
 import epicdata.stage as stage
 from epicdata.errors import ExitCode, OutOfSpaceError, StoreError, StoreIncompleteError
+from epicdata.layout import MANIFEST_NAME, shard_path
+from epicdata.manifest import Manifest
 from epicdata.stage import TEMP_MARK, stage_store, staged_root
-from epicdata.store import MANIFEST_NAME, FrameStore, Manifest, shard_path
+from epicdata.store import FrameStore
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
 

@@ -13,24 +13,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from epicdata.checksums import frame_checksum, pack_checksums
 from epicdata.errors import StoreError
-from epicdata.store import (
-    SHARD_META_KEY,
-    ExtractParams,
-    FrameStore,
-    Manifest,
-    PlannedVideo,
-    ShardMeta,
-    ShardPlan,
-    VideoMeta,
-    checksum_key,
-    frame_checksum,
-    frame_key,
-    frames_in_ranges,
-    pack_checksums,
-    shard_path,
-    video_meta_key,
-)
+from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
+from epicdata.manifest import ExtractParams, Manifest, PlannedVideo, ShardPlan
+from epicdata.metadata import ShardMeta, VideoMeta
+from epicdata.ranges import frames_in_ranges
+from epicdata.store import FrameStore
 
 # video id -> (stored ranges, decoded frames): two shards, one with a gap between ranges.
 VIDEOS = {"P01_01": (((1, 50), (80, 120)), 120), "P02_101": (((1, 60),), 60)}

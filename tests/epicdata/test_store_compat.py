@@ -92,7 +92,8 @@ def test_a_store_extracted_from_videos_keeps_the_format_older_releases_read() ->
     # previous release's strict field check would refuse.
     import json
 
-    from epicdata.store import SOURCE_FRAMES, Manifest, VideoMeta
+    from epicdata.manifest import SOURCE_FRAMES, Manifest
+    from epicdata.metadata import VideoMeta
 
     manifest = Manifest.load(FIXTURE)
     assert "source_kind" not in manifest.to_json()

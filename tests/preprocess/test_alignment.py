@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
-from epicdata.store import FrameStore, frames_in_ranges
+from epicdata.ranges import frames_in_ranges
+from epicdata.store import FrameStore
 from epicdata.synthetic import read_stamp
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store

@@ -13,15 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
-from epicdata.store import (
-    SHARD_META_KEY,
-    ShardPlan,
-    checksum_key,
-    frame_key,
-    open_shard_readonly,
-    shard_path,
-    video_meta_key,
-)
+from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
+from epicdata.lmdb_env import open_shard_readonly
+from epicdata.manifest import ShardPlan
 from preprocess import check as check_module
 from preprocess.check import check_store
 from preprocess.cli import check
@@ -31,6 +25,7 @@ from preprocess.plan import plan_store
 
 @pytest.fixture
 def store(small_store: dict[str, Path]) -> dict[str, Path]:
+    """small_store extracted: this test's own, to damage (readers use small_store_extracted_ro)."""
     run_shard(store_root=small_store["store"], shard_index=0, tmp_dir=small_store["tmp"])
     return small_store
 
@@ -40,7 +35,10 @@ def _check(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout
 
 
-def test_clean_store_passes_with_table_and_json(store: dict[str, Path]) -> None:
+def test_clean_store_passes_with_table_and_json(
+    small_store_extracted_ro: dict[str, Path],
+) -> None:
+    store = small_store_extracted_ro
     code, output = _check(
         "--store", str(store["store"]), "--annotations", str(store["annotations"])
     )
@@ -78,16 +76,17 @@ def test_truncated_shard_is_reported_without_crashing(store: dict[str, Path]) ->
     assert "truncated" in report.problems[0] and "shard-00000.lmdb" in report.problems[0]
 
 
-def test_missing_shard_is_reported(small_store: dict[str, Path]) -> None:
-    report = check_store(small_store["store"])
+def test_missing_shard_is_reported(small_store_ro: dict[str, Path]) -> None:
+    report = check_store(small_store_ro["store"])
     assert report.resubmit_indices == [0] and "not published" in report.problems[0]
     assert "--force" not in report.resubmit_command  # nothing published to redo
     assert report.resubmit_command.startswith("epic-slurm submit")
 
 
 def test_csv_naming_a_video_not_in_the_plan_is_reported(
-    store: dict[str, Path], tmp_path: Path, epic_files
+    small_store_extracted_ro: dict[str, Path], tmp_path: Path, epic_files
 ) -> None:
+    store = small_store_extracted_ro
     epic_files.write_test_split(tmp_path / "other", [("P01_01", 0.2, 1.5), ("P09_01", 0.0, 1.0)])
     code, output = _check("--store", str(store["store"]), "--annotations", str(tmp_path / "other"))
     assert code == ExitCode.STORE_INCOMPLETE
@@ -95,8 +94,9 @@ def test_csv_naming_a_video_not_in_the_plan_is_reported(
 
 
 def test_segments_past_the_stored_end_are_reported(
-    store: dict[str, Path], tmp_path: Path, epic_files
+    small_store_extracted_ro: dict[str, Path], tmp_path: Path, epic_files
 ) -> None:
+    store = small_store_extracted_ro
     # P01_01 is 2 s at R = 60 (120 frames); a segment to 2.5 s ends 30 frames past it.
     epic_files.write_test_split(tmp_path / "late", [("P01_01", 0.2, 2.5), ("P01_101", 0.5, 1.9)])
     report = check_store(store["store"], annotations_dir=tmp_path / "late")
@@ -207,19 +207,21 @@ def test_malformed_manifest_is_a_clear_error_not_a_traceback(
 # ----------------------------------------------------------------------------- isolation
 
 
-@pytest.fixture
-def two_shards(small_store: dict[str, Path]) -> Path:
-    """small_store's two videos planned into two shards, both extracted."""
-    store = small_store["store"].with_name("two-shards")
+@pytest.fixture(scope="module")
+def two_shards(small_store_ro: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """small_store's two videos planned into two shards, both extracted: READ ONLY (shared by
+    the tests below, which only read it)."""
+    root = tmp_path_factory.mktemp("two-shards")
+    store = root / "store"
     plan_store(
         store_root=store,
-        annotations_dir=small_store["annotations"],
-        videos_root=small_store["videos"],
+        annotations_dir=small_store_ro["annotations"],
+        videos_root=small_store_ro["videos"],
         splits=("test",),
         shards=2,
     )
     for index in (0, 1):
-        run_shard(store_root=store, shard_index=index, tmp_dir=small_store["tmp"])
+        run_shard(store_root=store, shard_index=index, tmp_dir=root / "scratch")
     return store
 
 

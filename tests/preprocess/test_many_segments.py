@@ -21,8 +21,10 @@ from epicdata.annotations import SPLIT_FILES
 from epicdata.errors import ExitCode
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.frames import expected_frame_count, frame_rate_for
+from epicdata.layout import shard_path
+from epicdata.manifest import TAIL_FRAMES
 from epicdata.sampling import linspace_frames
-from epicdata.store import TAIL_FRAMES, FrameStore, shard_path
+from epicdata.store import FrameStore
 from epicdata.synthetic import read_stamp
 from preprocess.check import check_store
 from preprocess.cli import extract

@@ -22,13 +22,9 @@ from click.testing import CliRunner
 from epicdata.errors import ExitCode
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.frames import frame_rate_for
-from epicdata.store import (
-    SOURCE_FRAMES,
-    SOURCE_VIDEO,
-    FrameStore,
-    Manifest,
-    shard_path,
-)
+from epicdata.layout import shard_path
+from epicdata.manifest import SOURCE_FRAMES, SOURCE_VIDEO, Manifest
+from epicdata.store import FrameStore
 from epicdata.synthetic import MiniEpic
 from preprocess import plan as plan_module
 from preprocess.check import check_store, format_report

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
-from epicdata.store import MANIFEST_NAME, Manifest, shard_path
+from epicdata.layout import MANIFEST_NAME, shard_path
+from epicdata.manifest import Manifest
 from preprocess.check import check_store
 from preprocess.cli import extract
 from preprocess.extract import run_shard

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from epicdata.errors import ExitCode
-from epicdata.store import open_shard_readonly, shard_path
+from epicdata.layout import shard_path
+from epicdata.lmdb_env import open_shard_readonly
 from epicdata.synthetic import make_video
 from preprocess import extract as extract_module
 from preprocess.check import check_store

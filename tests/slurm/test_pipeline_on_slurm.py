@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from epicslurm.pipeline import run_status
 
-from epicdata.store import Manifest
+from epicdata.manifest import Manifest
 from epicdata.synthetic import MiniEpic
+
+pytestmark = pytest.mark.slurm
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

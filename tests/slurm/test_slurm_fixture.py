@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slurm
+
 
 def test_job_completes_with_exit_code_0(slurm, tmp_path: Path):
     out = tmp_path / "out.txt"

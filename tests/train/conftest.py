@@ -3,6 +3,7 @@ trainer tests (session scope: built once)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,11 @@ class MiniStore:
 
 
 @pytest.fixture(scope="session")
-def mini_store(mini_epic: MiniEpic, tmp_path_factory: pytest.TempPathFactory) -> MiniStore:
-    """Every split of the mini-EPIC extracted into a 2-shard store."""
+def mini_store(
+    mini_epic: MiniEpic, tmp_path_factory: pytest.TempPathFactory, read_only
+) -> Iterator[MiniStore]:
+    """Every split of the mini-EPIC extracted into a 2-shard store: READ ONLY (a test that
+    damages it copies it first)."""
     store = tmp_path_factory.mktemp("store")
     manifest = plan_store(
         store_root=store,
@@ -45,7 +49,8 @@ def mini_store(mini_epic: MiniEpic, tmp_path_factory: pytest.TempPathFactory) ->
     )
     for shard in manifest.shards:
         run_shard(store_root=store, shard_index=shard.index, workers=2)
-    return MiniStore(store, mini_epic.annotations_dir)
+    with read_only(store, "mini_store"):
+        yield MiniStore(store, mini_epic.annotations_dir)
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +74,10 @@ def fast_config(mini_store: MiniStore):
 
 
 @pytest.fixture(scope="session")
-def trained_run(fast_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two epochs on the mini-EPIC with a checkpoint after each (epoch_001.pt, epoch_002.pt)."""
+def trained_run(fast_config, tmp_path_factory: pytest.TempPathFactory, read_only) -> Iterator[Path]:
+    """Two epochs on the mini-EPIC with a checkpoint after each (epoch_001.pt, epoch_002.pt):
+    READ ONLY (a test that resumes into it or damages it copies it first)."""
     run = tmp_path_factory.mktemp("run") / "run"
     assert fit(fast_config(run, epochs=2, checkpoint_every=1)) == 0
-    return run
+    with read_only(run, "trained_run"):
+        yield run

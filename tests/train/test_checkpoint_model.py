@@ -187,8 +187,9 @@ def test_evaluation_logits_are_float32_even_under_bf16_autocast():
     # arbitrarily: the heads run in float32, outside autocast.
     import numpy as np
 
+    from train.device import Precision
     from train.distributed import DistInfo
-    from train.engine import Precision, evaluate
+    from train.engine import evaluate
     from train.transforms import DeviceAugment
 
     torch.manual_seed(0)

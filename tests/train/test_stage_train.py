@@ -15,8 +15,10 @@ import yaml
 from click.testing import CliRunner
 
 from epicdata.annotations import AnnotationDir
+from epicdata.layout import shard_path
+from epicdata.manifest import Manifest
 from epicdata.stage import staged_root
-from epicdata.store import FrameStore, Manifest, shard_path
+from epicdata.store import FrameStore
 from train import fit
 from train.cli import train_main
 

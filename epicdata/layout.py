@@ -1,0 +1,58 @@
+"""Where everything is in a frame store: its files and the keys inside a shard.
+
+Files::
+
+    <store>/manifest.json              written once by `epic-extract plan`
+    <store>/shards/shard-00000.lmdb    one LMDB file per shard (subdir=False)
+    <store>/failures/shard-00000.txt   why the last extraction of that shard failed
+
+Keys inside a shard:
+
+- ``<video_id>/<frame:010d>`` -> JPEG bytes, frame numbers per :mod:`epicdata.frames`;
+- ``__meta__/shard`` -> JSON :class:`epicdata.metadata.ShardMeta`;
+- ``__meta__/video/<video_id>`` -> JSON :class:`epicdata.metadata.VideoMeta`;
+- ``__meta__/crc32/<video_id>`` -> little-endian uint32 CRC-32 of each stored frame, in
+  ascending frame order (:mod:`epicdata.checksums`).
+
+Reserved keys start with ``__`` and can never collide with a video id (``PXX_YY``).
+A shard file at its final path is complete: writers publish by atomic rename.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The version of this layout and of the records in it (manifest, metadata).
+STORE_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARDS_DIR = "shards"
+#: A shard's last failed extraction, for epic-check to name: store/failures/shard-NNNNN.txt.
+FAILURES_DIR = "failures"
+SHARD_META_KEY = b"__meta__/shard"
+_VIDEO_META_PREFIX = b"__meta__/video/"
+_CHECKSUM_PREFIX = b"__meta__/crc32/"
+
+
+def shard_filename(index: int) -> str:
+    return f"shard-{index:05d}.lmdb"
+
+
+def shard_path(store_root: str | Path, index: int) -> Path:
+    return Path(store_root) / SHARDS_DIR / shard_filename(index)
+
+
+def failure_record_path(store_root: str | Path, shard_index: int) -> Path:
+    """Where ``epic-extract run`` records why shard ``shard_index`` was not published."""
+    return Path(store_root) / FAILURES_DIR / f"shard-{shard_index:05d}.txt"
+
+
+def frame_key(video_id: str, frame: int) -> bytes:
+    return f"{video_id}/{frame:010d}".encode()
+
+
+def video_meta_key(video_id: str) -> bytes:
+    return _VIDEO_META_PREFIX + video_id.encode()
+
+
+def checksum_key(video_id: str) -> bytes:
+    return _CHECKSUM_PREFIX + video_id.encode()
