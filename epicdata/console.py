@@ -41,6 +41,7 @@ from epicdata.errors import (
     FFmpegNotFoundError,
     OutOfSpaceError,
 )
+from epicdata.ffmpeg_bin import ffmpeg_path
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,6 @@ def setup_logging(
 @functools.cache
 def ffmpeg_version() -> str:
     """``ffmpeg -version``'s version, or why there is none."""
-    from epicdata.ffmpeg_bin import ffmpeg_path
-
     try:
         path = ffmpeg_path()
         out = subprocess.run(

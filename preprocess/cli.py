@@ -28,8 +28,16 @@ from epicdata.console import (
 )
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
 from epicdata.errors import ExitCode
-from epicdata.manifest import KEEP_MODES
-from preprocess.plan import DEFAULT_MARGIN_FRAMES, DEFAULT_TARGET_SHARD_FRAMES
+from epicdata.manifest import KEEP_MODES, Manifest
+from preprocess.check import check_store, format_report
+from preprocess.compare import compare_frames, format_comparison
+from preprocess.extract import load_runnable_manifest, pending_shards, preflight_run, run_shard
+from preprocess.plan import (
+    DEFAULT_MARGIN_FRAMES,
+    DEFAULT_TARGET_SHARD_FRAMES,
+    plan_store,
+    plan_summary,
+)
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -187,8 +195,6 @@ def extract(verbose: bool) -> None:
 )
 def plan(**options: object) -> None:
     """Probe the videos, balance them into shards and write <store>/manifest.json."""
-    from preprocess.plan import plan_store, plan_summary
-
     start_command()
     preflight_output(options["store_root"], need_bytes=PLAN_BYTES, option="--store")
     manifest = plan_store(**options)
@@ -256,8 +262,6 @@ def run(
     videos_root: Path | None,
 ) -> None:
     """Decode the videos of one shard (or all) and publish the shard into the store."""
-    from preprocess.extract import load_runnable_manifest, pending_shards, preflight_run, run_shard
-
     if run_all == (shard_index is not None):
         raise click.UsageError(
             "give exactly one of --shard-index N (or SLURM_ARRAY_TASK_ID) and --all"
@@ -333,13 +337,8 @@ def check(
     Exits 5 when the store is incomplete or damaged, or with --compare-frames when a
     video's frames do not match the official ones (docs/conventions.md).
     """
-    from epicdata.manifest import Manifest
-    from preprocess.check import check_store, format_report
-
     start_command()
     if frames_root is not None:
-        from preprocess.compare import compare_frames, format_comparison
-
         videos = len(Manifest.load(store_root).video_to_shard())
         with Progress(videos, label="compare", unit="videos") as progress:
             compared = compare_frames(store_root, frames_root, on_video=lambda: progress.update(1))

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import logging
 import shlex
+from datetime import datetime
 from pathlib import Path
 
 import click
-from epicslurm.site import JOBS, SITE_VARIABLE, load_site, site_example_text
-from epicslurm.submit import Job, submit
 
 from epicdata.console import EpicCommand, EpicGroup, example, run_header, start_command
 from epicdata.errors import EpicInputError
 from epicdata.layout import MANIFEST_NAME
 from epicdata.manifest import KEEP_MODES
+from epicslurm import sweep as sweeps
+from epicslurm.pipeline import run_pipeline
+from epicslurm.site import JOBS, SITE_VARIABLE, load_site, site_example_text
+from epicslurm.submit import Job, submit
+from preprocess.plan import plan_store, plan_summary
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,6 @@ def site_example(name: str | None) -> None:
 
 
 def _now() -> str:
-    from datetime import datetime
-
     return datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -204,8 +206,6 @@ def pipeline(
     """Plan the store here if it has no plan, then submit what is missing of: extraction
     array -> check (afterany) -> training (afterok) -> validation (afterok). Rerun after a
     failure: it submits only what is missing. Arguments after `--` go to epic-train."""
-    from epicslurm.pipeline import run_pipeline
-
     start_command()
     the_site = load_site(site)
     store = (store or Path(the_site.get("EPIC_STORE") or ".")).resolve()
@@ -220,8 +220,6 @@ def pipeline(
                 where=str(store),
                 fix="give --videos (the pipeline then plans it here, which only probes videos)",
             )
-        from preprocess.plan import plan_store, plan_summary
-
         clip_lengths = tuple(int(n) for n in num_frames.split(",") if n.strip())
         manifest = plan_store(
             store_root=store,
@@ -282,10 +280,8 @@ def sweep(
     """Train every run of a grid as one array job: task N trains run N into RUNS/<name>
     (e.g. bs32-lr1e-4-f8), resumable and requeued like one training. The store must serve
     every clip length of the grid. Rerun it to resubmit the runs not done."""
-    from epicslurm.sweep import load_grid, run_sweep
-
     start_command()
-    load_grid(grid_file)  # a bad grid is named before the site is needed
+    sweeps.load_grid(grid_file)  # a bad grid is named before the site is needed
     the_site = load_site(site)
     store = store or (Path(the_site.get("EPIC_STORE")) if the_site.get("EPIC_STORE") else None)
     if store is None:
@@ -293,7 +289,7 @@ def sweep(
             "no store", where="--store", fix="give --store or EPIC_STORE in the site file"
         )
     runs_root = runs_root.resolve()
-    job_id, command = run_sweep(
+    job_id, command = sweeps.run_sweep(
         the_site,
         grid_file=grid_file,
         store=store.resolve(),
@@ -325,8 +321,6 @@ def summary(runs_root: Path, csv_path: Path | None) -> None:
     """The table of a sweep's runs, best validation action top-1 first: verb, noun and
     action top-1 of the best epoch, that epoch, epochs done, status (done, running: queued,
     running or requeued, failed, pending: not started). Read from the run folders alone."""
-    from epicslurm import sweep as sweeps
-
     rows = sweeps.summary(runs_root)
     click.echo(sweeps.format_summary(rows))
     written = sweeps.write_csv(rows, csv_path or runs_root / sweeps.SUMMARY_CSV)
@@ -352,9 +346,7 @@ def summary(runs_root: Path, csv_path: Path | None) -> None:
 def sweep_task(sweep_json: Path, index: int) -> None:
     """Print run INDEX of a sweep for slurm/sweep.sbatch, one word a line: its folder name,
     then its epic-train options (--lr=0.0001)."""
-    from epicslurm.sweep import read_sweep
-
-    runs = read_sweep(sweep_json)
+    runs = sweeps.read_sweep(sweep_json)
     if index >= len(runs):
         raise EpicInputError(
             f"run {index} does not exist: the sweep has {len(runs)} runs (0-{len(runs) - 1})",

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from epicslurm.site import Site
-from epicslurm.submit import Job, submit
 
 from epicdata.errors import EnvironmentProblem, EpicInputError
 from epicdata.layout import MANIFEST_NAME
+from epicslurm.site import Site
+from epicslurm.submit import Job, submit
+from preprocess.check import check_store
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ class Plan:
 
 def assess(store: Path, run_dir: Path) -> Plan:
     """What is missing, from the store's shards and the run folder."""
-    from preprocess.check import check_store
-
     reasons = []
     report = check_store(store)
     indices = report.resubmit_indices

@@ -12,9 +12,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from epicslurm.site import JOBS, SCRIPTS, Site
-
 from epicdata.errors import EnvironmentProblem, EpicInputError
+from epicslurm.site import JOBS, SCRIPTS, Site
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from epicslurm.pipeline import FAILED_MARKER, array_spec, queued_jobs, run_status
-from epicslurm.site import Site
-from epicslurm.submit import Job, submit
 
 from epicdata.console import user_line
 from epicdata.errors import EpicInputError
 from epicdata.manifest import Manifest
+from epicslurm.pipeline import FAILED_MARKER, array_spec, queued_jobs, run_status
+from epicslurm.site import Site
+from epicslurm.submit import Job, submit
+from preprocess.check import check_store
 from train.config import PATH_FIELDS, FieldType, TrainConfig, field_types
 
 log = logging.getLogger(__name__)
@@ -431,8 +432,6 @@ def sweep_key(runs_root: Path) -> str:
 def _require_extracted(store: Path, site: Site) -> None:
     """Every shard published and intact (the checker's quick mode), or an error with the
     line that extracts the rest: a sweep on a half-made store would fail in every task."""
-    from preprocess.check import check_store
-
     report = check_store(store)
     if report.resubmit_indices:
         raise EpicInputError(

@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import epicslurm.pipeline as pipeline_module
 import pytest
+
+import epicslurm.pipeline as pipeline_module
+from epicdata.console import user_line
+from epicdata.errors import EpicInputError
 from epicslurm.pipeline import array_spec, chain_key, run_pipeline, run_status
 from epicslurm.site import SCRIPTS, load_site
 from epicslurm.submit import Job
-
-from epicdata.console import user_line
-from epicdata.errors import EpicInputError
 
 HOME = Path(__file__).resolve().parents[1]
 SITES = SCRIPTS / "sites"
@@ -166,6 +166,7 @@ def test_printed_submit_lines_name_the_site_and_parse_back(tmp_path):
         == f"epic-slurm submit --site {tmp_path / 'site.env'} extract --store /s --array 3,7 --force"
     )
     from click.testing import CliRunner
+
     from epicslurm.cli import main
 
     site = _site(tmp_path)
@@ -255,7 +256,7 @@ def test_a_finished_run_with_its_metrics_submits_nothing(
         resubmit_indices: list[int] = []
         shards = [SimpleNamespace(index=0, published=True, problems=[])]
 
-    monkeypatch.setattr("preprocess.check.check_store", lambda store: Complete)
+    monkeypatch.setattr(pipeline_module, "check_store", lambda store: Complete)
     site = load_site(_site(tmp_path))
     jobs = run_pipeline(
         site, store=small_store_ro["store"], annotations=small_store_ro["annotations"], run_dir=run

@@ -13,13 +13,13 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from epicslurm.cli import main as slurm
 
 import epicdata.console as cli_module
 from epicdata.console import Progress, run_header
 from epicdata.errors import ExitCode
 from epicdata.layout import shard_path
 from epicdata.synthetic import main as synth
+from epicslurm.cli import main as slurm
 from preprocess.cli import check, extract
 from train.cli import train_main, validate_main
 
@@ -226,9 +226,9 @@ def test_a_store_with_a_missing_shard_exits_5(small_store_ro: dict[str, Path]) -
     ("name", "target"),
     [
         ("epic-synth", "epicdata.synthetic.make_mini_epic"),
-        ("epic-extract plan", "preprocess.plan.plan_store"),
-        ("epic-extract run", "preprocess.extract.run_shard"),
-        ("epic-check", "preprocess.check.check_store"),
+        ("epic-extract plan", "preprocess.cli.plan_store"),
+        ("epic-extract run", "preprocess.cli.run_shard"),
+        ("epic-check", "preprocess.cli.check_store"),
         ("epic-train", "train.cli.fit"),
         ("epic-validate", "train.cli.validate"),
     ],
@@ -263,7 +263,7 @@ def test_a_full_disk_mid_run_exits_4_naming_the_file(
         raise OSError(errno.ENOSPC, "No space left on device", "/scratch/some-file")
 
     monkeypatch.setattr(
-        "preprocess.extract.run_shard" if name != "epic-train" else "train.cli.fit", full
+        "preprocess.cli.run_shard" if name != "epic-train" else "train.cli.fit", full
     )
     result = invoke(name, *args_writing_to(name, planned, tmp_path))
     assert_named_error(result, ExitCode.NO_SPACE, "/scratch/some-file", "No space left")
@@ -468,6 +468,6 @@ def test_an_os_error_about_a_path_is_named_not_a_traceback(
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr("preprocess.check.check_store", fail)
+    monkeypatch.setattr("preprocess.cli.check_store", fail)
     result = invoke("epic-check", "--store", small_store_ro["store"])
     assert_named_error(result, ExitCode.BAD_INPUT, needle, error.filename)

@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import epicslurm.sweep as sweep_module
 import pytest
 from click.testing import CliRunner
+
+import epicslurm.sweep as sweep_module
+from epicdata.errors import EpicInputError
 from epicslurm.cli import main as slurm
 from epicslurm.site import SCRIPTS, load_site
 from epicslurm.sweep import (
@@ -31,8 +33,6 @@ from epicslurm.sweep import (
     write_csv,
     write_sweep,
 )
-
-from epicdata.errors import EpicInputError
 
 HOME = Path(__file__).resolve().parents[1]
 SEED_GRID = SCRIPTS / "sweeps" / "seed-week2.yaml"

@@ -404,7 +404,7 @@ def test_flipped_child_page_number_in_branch_page_is_reported_not_an_lmdb_abort(
             kind, value = read_back(shard.store, shard.frames)
         where = f"node at byte {node} -> page {child_page(shard.data, node) ^ xor}"
         assert "problem: shard 0: shard-00000.lmdb is corrupt" in text, f"{where}\n{text}"
-        assert kind == "raised" and "is neither a branch nor a leaf page" in value, (where, value)
+        assert kind == "raised" and value.startswith("StoreIncompleteError: "), (where, value)
     node = _root_nodes(shard)[1]
     with flipped(shard, node, _to_overflow_page(shard, node)):
         done = _check_cli(shard.store)
@@ -456,7 +456,7 @@ def test_flipped_key_byte_in_branch_page_is_reported_not_complete(shard: Shard) 
         for text in texts:
             assert f"problem: shard 0: {rows[first_lost]}" in text, f"{where}\n{text}"
             assert "is complete" not in text, f"{where}\n{text}"
-        assert kind == "raised", (where, kind, value)
+        assert kind == "raised" and value.startswith("StoreIncompleteError: "), (where, value)
     offset, xor = flips[0]
     with flipped(shard, offset, xor):
         for deep in ([], ["--deep"]):
@@ -474,11 +474,9 @@ def test_shard_that_kills_its_reader_is_a_problem_row_not_a_crash(shard: Shard) 
     for pointer in pointers:
         with damaged(shard.path, pointer, struct.pack("<H", 0xFFF0)):
             text = _check_text(shard.store)
-            kind, value = read_back(shard.store, shard.frames)
         where = f"node pointer at byte {pointer}"
         assert "reading shard-00000.lmdb killed the checker process (signal " in text, where
         assert "the shard is corrupt" in text, f"{where}\n{text}"
-        assert kind == "raised" and "lies outside the page" in value, (where, value)
     with damaged(shard.path, pointers[1], struct.pack("<H", 0xFFF0)):
         done = _check_cli(shard.store)
     assert done.returncode == ExitCode.STORE_INCOMPLETE, done.stdout + done.stderr

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from epicslurm.pipeline import run_status
 
 from epicdata.manifest import Manifest
 from epicdata.synthetic import MiniEpic
+from epicslurm.pipeline import run_status
 
 pytestmark = pytest.mark.slurm
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from epicslurm.sweep import load_grid
 
 import train.cli
 from epicdata.errors import EpicInputError, ExitCode
+from epicslurm.sweep import load_grid
 from train.cli import train_main
 from train.config import TrainConfig, coerce_field, coerce_values, field_types, load_yaml_defaults
 
