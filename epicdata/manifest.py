@@ -82,6 +82,12 @@ class PlannedVideo:
     def from_dict(cls, data: Any, where: str = "planned video") -> PlannedVideo:
         """From the manifest's JSON; a ValueError naming ``where`` and the field when malformed."""
         data = checked_fields(cls, data, where, defaults={"keep_ranges": None})
+        if data.get("source_kind", SOURCE_VIDEO) not in SOURCE_KINDS:
+            # A kind this release cannot read (a newer release's): never decode it as a video.
+            raise ValueError(
+                f"{where} field 'source_kind' is {short_json(data['source_kind'])}, not one of "
+                f"{SOURCE_KINDS}"
+            )
         data["keep_ranges"] = ranges_from_json(data["keep_ranges"], f"{where} keep_ranges")
         return cls(**data)
 

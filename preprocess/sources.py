@@ -264,9 +264,8 @@ SOURCES: dict[str, type[FrameSource]] = {
 
 
 def source_class(video: PlannedVideo) -> type[FrameSource]:
-    """The class that reads ``video`` (a video for kinds this release does not know, as
-    before sources were classes)."""
-    return SOURCES.get(video.source_kind, VideoSource)
+    """The class that reads ``video`` (the manifest refuses kinds this release does not know)."""
+    return SOURCES[video.source_kind]
 
 
 def wanted_frames(video: PlannedVideo) -> Callable[[int], bool]:

@@ -187,6 +187,18 @@ def test_stray_keys_are_named(store: dict[str, Path]) -> None:
             lambda m: {**m, "shards": [{**m["shards"][0], "videos": [{"video_id": "P01_01"}]}]},
             "shards[0].videos[0] lacks field",
         ),
+        (  # a kind from a newer release is refused, never decoded as a video
+            lambda m: {
+                **m,
+                "shards": [
+                    {
+                        **m["shards"][0],
+                        "videos": [{**m["shards"][0]["videos"][0], "source_kind": "flow"}],
+                    }
+                ],
+            },
+            "shards[0].videos[0] field 'source_kind' is \"flow\", not one of ('video', 'frames')",
+        ),
     ],
 )
 def test_malformed_manifest_is_a_clear_error_not_a_traceback(
