@@ -107,10 +107,11 @@ def test_files_of_another_format_are_left_to_lmdb(tmp_path: Path) -> None:
 @pytest.fixture
 def store_root(small_store: dict[str, Path]) -> Path:
     """Two short videos extracted into one shard (real JPEGs, a B-tree of several pages):
-    this test's own, to damage."""
+    this test's own, to damage. One decoder thread: two would interleave their batches
+    differently from run to run, and the tree's pages (where the flips land) with them."""
     from preprocess.extract import run_shard
 
-    run_shard(store_root=small_store["store"], shard_index=0, tmp_dir=small_store["tmp"])
+    run_shard(store_root=small_store["store"], shard_index=0, tmp_dir=small_store["tmp"], workers=1)
     return small_store["store"]
 
 
