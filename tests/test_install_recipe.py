@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the module builds a venv (about 20 s)
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "slurm" / "install.sh"
 TORCH_VERSION = "2.1.2"

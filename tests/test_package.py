@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the module builds the wheel first (about 2 s)
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "epicdata", "preprocess", "train", "slurm")
 JOB_SCRIPTS = ("extract", "check", "train", "train_multi", "validate", "sweep")

@@ -16,6 +16,8 @@ from epicdata.synthetic import read_stamp
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
 
+pytestmark = pytest.mark.slow  # every test reads the mini-EPIC's store (about 30 s to build)
+
 
 @pytest.fixture(scope="module")
 def val_store(mini_epic, tmp_path_factory) -> FrameStore:

@@ -55,6 +55,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[bytes, bytes],
     return items, [written, tmp / "compact.lmdb"]
 
 
+@pytest.mark.slow
 def test_every_key_reads_as_lmdb_reads_it(files) -> None:
     items, paths = files
     for path in paths:

@@ -54,6 +54,7 @@ def _staged_files(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "shards").iterdir()) if root.exists() else []
 
 
+@pytest.mark.slow
 def test_only_the_shards_holding_the_videos_are_copied_byte_for_byte(store, tmp_path):
     videos = [_video_of(store, 0), _video_of(store, 2), _video_of(store, 2)]
     staged = stage_store(store, tmp_path / "node", videos)

@@ -79,6 +79,7 @@ class _Frames(Dataset):
         return self.store.read_frames(video_id, frames)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_dataloader_workers_read_the_right_frames(store_root: Path, start_method: str) -> None:
     store = FrameStore(store_root)

@@ -51,6 +51,7 @@ def test_format_1_store_reads_every_sampled_frame(old_store: Path) -> None:
     assert read > 100
 
 
+@pytest.mark.slow
 def test_format_1_store_trains(old_store: Path, tmp_path: Path) -> None:
     annotations = AnnotationDir(FIXTURE / "annotations")
     store = FrameStore(old_store)

@@ -80,6 +80,7 @@ def test_stamp_reads_back_exactly_from_native_rate_jpegs(tmp_path: Path, fps: st
     assert [read_stamp(f) for f in frames] == list(range(video.num_frames))
 
 
+@pytest.mark.slow
 def test_stamp_follows_the_retimed_stream_of_a_2997_video_under_an_epic55_id(
     tmp_path: Path, mini_epic: MiniEpic
 ) -> None:
@@ -99,6 +100,7 @@ def test_stamp_follows_the_retimed_stream_of_a_2997_video_under_an_epic55_id(
     assert all(abs(s - (n - 1) * float(fps) / rate) <= 1 for n, s in enumerate(stamps, 1))
 
 
+@pytest.mark.slow
 def test_stamp_reads_back_from_a_1920x1440_source_scaled_to_342x256(tmp_path: Path) -> None:
     video = make_video(
         tmp_path / "P01_101.MP4",
@@ -159,6 +161,7 @@ def test_content_shows_verb_as_background_and_noun_as_object_grey_outside(tmp_pa
     assert np.abs(centre[at(0.75)] - centre[at(1.25)]).max() < 15  # same noun
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fps", ["30000/1001", "48000/1001", "60000/1001"])
 def test_every_frame_of_a_segment_shows_its_classes(mini_epic: MiniEpic, fps: str) -> None:
     """Segments sit inside their class block, so a clip never sees grey or other classes."""
@@ -186,6 +189,7 @@ def test_every_frame_of_a_segment_shows_its_classes(mini_epic: MiniEpic, fps: st
 # ----------------------------------------------------------------------------- files
 
 
+@pytest.mark.slow
 def test_videos_are_h264_aac_at_their_native_rate(mini_epic: MiniEpic) -> None:
     for video in mini_epic.videos:
         streams = ffmpeg.probe(str(video.path), cmd=ffprobe_path())["streams"]
@@ -199,6 +203,7 @@ def test_videos_are_h264_aac_at_their_native_rate(mini_epic: MiniEpic) -> None:
         assert (v["width"], v["height"]) == (video.width, video.height) == (320, 180)
 
 
+@pytest.mark.slow
 def test_mini_epic_layout_ids_and_rates(mini_epic: MiniEpic) -> None:
     ids = [v.video_id for v in mini_epic.videos]
     assert len(ids) == 8 and all(is_video_id(i) for i in ids)
@@ -217,6 +222,7 @@ def test_mini_epic_layout_ids_and_rates(mini_epic: MiniEpic) -> None:
     assert sorted(sum(splits.values(), ())) == sorted(ids)  # disjoint and complete
 
 
+@pytest.mark.slow
 def test_annotations_parse_with_epicdata(mini_epic: MiniEpic) -> None:
     annotations = AnnotationDir(mini_epic.annotations_dir)
     tables = {split: annotations.table(split) for split in SPLIT_FILES}
@@ -254,6 +260,7 @@ def test_annotations_parse_with_epicdata(mini_epic: MiniEpic) -> None:
         assert unseen and unseen == set(tables[split].participant_ids) - seen
 
 
+@pytest.mark.slow
 def test_annotations_stay_inside_their_videos(mini_epic: MiniEpic) -> None:
     annotations = AnnotationDir(mini_epic.annotations_dir)
     durations = {row.video_id: row.duration for row in annotations.video_info()}
@@ -269,6 +276,7 @@ def test_annotations_stay_inside_their_videos(mini_epic: MiniEpic) -> None:
             )
 
 
+@pytest.mark.slow
 def test_class_files_have_the_official_format(mini_epic: MiniEpic) -> None:
     for name in (VERB_CLASSES_FILE, NOUN_CLASSES_FILE):
         data = (mini_epic.annotations_dir / name).read_bytes()
@@ -283,6 +291,7 @@ def test_class_files_have_the_official_format(mini_epic: MiniEpic) -> None:
     assert b"\r" not in train and train.endswith(b"\n")
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_cli(tmp_path: Path) -> None:
     """Two runs with one seed (the library and the CLI) agree byte for byte; another seed not."""
     args = dict(seed=7, num_videos=3, size=(160, 90))

@@ -18,6 +18,8 @@ from epicdata.synthetic import read_stamp
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
 
+pytestmark = pytest.mark.slow  # every test reads a store extracted per keep mode (3 s each)
+
 # (video id, native fps, seconds): R is 60 for PXX_YY and 50 for PXX_1YY whatever the native rate.
 VIDEOS = [
     ("P01_01", "60000/1001", 3.0),

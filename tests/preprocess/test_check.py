@@ -260,6 +260,7 @@ def test_lmdb_abort_on_one_shard_is_a_problem_row_and_the_other_shards_are_check
     assert "resubmit shards 0:\n" in output and "--array 0 --force" in output
 
 
+@pytest.mark.slow
 def test_shard_whose_read_hangs_is_killed_and_reported(
     two_shards: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -437,6 +437,7 @@ def _raised_separator(node_offset: int, key: bytes, leaf: list[bytes]) -> tuple[
     raise AssertionError(f"no single-byte flip of {key!r} lands inside its leaf")
 
 
+@pytest.mark.slow
 def test_flipped_key_byte_in_branch_page_is_reported_not_complete(shard: Shard) -> None:
     # Each separator key of the root page raised by one flipped byte, but not past the last
     # key of its leaf: that leaf's keys below the new separator now route to the leaf on the
@@ -546,6 +547,7 @@ def test_check_passes_a_leaf_page_with_an_odd_node_table_that_the_reader_refuses
     assert set(outcomes.values()) <= {"reported", "harmless"}, outcomes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_single_byte_flips_are_reported_or_harmless(
     shard: Shard, monkeypatch: pytest.MonkeyPatch

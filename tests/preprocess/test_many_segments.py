@@ -112,6 +112,7 @@ def many_segments(tmp_path_factory: pytest.TempPathFactory, epic_files) -> dict[
     return {"root": root, "rows": rows}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", ["sampled", "segments"])
 def test_hundreds_of_segments_extract_and_every_sampled_frame_shows_its_stamp(
     many_segments: dict[str, object], keep: str
@@ -142,6 +143,7 @@ def test_hundreds_of_segments_extract_and_every_sampled_frame_shows_its_stamp(
     assert checked == 3200
 
 
+@pytest.mark.slow
 def test_an_ffmpeg_filter_failure_is_an_internal_error_not_a_bad_video(
     many_segments: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,6 +171,7 @@ def test_an_ffmpeg_filter_failure_is_an_internal_error_not_a_bad_video(
     assert not shard_path(store, 0).exists()
 
 
+@pytest.mark.slow
 def test_readme_cluster_recipe_keep_sampled_builds_the_mini_epic(mini_epic, tmp_path: Path) -> None:
     # Regression: `plan --keep sampled --num-frames 8` then `run --all` exited 3 on the
     # mini-EPIC ("Error while parsing expression"), blaming a video.

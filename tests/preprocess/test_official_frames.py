@@ -31,6 +31,8 @@ from preprocess.check import check_store, format_report
 from preprocess.cli import check, extract
 from preprocess.compare import PSNR_THRESHOLD_DB, compare_frames
 
+pytestmark = pytest.mark.slow  # every test needs the mini-EPIC's frames and tars
+
 SPLITS = "validation,test"
 
 

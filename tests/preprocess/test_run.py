@@ -170,6 +170,7 @@ def test_tmp_dir_filling_up_mid_shard_is_a_clear_error_and_publishes_nothing(
     assert list(tiny_tmpfs.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_shard_leaves_nothing_and_a_rerun_completes(
     small_store: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ def _started_after(later, earlier) -> bool:
     return later.record["StartTime"] >= earlier.record["EndTime"]
 
 
+@pytest.mark.slow
 def test_pipeline_runs_to_the_end_and_a_corrupt_video_costs_only_its_task(
     slurm, mini_epic: MiniEpic, tmp_path
 ):
@@ -137,6 +138,7 @@ def small_store(mini_epic: MiniEpic, tmp_path_factory) -> Path:
     return store
 
 
+@pytest.mark.slow
 def test_a_training_job_sent_usr1_mid_epoch_requeues_and_finishes(
     slurm, mini_epic: MiniEpic, small_store, tmp_path
 ):
@@ -179,6 +181,7 @@ def test_a_job_no_node_can_run_is_refused_instead_of_pending_for_ever(slurm, tmp
     assert "EPIC_CHECK_CPUS" in result.stderr and not slurm.queue()
 
 
+@pytest.mark.slow
 def test_a_2_task_sweep_array_trains_two_run_folders_and_summarises_them(
     slurm, mini_epic: MiniEpic, small_store, tmp_path
 ):

@@ -86,6 +86,7 @@ def test_afterok_on_a_failed_job_without_kill_on_invalid_dep_stays_pending(slurm
     assert rows == [dict(job_id=dependent, state="PENDING", reason="DependencyNeverSatisfied")]
 
 
+@pytest.mark.slow
 def test_requeued_job_runs_again_within_seconds(slurm, tmp_path: Path):
     """SLURM's default would hold the requeued job for 121 s (AuthInfo cred_expire)."""
     runs = tmp_path / "runs"
@@ -112,6 +113,7 @@ def test_srun_starts_one_process_per_task_inside_a_batch_job(slurm, tmp_path: Pa
     assert sorted(out.read_text().splitlines()) == [f"rank {r}" for r in range(tasks)]
 
 
+@pytest.mark.slow
 def test_wait_fails_with_the_queue_and_the_logs_instead_of_hanging(slurm):
     job = slurm.sbatch("--output=/dev/null", "--wrap", "sleep 300")
     with pytest.raises(pytest.fail.Exception, match=rf"(?s)jobs {job} still in the queue.*slurmd"):

@@ -237,6 +237,7 @@ def test_yaml_grid_and_option_agree(tmp_path, name, text) -> None:
     assert outcomes[0] == outcomes[1] == outcomes[2], outcomes
 
 
+@pytest.mark.slow
 def test_yaml_lr_5e_5_trains_with_the_float_not_the_text(
     mini_store, fast_options, tmp_path, monkeypatch
 ):

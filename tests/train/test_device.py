@@ -119,6 +119,7 @@ def test_mixed_precision_is_off_on_the_cpu():
     assert not resolve_precision("auto", torch.device("cpu")).enabled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a usable GPU")
 def test_epic_train_device_cuda_on_a_node_without_gpu_fails_at_once(tmp_path):
     # What the slurm scripts pass: exit 2 with the reason, before anything is built.
@@ -130,6 +131,7 @@ def test_epic_train_device_cuda_on_a_node_without_gpu_fails_at_once(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_the_gpu_suite_runs_its_loop_checks_on_the_cpu():
     # The suite is for the first GPU session; on the CPU it must still run and say what it
     # could not check, so that it does not rot between GPU sessions.

@@ -39,6 +39,7 @@ def _datasets(mini_store, decoder_b: str = "nvjpeg", **options):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sampling", "training", "transform"),
     [
@@ -83,6 +84,7 @@ def _decode(jpeg: torch.Tensor) -> torch.Tensor:
     return decode_torchvision(jpeg.numpy().tobytes())
 
 
+@pytest.mark.slow
 def test_the_nvjpeg_loader_path_on_cpu_tensors_gives_the_cpu_loaders_batches(mini_store):
     transform = TrainClipTransform(32)
     cpu, gpu = _datasets(mini_store, sampling="linspace", training=True, transform=transform)
@@ -139,6 +141,7 @@ def test_collate_packs_the_byte_clips_and_unpacks_them_in_order():
     )
 
 
+@pytest.mark.slow
 def test_a_frame_nvjpeg_cannot_decode_is_named_with_its_segment_and_shard_fix(mini_store):
     transform = EvalClipTransform(32)
     _, gpu = _datasets(mini_store, transform=transform)
@@ -174,6 +177,7 @@ def test_nvjpeg_on_a_gpu_without_nvjpeg_support_is_refused_with_torchvisions_rea
         check_nvjpeg(torch.device("cuda", 0))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a usable GPU")
 def test_epic_train_decoder_nvjpeg_without_cuda_exits_2_before_building_anything(tmp_path):
     command = [str(Path(sys.executable).parent / "epic-train"), "--device", "cpu"]
@@ -215,6 +219,7 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig)
     )
 
 
+@pytest.mark.slow
 def test_a_compiled_models_checkpoint_has_the_bare_models_keys(tmp_path):
     # torch.compile wraps lazily (nothing compiles before the first call): its state_dict
     # already carries the "_orig_mod." prefixes a checkpoint must not have.

@@ -228,6 +228,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_train_multi_sbatch_on_2_nodes_x_1_task_trains_both_ranks_together(two_node_run):
     run, result, fake_dir, _ = two_node_run
     assert result.returncode == 0, result.stderr[-5000:]
@@ -245,6 +246,7 @@ def test_train_multi_sbatch_on_2_nodes_x_1_task_trains_both_ranks_together(two_n
     assert not any(key.startswith("module.") for key in state["model"])
 
 
+@pytest.mark.slow
 def test_epic_validate_in_the_batch_shell_is_one_process_with_the_ddp_run_metrics(
     two_node_run, mini_store, tmp_path
 ):
@@ -266,6 +268,7 @@ def test_epic_validate_in_the_batch_shell_is_one_process_with_the_ddp_run_metric
         assert abs(float(row[f"val_{key}"]) - value) < 1e-6, key
 
 
+@pytest.mark.slow
 def test_epic_train_in_the_batch_shell_of_a_2_task_job_exits_2_naming_srun(
     mini_store, fast_options, tmp_path
 ):
@@ -282,6 +285,7 @@ def test_epic_train_in_the_batch_shell_of_a_2_task_job_exits_2_naming_srun(
     assert not run.exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_usr1_to_the_ranks_of_train_multi_sbatch_saves_and_requeues(
     mini_store, fast_options, tmp_path
 ):

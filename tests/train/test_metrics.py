@@ -316,6 +316,7 @@ def test_tail_action_counts_segments_with_a_tail_verb_or_a_tail_noun():
     assert "all" in format_metrics_table(m) and "unseen" not in format_metrics_table(m)
 
 
+@pytest.mark.slow
 def test_real_validation_split_scores_9668_random_predictions(real_annotations):
     annotations = AnnotationDir(real_annotations)
     table = annotations.table("validation")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from click.testing import CliRunner
@@ -21,6 +22,8 @@ from epicdata.stage import staged_root
 from epicdata.store import FrameStore
 from train import fit
 from train.cli import train_main
+
+pytestmark = pytest.mark.slow  # every test here trains (about 15-40 s each)
 
 
 def _args(mini_store, run, fast_options, **options) -> list[str]:

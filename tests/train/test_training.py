@@ -36,6 +36,7 @@ def _rows(run) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_short_cpu_run_beats_chance_and_writes_the_run_folder(trained_run):
     names = {p.name for p in trained_run.iterdir()}
     assert {"config.yaml", "summary.csv", "latest_results.txt", "curves.png", "last.pt"} <= names
@@ -49,6 +50,7 @@ def test_short_cpu_run_beats_chance_and_writes_the_run_folder(trained_run):
     assert state["format_version"] == CHECKPOINT_VERSION and state["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resumed_after_epoch_1_gives_the_same_epoch_2(trained_run, fast_config, tmp_path):
     # epoch_001.pt is what last.pt held when epoch 1 ended: resuming from it is the run
     # killed after epoch 1 and requeued.
@@ -84,6 +86,7 @@ def _train_args(mini_store, run, fast_options, **options) -> list[str]:
     return [str(a) for a in args]
 
 
+@pytest.mark.slow
 def test_sigusr1_saves_at_a_step_boundary_and_exits_to_be_requeued(
     mini_store, fast_options, tmp_path
 ):
@@ -108,6 +111,7 @@ def test_sigusr1_saves_at_a_step_boundary_and_exits_to_be_requeued(
     assert "SIGUSR1 received by this process: saved last.pt" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_process_of_the_job_saves_last_pt_and_resumes_bit_exact(
     trained_run, mini_store, fast_options, tmp_path
 ):
@@ -146,6 +150,7 @@ def test_sigterm_to_every_process_of_the_job_saves_last_pt_and_resumes_bit_exact
         assert torch.equal(value, resumed["model"][key]), key
 
 
+@pytest.mark.slow
 def test_two_process_gloo_validation_equals_one_process(trained_run, mini_store, tmp_path):
     common = ["--checkpoint", trained_run / "best.pt", "--store", mini_store.store]
     common += ["--annotations", mini_store.annotations, "--split", "validation"]
@@ -166,6 +171,7 @@ def test_two_process_gloo_validation_equals_one_process(trained_run, mini_store,
     np.testing.assert_allclose(preds[0]["verb_output"], preds[1]["verb_output"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_yaml_defaults_dry_run_and_refusing_an_existing_run(
     trained_run, mini_store, fast_options, tmp_path
 ):
@@ -183,6 +189,7 @@ def test_cli_yaml_defaults_dry_run_and_refusing_an_existing_run(
     assert result.exit_code == 2 and "'--crop-size': 0 is not in the range x>=1" in result.output
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training_validates_exactly_the_validation_set(
     mini_store, fast_options, tmp_path
 ):
@@ -225,6 +232,7 @@ def test_two_process_gloo_training_validates_exactly_the_validation_set(
     assert abs(float(rows[0]["val_loss"]) - expected.item()) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_missing_shard_is_refused_before_the_first_step(mini_store, fast_options, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(mini_store.store, store)
@@ -238,6 +246,7 @@ def test_a_missing_shard_is_refused_before_the_first_step(mini_store, fast_optio
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_frames_found_by_a_loader_worker_exit_5_without_a_traceback(
     mini_store, fast_options, tmp_path
 ):
@@ -263,6 +272,7 @@ def test_corrupt_frames_found_by_a_loader_worker_exit_5_without_a_traceback(
     assert "Traceback" not in result.output and "Caught" not in result.output
 
 
+@pytest.mark.slow
 def test_validate_checks_its_options_before_inference(trained_run, mini_store, tmp_path):
     # Regression: --split test without --sls-* ran all inference first, then failed.
     args = ["--checkpoint", trained_run / "best.pt", "--store", mini_store.store, "--workers", "0"]
@@ -273,6 +283,7 @@ def test_validate_checks_its_options_before_inference(trained_run, mini_store, t
     assert "segments of test" not in result.output and not (tmp_path / "predictions.pkl").exists()
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_checkpoint_says_so(mini_store, tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "state_dict.pt")
     (tmp_path / "notes.pt").write_bytes(b"not a checkpoint at all")
@@ -285,6 +296,7 @@ def test_a_file_that_is_not_a_checkpoint_says_so(mini_store, tmp_path):
         assert "not an epic-train checkpoint" in line and name in line
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(
     mini_store, fast_options, tmp_path
 ):
@@ -299,6 +311,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_saves_nothing_non_finite(
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_changed_options_on_resume_are_refused_unless_allowed_and_then_applied(
     trained_run, mini_store, fast_options, tmp_path
 ):
@@ -336,6 +349,7 @@ def _flip_a_weight_bit(path):
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_flipped_bit_in_a_checkpoint_is_found_and_resume_auto_falls_back(
     trained_run, mini_store, fast_options, tmp_path
 ):
@@ -372,6 +386,7 @@ def test_resumed_records_drop_the_epochs_that_are_redone(tmp_path):
     assert [r["epoch"] for r in _rows(tmp_path)] == ["1"]
 
 
+@pytest.mark.slow
 def test_preview_shows_the_sampled_frames_as_stored_and_as_augmented(
     mini_store, fast_options, tmp_path
 ):
@@ -397,6 +412,7 @@ def test_preview_shows_the_sampled_frames_as_stored_and_as_augmented(
     assert not (run / "last.pt").exists()  # a preview trains nothing
 
 
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_and_resumed_ends_bit_identical(
     trained_run, fast_config, tmp_path, monkeypatch, caplog
 ):

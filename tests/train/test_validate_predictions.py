@@ -32,6 +32,7 @@ def _random_predictions(ids, seed=0):
     return rng.normal(size=(len(ids), 97)), rng.normal(size=(len(ids), 300)), ids
 
 
+@pytest.mark.slow
 def test_test_split_submission_has_every_narration_id_and_all_scores(real_annotations, tmp_path):
     ids = AnnotationDir(real_annotations).table("test").narration_ids
     assert len(ids) == 13092
@@ -54,6 +55,7 @@ def test_test_split_submission_has_every_narration_id_and_all_scores(real_annota
     assert set(results[ids[0]]["noun"]) == {str(i) for i in range(300)}
 
 
+@pytest.mark.slow
 def test_partial_predictions_are_refused_unless_allowed(real_annotations, tmp_path):
     ids = AnnotationDir(real_annotations).table("validation").narration_ids
     verb, noun, _ = _random_predictions(ids)
@@ -79,6 +81,7 @@ def test_partial_predictions_are_refused_unless_allowed(real_annotations, tmp_pa
     assert "action@1" in result.output  # the printed table
 
 
+@pytest.mark.slow
 def test_predictions_file_is_scored_as_read_in_its_order_and_dtype(real_annotations, tmp_path):
     # bf16-rounded float32 scores (many ties), 1000 segments in shuffled order: the official
     # evaluator ranks and softmaxes them in file order, as float32; metrics.json must agree.
