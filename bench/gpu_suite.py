@@ -29,7 +29,10 @@ docs/benchmarks.md)::
    pixel difference of the nvjpeg clips from the CPU path's (target < 2 levels).
 
 On a machine without CUDA it runs what it can (the loop bodies on the CPU, where there is no
-sync to see) and says what it could not check; it writes nothing to docs/ then.
+sync to see) at toy sizes (``TOY_SIZES``: under a minute, where the GPU sizes take many
+minutes on a CPU; an option given on the command line still wins), says so on its first
+line, and says what it could not check; it writes nothing to docs/ then. A line on stderr
+announces each part as it starts.
 """
 
 from __future__ import annotations
@@ -85,6 +88,45 @@ VIDEO_FRAMES = 6_000
 #: Distinct rendered sources of the synthetic videos, and their frames (20 s).
 SOURCES = 4
 SOURCE_FRAMES = 1_200
+#: The sizes of the checks on a GPU (the defaults there), and the toy sizes that a machine
+#: without CUDA uses by default: the loop bodies and the pipeline still run end to end, in
+#: well under a minute instead of minutes per row.
+GPU_SIZES = {
+    "steps": 40,
+    "batch_size": 32,
+    "num_frames": 8,
+    "crop_size": 224,
+    "store_frames": 150_000,
+    "pipeline_steps": 60,
+    "pipeline_workers": "4,all",
+}
+TOY_SIZES = {
+    "steps": 2,
+    "batch_size": 2,
+    "num_frames": 2,
+    "crop_size": 32,
+    "store_frames": 1_200,
+    "pipeline_steps": 2,
+    "pipeline_workers": "1",
+}
+
+
+def choose_sizes(args: argparse.Namespace, *, cuda: bool) -> str | None:
+    """Fill in the size options not given (None in ``args``): GPU_SIZES with CUDA, else
+    TOY_SIZES. Returns the line that says so on a CPU (None with CUDA)."""
+    sizes = GPU_SIZES if cuda else TOY_SIZES
+    for name, value in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if cuda:
+        return None
+    used = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in sizes)
+    return f"no CUDA on this machine: toy sizes ({used}); the GPU sizes would take many minutes"
+
+
+def _say(text: str) -> None:
+    """A progress line on stderr: the table comes at the end, minutes later on a GPU."""
+    print(f"gpu_suite: {text}", file=sys.stderr, flush=True)
 
 
 def environment() -> list[Row]:
@@ -260,6 +302,7 @@ def real_run(args: argparse.Namespace) -> list[Row]:
     """Extract the mini-EPIC, train 2 epochs on the GPU, validate last.pt in a new process."""
     if not torch.cuda.is_available():
         return [("real run on the GPU", "no CUDA on this machine", "not checked")]
+    _say("real run: the mini-EPIC extracted, 2 epochs of epic-train, then epic-validate")
     from epicdata.synthetic import make_mini_epic
     from preprocess.extract import run_shard
     from preprocess.plan import plan_store
@@ -528,6 +571,7 @@ def throughput(args: argparse.Namespace) -> list[Row]:
         )
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         started = time.perf_counter()
+        _say(f"building a synthetic store of {args.store_frames} frames")
         store, annotations, jpeg_bytes = synthetic_store(Path(tmp), args.store_frames, cores)
         table = AnnotationDir(annotations).table("train")
         rows.append(
@@ -549,6 +593,7 @@ def throughput(args: argparse.Namespace) -> list[Row]:
                     continue
                 rows.append(_nvjpeg_difference(reader, table, args, device))
             for workers in counts:
+                _say(f"pipeline {decoder}, loader workers: {workers}, {args.pipeline_steps} steps")
                 rows.append(
                     _pipeline_row(reader, table, args, trainer, decoder, workers, bound, cores)
                 )
@@ -612,23 +657,42 @@ def _nvjpeg_difference(reader, table, args, device: torch.device) -> Row:
     )
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The suite's options; the sizes default to None, filled in by :func:`choose_sizes`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-frames", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=224)
+    for name, what in (
+        ("steps", "loop steps timed"),
+        ("batch_size", "clips per batch"),
+        ("num_frames", "frames per clip"),
+        ("crop_size", "crop side in pixels"),
+        ("store_frames", "synthetic store size in frames"),
+        ("pipeline_steps", "steps timed per pipeline row"),
+        ("pipeline_workers", "worker counts ('all': the cores)"),
+    ):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(GPU_SIZES[name]),
+            help=f"{what} (default {GPU_SIZES[name]} with CUDA, {TOY_SIZES[name]} without)",
+        )
     parser.add_argument("--skip-run", action="store_true", help="skip the real 2-epoch run")
-    parser.add_argument("--store-frames", type=int, default=150_000, help="synthetic store size")
-    parser.add_argument("--pipeline-steps", type=int, default=60, help="steps timed per row")
-    parser.add_argument("--pipeline-workers", default="4,all", help="worker counts ('all': cores)")
     parser.add_argument("--work-dir", default=None, help="where the synthetic store is built")
     parser.add_argument("--skip-pipeline", action="store_true", help="skip the throughput rows")
-    args = parser.parse_args()
-    rows = environment() + device_and_precision() + host_syncs(args)
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    note = choose_sizes(args, cuda=torch.cuda.is_available())
+    if note is not None:
+        _say(note)
+    _say("environment, device and precision")
+    rows = environment() + device_and_precision()
+    _say(f"training and evaluation loops, {args.steps} steps each")
+    rows += host_syncs(args)
     if not args.skip_run:
         rows += real_run(args)
     if not args.skip_pipeline:
+        _say("throughput: the step on clips already on the device")
         rows += throughput(args)
     body = f"{machine_line()}\n\n" + markdown_table(("check", "result", "verdict"), rows)
     if torch.cuda.is_available():

@@ -11,7 +11,9 @@ which DataLoader workers can share without copying a dict per sample.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -163,7 +165,7 @@ class _Rows:
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
         if not self.path.is_file():
             raise AnnotationError(f"{self.path}: file not found")
-        with open(self.path, newline="", encoding="utf-8-sig") as handle:  # Excel saves a BOM
+        with io.StringIO(_read_text(self.path), newline="") as handle:
             reader = csv.reader(handle)
             try:
                 header = next(reader)
@@ -210,6 +212,33 @@ class _Rows:
         if not math.isfinite(value):
             raise self.error(line, field, f"{text!r} is not a finite number")
         return value
+
+
+def _read_text(path: Path) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped: Excel saves one).
+
+    A byte that is not UTF-8 (a file saved as Latin-1 or Windows-1252 by a spreadsheet) is
+    an :class:`AnnotationError` naming the file, the line, and the byte and its offset, so
+    that it can be found with a hex editor or ``cut -b``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise AnnotationError(
+            "cannot read the file", where=f"{path}: {exc.strerror}", fix="check its permissions"
+        ) from None
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = bom + exc.start
+        line = raw.count(b"\n", 0, offset) + 1
+        column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+        raise AnnotationError(
+            f"byte 0x{raw[offset]:02X} is not UTF-8",
+            where=f"{path} line {line}, byte {column} of the line, offset {offset} in the file",
+            fix="save the file as UTF-8 (the official annotation files are UTF-8)",
+        ) from None
 
 
 def _parse_list(text: str) -> tuple[str, ...]:
@@ -259,7 +288,7 @@ def read_segments(
 
 def _has_label_columns(path: Path) -> bool:
     """Whether the header of split file ``path`` has any label column."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel saves a BOM
+    with io.StringIO(_read_text(path), newline="") as handle:
         header = [column.strip() for column in next(csv.reader(handle), [])]
     # Any label column makes the file labelled, so a labelled file that lacks one of them
     # is reported as missing that column instead of being read silently without labels.

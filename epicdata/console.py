@@ -123,11 +123,47 @@ def _report(text: str) -> None:
             handler.flush()
 
 
+class _ProjectFormError(click.ClickException):
+    """A click error (bad or missing option, unknown command) shown the way every other
+    error is: ``error: ...`` and exit 2, not click's usage text with ``Error: ...``."""
+
+    exit_code = int(ExitCode.BAD_INPUT)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        _report(self.message)
+
+
+#: Not an error to reword: a group called without a command prints its help (click >= 8.2).
+_HELP_NOT_ERROR: tuple[type[Exception], ...] = tuple(
+    filter(None, [getattr(click.exceptions, "NoArgsIsHelpError", None)])
+)
+
+
+def _in_project_form(exc: click.ClickException, ctx: click.Context | None) -> Exception:
+    """``exc`` as a :class:`_ProjectFormError`: its message, the command and where to read
+    its options. Any click error counts as bad usage: click's own code for a few (1) is a
+    bug's in this project."""
+    if isinstance(exc, (_ProjectFormError, *_HELP_NOT_ERROR)):
+        return exc
+    ctx = getattr(exc, "ctx", None) or ctx
+    path = ctx.command_path if ctx is not None else None
+    # One line: click lists a choice's values one per line.
+    message = " ".join(exc.format_message().split())
+    named = EpicInputError(
+        message[:-1] if message.endswith(".") and not message.endswith("..") else message,
+        where=path,
+        fix=f"see `{path} --help`" if path else None,
+    )
+    return _ProjectFormError(error_text(named))
+
+
 def _guarded(ctx: click.Context, invoke: Callable[[], Any]) -> Any:
     try:
         code = invoke()
-    except (click.exceptions.Exit, click.ClickException, click.Abort):
+    except (click.exceptions.Exit, click.Abort):
         raise
+    except click.ClickException as exc:
+        raise _in_project_form(exc, ctx) from None
     except EpicInputError as exc:
         _report(error_text(exc))
         ctx.exit(int(exc.exit_code))
@@ -159,9 +195,27 @@ def _internal(ctx: click.Context, exc: BaseException) -> click.exceptions.Exit:
     return click.exceptions.Exit(int(ExitCode.INTERNAL))
 
 
-class EpicCommand(click.Command):
+class _ProjectUsage(click.Command):
+    """Errors in parsing the command line (an unknown or missing option, a bad value, an
+    unknown command) printed in the project's form, exit 2: the base of both classes below."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:
+            raise _in_project_form(exc, None) from None
+
+
+class EpicCommand(_ProjectUsage, click.Command):
     """A command with the shared help settings whose errors become exit codes: an
-    :class:`EpicInputError` its own code, an int returned by the body the exit code."""
+    :class:`EpicInputError` its own code, an int returned by the body the exit code, a
+    usage error 2 (all printed as ``error: ...`` lines)."""
 
     def __init__(self, *args: Any, context_settings: dict | None = None, **kwargs: Any) -> None:
         super().__init__(
@@ -172,7 +226,7 @@ class EpicCommand(click.Command):
         return _guarded(ctx, lambda: super(EpicCommand, self).invoke(ctx))
 
 
-class EpicGroup(click.Group):
+class EpicGroup(_ProjectUsage, click.Group):
     """A command group whose subcommands are :class:`EpicCommand` s."""
 
     command_class = EpicCommand
@@ -181,6 +235,13 @@ class EpicGroup(click.Group):
         super().__init__(
             *args, context_settings={**CONTEXT_SETTINGS, **(context_settings or {})}, **kwargs
         )
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # An unknown command is found here, after the group's own options were parsed.
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            raise _in_project_form(exc, ctx) from None
 
 
 # ----------------------------------------------------------------------------- logging
@@ -341,6 +402,8 @@ class Progress:
         self.enabled = self.logger.isEnabledFor(logging.INFO)
         self.tty = self.enabled and _isatty(self.stream)
         self.started = self.last = clock()
+        #: (time, units done) at the first update: where the rate is measured from.
+        self._first: tuple[float, int] | None = None
         self._drawn = False
         if self.tty:
             _set_active_bar(self)
@@ -352,20 +415,34 @@ class Progress:
         self.close()
 
     def line(self) -> str:
-        """``label: done/total unit (pct), rate unit/s, ETA h:mm:ss``."""
-        elapsed = self.clock() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        """``label: done/total unit (pct), rate unit/s, elapsed h:mm:ss, ETA h:mm:ss``; the
+        rate and ETA only once there is a rate (see :meth:`rate`)."""
+        now = self.clock()
         text = f"{self.label}: {self.done:,}"
         if self.total:
             text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.1f}%)"
         else:
             text += f" {self.unit}"
-        text += f", {rate:,.1f} {self.unit}/s, elapsed {_duration(elapsed)}"
-        if self.total and rate > 0:
+        rate = self.rate(now)
+        if rate is not None:
+            text += f", {_rate_text(rate)} {self.unit}/s"
+        text += f", elapsed {_duration(now - self.started)}"
+        if self.total and rate is not None:
             text += f", ETA {_duration(max(0, self.total - self.done) / rate)}"
         if self.note is not None:
             text += f", {self.note()}"
         return text
+
+    def rate(self, now: float) -> float | None:
+        """Units a second since the first update, None before there is a rate. The first
+        unit's time is start-up (DataLoader workers, CUDA, opening files): counted from the
+        start it shows a rate near 0 and an ETA of hours on the first line."""
+        if self._first is None:
+            return None
+        first_time, first_done = self._first
+        if now <= first_time or self.done <= first_done:
+            return None
+        return (self.done - first_done) / (now - first_time)
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units done."""
@@ -373,6 +450,8 @@ class Progress:
         if not self.enabled:
             return
         now = self.clock()
+        if self._first is None:
+            self._first = (now, self.done)
         if self.tty:
             if now - self.last >= PROGRESS_DRAW_INTERVAL_S:
                 self.last = now
@@ -400,6 +479,11 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+
+
+def _rate_text(rate: float) -> str:
+    """``12.5``, or two significant digits below 1 (``0.033``): never ``0.0``."""
+    return f"{rate:,.1f}" if rate >= 1 else f"{rate:.2g}"
 
 
 def _set_active_bar(bar: Progress | None) -> None:

@@ -168,9 +168,11 @@ class EpicActionDataset(Dataset):
                 decoded.append(self.decode(jpeg))
             except (RuntimeError, OSError, ValueError) as exc:
                 shard = shard_filename(self._shard_of[video_id])
+                # The bytes passed their CRC: a staged copy holds the same as its store.
+                store = self.store.staged_from or self.store.root
                 raise StoreIncompleteError(
                     f"segment {narration_id}: {video_id} frame {frame} in {shard} does not decode "
-                    f"({exc}); run `epic-check --store {self.store.root} --deep` and re-extract "
+                    f"({exc}); run `epic-check --store {store} --deep` and re-extract "
                     f"that shard with `epic-extract run --force`"
                 ) from None
         clip = torch.stack(decoded)  # (T, C, H, W) uint8

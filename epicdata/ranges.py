@@ -1,5 +1,6 @@
 """Inclusive frame ranges ``(first, last)`` as the store records them: read from JSON,
-expanded to frame numbers, described in error messages."""
+expanded to frame numbers, described in error messages; and shard indices written as the
+compact SLURM ``--array`` spec every resubmit line prints."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def describe_ranges(ranges: Sequence[Range], limit: int = 6) -> str:
     """``1-50, 120-300, ...``: the first ``limit`` ranges and how many there are."""
     text = ", ".join(f"{a}-{b}" for a, b in ranges[:limit])
     return text + (f", ... ({len(ranges)} ranges)" if len(ranges) > limit else "")
+
+
+def array_spec(indices: Sequence[int]) -> str:
+    """``0,1,2,3,7`` -> ``0-3,7``: a SLURM ``--array`` spec for ``indices`` (sorted, each
+    once). A list of 40 shards reads ``0-39``, not forty numbers a user must check."""
+    parts: list[str] = []
+    ordered = sorted(set(indices))
+    start = 0
+    for i, index in enumerate(ordered):
+        if i + 1 < len(ordered) and ordered[i + 1] == index + 1:
+            continue
+        first = ordered[start]
+        parts.append(str(index) if first == index else f"{first}-{index}")
+        start = i + 1
+    return ",".join(parts)

@@ -9,9 +9,18 @@ Layout (one folder per store, named by its resolved path, so two stores never mi
 
     <stage_dir>/<store name>-<12 hex digits>/manifest.json
     <stage_dir>/<store name>-<12 hex digits>/shards/shard-NNNNN.lmdb   only those asked for
+    <stage_dir>/<store name>-<12 hex digits>/sources/shard-NNNNN.lmdb.json
 
-A staged shard carries its source's size and mtime: a requeued job on the same node reuses
-it and copies nothing, and one whose source changed since (re-extracted) is copied again.
+Each staged shard has a record of what it was copied from (``sources/``, written after the
+copy): the source file's inode and ctime, a digest of its metadata records (among them the
+CRC-32 of every frame) and the copy's own inode and ctime. Size and mtime are not enough:
+``touch -r`` restores an mtime, and a re-extracted shard often has its old size. Nothing can
+set a ctime back, a re-extracted shard is a new inode, and changed frames change their
+checksums, which are read from the source at 4 bytes a frame, not the frames. A requeued
+job on the same node reuses a shard only when all of these match, and copies it again
+otherwise (the log says why); a shard the reader found damaged loses its record
+(:func:`forget_staged_copy`) and is copied again at the next start.
+
 Each copy is written under a temp name, fsynced and renamed into place, as the extractor
 publishes shards; jobs that share a node stage one store in turn (a lock on its folder), so
 a temp file found there is a killed copy's leftover and is removed.
@@ -23,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -31,9 +41,12 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from epicdata.console import format_bytes
+import lmdb
+
+from epicdata.console import format_bytes, free_bytes, preflight_output
 from epicdata.errors import OutOfSpaceError, StoreError, StoreIncompleteError
 from epicdata.layout import MANIFEST_NAME, SHARDS_DIR, shard_path
+from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
 from epicdata.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -44,6 +57,15 @@ LOCK_NAME = ".stage.lock"
 TEMP_MARK = ".tmp-"
 #: Bytes per read/write of a copy.
 COPY_CHUNK = 16 << 20
+#: The folder of the records of what each staged shard was copied from.
+SOURCES_DIR = "sources"
+#: The keys of a shard's metadata records (layout: the shard's, each video's, each video's
+#: CRC-32 table); they sort together, so one cursor walk reads them and no frame.
+_META_PREFIX = b"__meta__/"
+_SPACE_FIX = (
+    "free space there, point --stage-dir at a larger node-local disk, or drop --stage-dir "
+    "to read the store where it is"
+)
 
 
 def staged_root(store_root: str | Path, stage_dir: str | Path) -> Path:
@@ -60,11 +82,13 @@ def stage_store(store_root: str | Path, stage_dir: str | Path, video_ids: Iterab
     :func:`staged_root` under ``stage_dir``; returns that folder, a store that
     :class:`~epicdata.store.FrameStore` opens (it holds only those shards).
 
-    Shards already staged with the source's size and mtime are reused. Raises
-    :class:`StoreError` (exit 2) for a video not in the store's plan,
-    :class:`StoreIncompleteError` (exit 5) for a shard missing from the store, and
-    :class:`OutOfSpaceError` (exit 4) when ``stage_dir``'s disk cannot hold the shards
-    still to copy; nothing is published then.
+    Shards already staged from the same source file, unchanged on both sides (the module's
+    docstring says how that is told), are reused. Raises :class:`StoreError` (exit 2) for a
+    video not in the store's plan, :class:`~epicdata.errors.EnvironmentProblem` (exit 2)
+    when ``stage_dir`` cannot be a writable folder, :class:`StoreIncompleteError` (exit 5)
+    for a shard missing from the store or with unreadable metadata, and
+    :class:`OutOfSpaceError` (exit 4) when ``stage_dir``'s disk cannot hold the shards still
+    to copy (nothing is published then) or fills up while they are copied.
     """
     source = Path(store_root)
     manifest = Manifest.load(source)
@@ -78,28 +102,25 @@ def stage_store(store_root: str | Path, stage_dir: str | Path, video_ids: Iterab
             where=missing[0].parent,
             fix=f"run `epic-check --store {source}` and extract the shards it names",
         )
-    stats = {index: path.stat() for index, path in sources.items()}
+    # A writable folder, or exit 2 naming --stage-dir (e.g. a path below a regular file).
+    preflight_output(stage_dir, need_bytes=0, option="--stage-dir")
     target = staged_root(source, stage_dir)
     (target / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    (target / SOURCES_DIR).mkdir(exist_ok=True)
     with _locked(target):
         _remove_leftovers(target)
-        todo = [i for i in indices if not _same_file(shard_path(target, i), stats[i])]
-        need = sum(stats[i].st_size for i in todo)
-        free = shutil.disk_usage(stage_dir).free
-        if need > free:
-            raise OutOfSpaceError(
-                f"not enough space to stage {len(todo)} shards of {source}",
-                where=f"--stage-dir {stage_dir}: needs {format_bytes(need)}, "
-                f"{format_bytes(free)} free",
-                fix="free space there, point --stage-dir at a larger node-local disk, or drop "
-                "--stage-dir to read the store where it is",
+        todo = [i for i in indices if _copy_needed(sources[i], shard_path(target, i))]
+        need = sum(sources[i].stat().st_size for i in todo)
+        if need > free_bytes(stage_dir):
+            raise _no_space(
+                f"not enough space to stage {len(todo)} shards of {source}", stage_dir, need
             )
         start = time.monotonic()
-        copied = sum(_copy(sources[i], shard_path(target, i)) for i in todo)
-        _publish_manifest(source / MANIFEST_NAME, target / MANIFEST_NAME)
+        copied = sum(_stage_shard(sources[i], shard_path(target, i), stage_dir) for i in todo)
+        _publish_manifest(source / MANIFEST_NAME, target / MANIFEST_NAME, stage_dir)
         _fsync_dir(target / SHARDS_DIR)
         seconds = time.monotonic() - start
-    reused = sum(stats[i].st_size for i in indices if i not in todo)
+    reused = sum(shard_path(target, i).stat().st_size for i in indices if i not in todo)
     rate = f" ({copied / 1e6 / seconds:.0f} MB/s)" if copied and seconds > 0 else ""
     log.info(
         "staged %s in %s: copied %d shards (%.2f GB) in %.1f s%s, reused %d (%.2f GB)",
@@ -113,6 +134,13 @@ def stage_store(store_root: str | Path, stage_dir: str | Path, video_ids: Iterab
         reused / 1e9,
     )
     return target
+
+
+def forget_staged_copy(staged_shard: str | Path) -> None:
+    """Drop the record of what ``staged_shard`` was copied from, so that the next staging
+    copies it again: the reader calls this when it finds the copy damaged."""
+    with contextlib.suppress(OSError):
+        _record_path(Path(staged_shard)).unlink(missing_ok=True)
 
 
 def _shard_indices(manifest: Manifest, video_ids: set[str], store_root: Path) -> list[int]:
@@ -147,55 +175,158 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def _remove_leftovers(folder: Path) -> None:
     """Temp copies of killed stagings (under the lock, no other copy is in progress)."""
-    for temp in [*folder.glob(f".*{TEMP_MARK}*"), *(folder / SHARDS_DIR).glob(f".*{TEMP_MARK}*")]:
-        log.info("removing %s, left by an interrupted staging", temp)
-        temp.unlink(missing_ok=True)
+    for sub in (folder, folder / SHARDS_DIR, folder / SOURCES_DIR):
+        for temp in sub.glob(f".*{TEMP_MARK}*"):
+            log.info("removing %s, left by an interrupted staging", temp)
+            temp.unlink(missing_ok=True)
 
 
-def _same_file(staged: Path, source: os.stat_result) -> bool:
+def _record_path(staged_shard: Path) -> Path:
+    """``<staged>/sources/shard-NNNNN.lmdb.json``: what ``staged_shard`` was copied from."""
+    return staged_shard.parent.parent / SOURCES_DIR / f"{staged_shard.name}.json"
+
+
+def _file_id(stat: os.stat_result) -> dict[str, int]:
+    """What identifies one version of a file: a new file (re-extracted, renamed into place)
+    is another inode, and any write or ``touch`` sets the ctime to now."""
+    return {"inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns, "size": stat.st_size}
+
+
+def _copy_needed(source: Path, staged: Path) -> bool:
+    """Whether ``source`` must be copied to ``staged``; a copy there that cannot be reused
+    is logged with the reason."""
+    if not staged.is_file():
+        return True
+    reason = _stale(source, staged)
+    if reason is not None:
+        log.info("copying %s again: %s", source, reason)
+    return reason is not None
+
+
+def _stale(source: Path, staged: Path) -> str | None:
+    """Why the copy ``staged`` is not ``source`` as it is now; None when it is."""
     try:
-        have = staged.stat()
-    except FileNotFoundError:
-        return False
-    return have.st_size == source.st_size and have.st_mtime_ns == source.st_mtime_ns
+        record = json.loads(_record_path(staged).read_bytes())
+        copy, origin, digest = record["copy"], record["source"], record["metadata_sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return (
+            "no record of what the staged copy was made from (an older release, an "
+            "interrupted copy, or the reader found the copy damaged)"
+        )
+    if copy != _file_id(staged.stat()):
+        return f"the staged copy {staged} changed after it was made"
+    if origin != _file_id(source.stat()):
+        return "the source shard was replaced or written since it was staged (inode or ctime)"
+    if digest != _metadata_digest(source, name=source):
+        return "the source shard's metadata (its frames' checksums) changed since it was staged"
+    return None
+
+
+def _metadata_digest(shard: Path, *, name: Path) -> str:
+    """SHA-256 of every metadata record of ``shard``: the shard's and each video's records
+    and the CRC-32 of every stored frame. A changed frame changes it, yet only 4 bytes a
+    frame are read, never the frames. ``name`` is the store's shard, named in errors."""
+    damaged = StoreIncompleteError(
+        "the shard's metadata cannot be read",
+        where=name,
+        fix=f"run `epic-check --store {name.parent.parent}` and re-extract the shards it names",
+    )
+    digest = hashlib.sha256()
+    try:
+        env = open_shard_readonly(shard)
+    except lmdb.Error:
+        raise damaged from None
+    try:
+        if shard_file_truncated(env, shard):  # reading past its end would be SIGBUS
+            raise damaged
+        with env.begin(buffers=True) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(_META_PREFIX)
+            while found and bytes(cursor.key()).startswith(_META_PREFIX):
+                for part in (cursor.key(), cursor.value()):
+                    digest.update(len(part).to_bytes(8, "little"))
+                    digest.update(part)
+                found = cursor.next()
+    except lmdb.Error:
+        raise damaged from None
+    finally:
+        env.close()
+    return digest.hexdigest()
+
+
+def _stage_shard(source: Path, final: Path, stage_dir: str | Path) -> int:
+    """Copy ``source`` to ``final`` and record what it was copied from; returns the bytes
+    copied. The old record goes first: a copy killed half-way is never taken for one
+    that finished."""
+    record = _record_path(final)
+    record.unlink(missing_ok=True)
+    size = source.stat().st_size
+    with _room(f"no space left staging {source.name}", stage_dir, size):
+        read = _copy(source, final)
+        entry = {
+            "source": _file_id(read),
+            "metadata_sha256": _metadata_digest(final, name=source),
+            "copy": _file_id(final.stat()),
+        }
+        _write_atomic(record, json.dumps(entry, sort_keys=True).encode())
+    return read.st_size
+
+
+@contextlib.contextmanager
+def _room(what: str, stage_dir: str | Path, need: int) -> Iterator[None]:
+    """A disk that fills up while staging (``need`` bytes to write) is exit 4 naming
+    --stage-dir, the bytes needed and the bytes free."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _no_space(what, stage_dir, need) from None
+
+
+def _no_space(what: str, stage_dir: str | Path, need: int) -> OutOfSpaceError:
+    return OutOfSpaceError(
+        what,
+        where=f"--stage-dir {stage_dir}: needs {format_bytes(need)}, "
+        f"{format_bytes(free_bytes(stage_dir))} free",
+        fix=_SPACE_FIX,
+    )
 
 
 def _temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}")
 
 
-def _copy(source: Path, final: Path) -> int:
+def _copy(source: Path, final: Path) -> os.stat_result:
     """Copy ``source`` to ``final`` through a temp file (fsynced, given the source's times,
-    renamed into place); returns the bytes copied."""
+    renamed into place); returns the stat of the file actually read."""
     temp = _temp_name(final)
     try:
         with source.open("rb") as src, temp.open("wb") as dst:
-            # The times of the file actually read: a shard re-published meanwhile is another
-            # inode, and its copy must not carry the old one's mtime.
+            # The file actually read: a shard re-published meanwhile is another inode, and
+            # the record must name the one copied.
             stat = os.fstat(src.fileno())
             shutil.copyfileobj(src, dst, COPY_CHUNK)
             dst.flush()
             os.utime(dst.fileno(), ns=(stat.st_atime_ns, stat.st_mtime_ns))
             os.fsync(dst.fileno())
         os.replace(temp, final)
-    except BaseException as exc:
+    except BaseException:
         temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(final.parent).free
-            raise OutOfSpaceError(
-                f"no space left staging {source.name} ({format_bytes(free)} free)",
-                where=final.parent,
-                fix="free space there, point --stage-dir at a larger node-local disk, or drop "
-                "--stage-dir to read the store where it is",
-            ) from None
         raise
-    return stat.st_size
+    return stat
 
 
-def _publish_manifest(source: Path, final: Path) -> None:
+def _publish_manifest(source: Path, final: Path, stage_dir: str | Path) -> None:
     data = source.read_bytes()
     if final.is_file() and final.read_bytes() == data:
         return
+    with _room(f"no space left staging {MANIFEST_NAME}", stage_dir, len(data)):
+        _write_atomic(final, data)
+
+
+def _write_atomic(final: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file, fsync it and rename it to ``final``."""
     temp = _temp_name(final)
     try:
         with temp.open("wb") as dst:

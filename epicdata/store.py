@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import itertools
 import os
 import tempfile
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,21 +24,30 @@ from typing import Any
 import lmdb
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
-from epicdata.errors import StoreError, StoreIncompleteError
-from epicdata.layout import checksum_key, frame_key, shard_path, video_meta_key
+from epicdata.errors import MalformedMetadataError, StoreError, StoreIncompleteError
+from epicdata.layout import SHARDS_DIR, checksum_key, frame_key, shard_path, video_meta_key
 from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
 from epicdata.lmdb_pages import PageCache, PageFormatError, ShardPages
 from epicdata.manifest import Manifest
 from epicdata.metadata import VideoMeta
 from epicdata.ranges import Range, describe_ranges
+from epicdata.stage import forget_staged_copy
 
 #: Bytes of a worker's breadcrumb (what it reads now): a fixed size, overwritten in place.
 _CRUMB_BYTES = 512
+#: Breadcrumb slots of a FrameStore, one per live DataLoader worker (the file is sparse:
+#: slots never written cost nothing).
+_CRUMB_SLOTS = 1024
 
 
-def _breadcrumb_dir(origin_pid: int) -> Path:
-    """Per main process, in $TMPDIR (per job on SLURM)."""
-    return Path(tempfile.gettempdir()) / f"epic-reads-{origin_pid}"
+def _anonymous_file() -> int:
+    """A file without a name (``memfd``; elsewhere one unlinked at once): the kernel frees it
+    with its last descriptor, so no end of the process, a signal included, leaves it behind.
+    (Breadcrumbs once lived in ``$TMPDIR/epic-reads-<pid>/``, and every run left one.)"""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("epic-reads", os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as file:
+        return os.dup(file.fileno())
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,12 @@ class FrameStore:
         verify: bool = True,
         readahead: bool = READAHEAD,
         direct: bool = True,
+        staged_from: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
+        #: The store this one is a staged copy of (``epic-train --stage-dir``): damage found
+        #: here is then the copy's, and the copy is made again at the next start.
+        self.staged_from = None if staged_from is None else Path(staged_from)
         self.manifest = Manifest.load(self.root)
         self.clamp_tolerance = clamp_tolerance
         self.verify = verify
@@ -117,7 +132,12 @@ class FrameStore:
         self._meta: dict[str, tuple[VideoMeta, _StoredIndex]] = {}
         self._pid = os.getpid()
         self._origin_pid = os.getpid()
-        self._crumb: tuple[int, int] | None = None  # (pid, fd) of this worker's breadcrumb
+        # The breadcrumbs of this store's DataLoader workers: a file of the main process,
+        # inherited by forked workers, reopened through /proc by spawned ones.
+        self._crumbs_fd = _anonymous_file()
+        self._crumbs_inherited = True
+        weakref.finalize(self, os.close, self._crumbs_fd)
+        self._crumb: tuple[int, int, int] | None = None  # (pid, fd, slot) of this worker
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -130,6 +150,7 @@ class FrameStore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pid = os.getpid()
+        self._crumbs_inherited = False  # _crumbs_fd is the main process's number
 
     @property
     def video_ids(self) -> list[str]:
@@ -157,21 +178,25 @@ class FrameStore:
         if env is None:
             path = shard_path(self.root, index)
             if not path.is_file():
-                raise StoreIncompleteError(
-                    f"shard {path.name} (holding {video_id}) is not published in {self.root}: "
-                    f"run `epic-extract run --store {self.root} --shard-index {index}`"
+                raise self._damaged(
+                    path,
+                    f"{path.name} (holding {video_id}) is not published",
+                    f"run `epic-extract run --store {self.root} --shard-index {index}`",
                 )
             try:
                 env = open_shard_readonly(path, sequential=self.readahead)
             except lmdb.Error as exc:
-                raise StoreIncompleteError(
-                    f"shard {path} cannot be opened ({exc}); run `epic-check --store {self.root}`"
+                raise self._damaged(
+                    path,
+                    f"{path.name} cannot be opened ({exc})",
+                    f"run `epic-check --store {self.root}`",
                 ) from None
             if shard_file_truncated(env, path):
                 env.close()
-                raise StoreIncompleteError(
-                    f"shard {path} is truncated (shorter than LMDB's last page); run "
-                    f"`epic-check --store {self.root}` and re-extract shard {index}"
+                raise self._damaged(
+                    path,
+                    f"{path.name} is truncated (shorter than LMDB's last page)",
+                    f"run `epic-check --store {self.root}` and re-extract shard {index}",
                 )
             self._envs[index] = env
         return env
@@ -185,12 +210,13 @@ class FrameStore:
             with self._read(video_id) as txn:
                 blob = txn.get(video_meta_key(video_id))
                 if blob is None:
-                    raise StoreIncompleteError(
-                        f"{video_id}: metadata missing",
-                        where=self._shard_file(video_id),
-                        fix=f"run `epic-check --store {self.root}` and re-extract that shard",
-                    )
-                meta = VideoMeta.from_bytes(bytes(blob))
+                    raise self._missing(video_id, "metadata missing")
+                try:
+                    meta = VideoMeta.from_bytes(bytes(blob))
+                except MalformedMetadataError as exc:
+                    if self.staged_from is None:
+                        raise
+                    raise self._missing(video_id, f"{exc.what} ({exc.reason})") from None
             cached = meta, _StoredIndex.of(meta.stored_ranges)
             self._meta[video_id] = cached
         return cached
@@ -207,10 +233,10 @@ class FrameStore:
             with env.begin(buffers=True) as txn:
                 yield txn
         except lmdb.Error as exc:
-            raise StoreIncompleteError(
+            raise self._damaged(
+                self._shard_file(video_id),
                 f"{video_id}: the shard is damaged (LMDB: {exc})",
-                where=self._shard_file(video_id),
-                fix=f"run `epic-check --store {self.root}` and re-extract the shards it names",
+                f"run `epic-check --store {self.root}` and re-extract the shards it names",
             ) from None
 
     def holds(self, video_id: str, frames: Sequence[int]) -> bool:
@@ -257,27 +283,56 @@ class FrameStore:
                 )
         return resolved
 
+    def _crumbs_file(self) -> int:
+        """This process's descriptor of the breadcrumbs file (OSError where a spawned
+        process cannot reopen it: no /proc)."""
+        if self._crumbs_inherited:
+            return self._crumbs_fd
+        return os.open(f"/proc/{self._origin_pid}/fd/{self._crumbs_fd}", os.O_RDWR)
+
+    def _claim_slot(self, pid: int) -> tuple[int, int, int]:
+        """A slot of the breadcrumbs file for worker ``pid``: the first one no live worker
+        holds a lock on (the kernel drops a dead worker's lock). Slot -1: none to be had."""
+        try:
+            fd = self._crumbs_file()
+        except OSError:
+            return pid, -1, -1
+        for slot in range(_CRUMB_SLOTS):
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _CRUMB_BYTES, slot * _CRUMB_BYTES)
+            except OSError:
+                continue
+            return pid, fd, slot
+        return pid, fd, -1
+
     def _leave_breadcrumb(self, video_id: str, frames: Sequence[int]) -> None:
         """In a DataLoader worker, note what it reads before it reads: a damaged page can
         make LMDB abort the process, and the main process then names the shard from here
-        (:meth:`worker_reads`). One pwrite per clip, never synced."""
+        (:meth:`worker_reads`). One pwrite per clip, into memory."""
         pid = os.getpid()
         if pid == self._origin_pid:
             return
         if self._crumb is None or self._crumb[0] != pid:
-            folder = _breadcrumb_dir(self._origin_pid)
-            folder.mkdir(parents=True, exist_ok=True)
-            self._crumb = pid, os.open(folder / str(pid), os.O_WRONLY | os.O_CREAT, 0o644)
-        text = f"{self._shard_file(video_id)} {video_id} frames {list(frames)}"
-        os.pwrite(self._crumb[1], text.encode()[:_CRUMB_BYTES].ljust(_CRUMB_BYTES), 0)
+            self._crumb = self._claim_slot(pid)
+        _, fd, slot = self._crumb
+        if slot < 0:
+            return
+        text = f"{pid} {self._shard_file(video_id)} {video_id} frames {list(frames)}"
+        os.pwrite(fd, text.encode()[:_CRUMB_BYTES].ljust(_CRUMB_BYTES), slot * _CRUMB_BYTES)
 
     def worker_reads(self, pids: Sequence[int]) -> dict[int, str]:
         """What the DataLoader workers ``pids`` of this process last started to read."""
+        fd = self._crumbs_file()
+        try:
+            data = os.pread(fd, _CRUMB_BYTES * _CRUMB_SLOTS, 0)
+        finally:
+            if not self._crumbs_inherited:
+                os.close(fd)
         out = {}
-        for pid in pids:
-            path = _breadcrumb_dir(self._origin_pid) / str(pid)
-            if path.is_file():
-                out[pid] = path.read_bytes().decode(errors="replace").strip()
+        for at in range(0, len(data), _CRUMB_BYTES):
+            pid, _, text = data[at : at + _CRUMB_BYTES].decode(errors="replace").partition(" ")
+            if pid.isdigit() and int(pid) in pids:
+                out[int(pid)] = text.strip()
         return out
 
     def read_frames(self, video_id: str, frames: Sequence[int]) -> list[bytes]:
@@ -294,28 +349,43 @@ class FrameStore:
             try:
                 out, sums, first = self._read_direct(pages, video_id, resolved, positions, meta)
             except PageFormatError as exc:
-                raise StoreIncompleteError(
+                raise self._damaged(
+                    self._shard_file(video_id),
                     f"{video_id}: the shard is damaged ({exc})",
-                    where=self._shard_file(video_id),
-                    fix=f"run `epic-check --store {self.root}` and re-extract the shards it names",
+                    f"run `epic-check --store {self.root}` and re-extract the shards it names",
                 ) from None
         if sums is not None:
             for frame, position, blob in zip(resolved, positions, out, strict=True):
                 at = 4 * (position - first)
                 if zlib.crc32(blob) != int.from_bytes(sums[at : at + 4], "little"):
-                    raise StoreIncompleteError(
+                    raise self._damaged(
+                        self._shard_file(video_id),
                         f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is corrupt)",
-                        where=self._shard_file(video_id),
-                        fix=f"run `epic-check --store {self.root}` and re-extract that "
+                        f"run `epic-check --store {self.root}` and re-extract that "
                         f"shard with `epic-extract run --force`",
                     )
         return out
 
-    def _missing(self, video_id: str, what: str) -> StoreIncompleteError:
+    def _damaged(self, shard: Path, what: str, fix: str) -> StoreIncompleteError:
+        """The error for a missing, unreadable or damaged ``shard``. In a staged copy
+        (``staged_from``) the copy is what is damaged, not the store, whose shard re-extracted
+        would be the same: say so, and drop the copy's record so that the next start with
+        --stage-dir copies it again."""
+        if self.staged_from is None:
+            return StoreIncompleteError(what, where=shard, fix=fix)
+        forget_staged_copy(shard)
         return StoreIncompleteError(
+            f"the staged copy of a shard is damaged: {what}",
+            where=f"{shard}, copied from {self.staged_from / SHARDS_DIR / shard.name}",
+            fix=f"the store {self.staged_from} is not affected; the next start with --stage-dir "
+            f"copies this shard again (or delete {shard})",
+        )
+
+    def _missing(self, video_id: str, what: str) -> StoreIncompleteError:
+        return self._damaged(
+            self._shard_file(video_id),
             f"{video_id}: {what}",
-            where=self._shard_file(video_id),
-            fix=f"run `epic-check --store {self.root}` and re-extract that shard",
+            f"run `epic-check --store {self.root}` and re-extract that shard",
         )
 
     def _no_key(self, video_id: str, frame: int) -> StoreIncompleteError:
@@ -378,9 +448,10 @@ class FrameStore:
             try:
                 self._pages[index] = ShardPages.open(shard_path(self.root, index), self._page_cache)
             except (OSError, PageFormatError) as exc:
-                raise StoreIncompleteError(
-                    f"shard {shard_path(self.root, index)} cannot be read ({exc}); run "
-                    f"`epic-check --store {self.root}`"
+                raise self._damaged(
+                    shard_path(self.root, index),
+                    f"{shard_path(self.root, index).name} cannot be read ({exc})",
+                    f"run `epic-check --store {self.root}`",
                 ) from None
         return self._pages[index]
 

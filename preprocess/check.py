@@ -55,8 +55,9 @@ from epicdata.layout import (
 from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
 from epicdata.manifest import SOURCE_FRAMES, ExtractParams, Manifest, PlannedVideo, ShardPlan
 from epicdata.metadata import ShardMeta, VideoMeta
-from epicdata.ranges import Range, frames_in_ranges
+from epicdata.ranges import Range, array_spec, frames_in_ranges
 from epicdata.sampling import sampled_frames_to_keep
+from preprocess.extract import load_runnable_manifest
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class CheckReport:
         if not self.resubmit_indices:
             return None
         force = any(s.published for s in self.shards if s.problems)
-        spec = ",".join(str(i) for i in self.resubmit_indices)
+        spec = array_spec(self.resubmit_indices)
         site = site_of_environment()
         return user_line("extract", site, store=self.store, array=spec, force=force)
 
@@ -486,9 +487,11 @@ def check_store(
     on_shard: Callable[[], None] | None = None,
 ) -> CheckReport:
     """Check every shard of the store at ``store_root`` (and the annotations, if given);
-    ``on_shard`` is called after each shard (progress)."""
+    ``on_shard`` is called after each shard (progress). A sizing-only plan is refused
+    (StoreError, exit 2): none of its shards can be extracted, so listing them all as
+    missing, with a resubmit line, would send the user round in a circle."""
     store_root = Path(store_root).resolve()
-    manifest = Manifest.load(store_root)
+    manifest = load_runnable_manifest(store_root)
     # Through JSON, as the shard stored them (tuples become lists).
     params = manifest.params
     report = CheckReport(store=str(store_root), shards=[])
@@ -529,6 +532,6 @@ def format_report(report: CheckReport) -> str:
             f"store {report.store} is complete: every planned frame present, every checksum matches"
         )
     elif report.resubmit_command:
-        spec = ",".join(str(i) for i in report.resubmit_indices)
+        spec = array_spec(report.resubmit_indices)
         lines.append(f"resubmit shards {spec}:\n  {report.resubmit_command}")
     return "\n".join(lines)

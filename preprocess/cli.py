@@ -28,10 +28,17 @@ from epicdata.console import (
 )
 from epicdata.constants import DEFAULT_JPEG_QSCALE, DEFAULT_SHORT_SIDE
 from epicdata.errors import ExitCode
-from epicdata.manifest import KEEP_MODES, Manifest
+from epicdata.manifest import KEEP_MODES
 from preprocess.check import check_store, format_report
 from preprocess.compare import compare_frames, format_comparison
-from preprocess.extract import load_runnable_manifest, pending_shards, preflight_run, run_shard
+from preprocess.extract import (
+    ShardResult,
+    load_runnable_manifest,
+    pending_shards,
+    preflight_run,
+    run_shard,
+    run_shards,
+)
 from preprocess.plan import (
     DEFAULT_MARGIN_FRAMES,
     DEFAULT_TARGET_SHARD_FRAMES,
@@ -215,7 +222,9 @@ def plan(**options: object) -> None:
     "--all",
     "run_all",
     is_flag=True,
-    help="Extract every pending shard, one after the other, in this process.",
+    help="Extract every pending shard, one after the other, in this process. A shard with "
+    "a bad video fails alone and the run goes on (exit 3 at the end, one resubmit line); "
+    "out of space, a missing ffmpeg or Ctrl-C stop it at once.",
 )
 @click.option(
     "--workers",
@@ -274,7 +283,8 @@ def run(
         indices = [shard_index]
     preflight_run(manifest, store_root=store_root, indices=indices, tmp_dir=tmp_dir, force=force)
     planned = {s.index: s.planned_frames for s in manifest.shards}
-    for index in indices:
+
+    def run_one(index: int) -> ShardResult:
         with Progress(planned.get(index), label=f"shard {index}", unit="frames") as progress:
             result = run_shard(
                 store_root=store_root,
@@ -290,6 +300,12 @@ def run(
             f"shard {result.shard_index}: {result.status} {result.path} "
             f"({len(result.videos)} videos, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
         )
+        return result
+
+    if run_all:
+        run_shards(indices, run_one, store_root=store_root)
+    else:
+        run_one(shard_index)
 
 
 @click.command(
@@ -338,15 +354,15 @@ def check(
     video's frames do not match the official ones (docs/conventions.md).
     """
     start_command()
+    manifest = load_runnable_manifest(store_root)  # a sizing-only plan has nothing to check
     if frames_root is not None:
-        videos = len(Manifest.load(store_root).video_to_shard())
+        videos = len(manifest.video_to_shard())
         with Progress(videos, label="compare", unit="videos") as progress:
             compared = compare_frames(store_root, frames_root, on_video=lambda: progress.update(1))
         text = json.dumps(compared.to_dict(), indent=1) if as_json else format_comparison(compared)
         click.echo(text)
         return ExitCode.OK if compared.ok else ExitCode.STORE_INCOMPLETE
-    shards = len(Manifest.load(store_root).shards)
-    with Progress(shards, label="epic-check", unit="shards") as progress:
+    with Progress(len(manifest.shards), label="epic-check", unit="shards") as progress:
         report = check_store(
             store_root,
             annotations_dir=annotations_dir,

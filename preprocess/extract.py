@@ -32,6 +32,7 @@ from epicdata.console import preflight_output, site_of_environment, user_line
 from epicdata.errors import BadSourceError, StoreError
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.layout import (
+    MANIFEST_NAME,
     SHARD_META_KEY,
     SHARDS_DIR,
     STORE_FORMAT_VERSION,
@@ -47,6 +48,7 @@ from epicdata.manifest import (
     ShardPlan,
 )
 from epicdata.metadata import ShardMeta, VideoMeta
+from epicdata.ranges import array_spec
 from preprocess.plan import estimate_bytes
 from preprocess.sources import FrameSource, source_class
 from preprocess.writer import (
@@ -68,6 +70,7 @@ class BadVideoError(BadSourceError):
     def __init__(
         self, shard_index: int, errors: dict[str, str], store_root: str | Path | None = None
     ) -> None:
+        self.shard_index = shard_index
         self.errors = dict(sorted(errors.items()))
         lines = "\n".join(f"  {video}: {why}" for video, why in self.errors.items())
         fix = (
@@ -85,6 +88,59 @@ class BadVideoError(BadSourceError):
             fix=fix,
             details=lines,
         )
+
+
+class ShardsFailedError(BadSourceError):
+    """`run --all` went on past shards with a bad source: each one, its bad videos, and one
+    resubmit line for all of them (exit 3)."""
+
+    def __init__(
+        self, failed: dict[int, BadSourceError], *, total: int, store_root: str | Path
+    ) -> None:
+        self.failed = dict(sorted(failed.items()))
+        spec = array_spec(list(self.failed))
+        line = user_line(
+            "extract", site_of_environment(), store=Path(store_root).resolve(), array=spec
+        )
+        super().__init__(
+            f"{len(self.failed)} of {total} shards not published: bad input videos or frames"
+            f" ({_named_inputs(self.failed.values())})",
+            where=f"shard{'s' if len(self.failed) > 1 else ''} {spec}",
+            fix="check them (ffprobe for videos, `tar -tf` for frame tars), download them "
+            f"again and resubmit these shards: {line}",
+            details="\n".join(_failure_lines(i, exc) for i, exc in self.failed.items()),
+        )
+
+
+def _named_inputs(failed: Iterable[BadSourceError], most: int = 5) -> str:
+    """The bad videos of the failed shards for the error line, the first ``most`` of them
+    and how many more (the details list them all)."""
+    names = [v for exc in failed for v in (exc.errors if isinstance(exc, BadVideoError) else {})]
+    if not names:
+        return "see below"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def _failure_lines(shard_index: int, exc: BadSourceError) -> str:
+    """Why shard ``shard_index`` failed, for the summary: each bad video and its reason
+    (another error's own text), continuation lines indented under it."""
+    video_errors = isinstance(exc, BadVideoError)
+    reasons = list(exc.errors.items()) if video_errors else [("", str(exc))]
+    lines = []
+    for video, why in reasons:
+        first, *rest = why.splitlines() or [""]
+        lines.append(f"  shard {shard_index}: " + (f"{video}: " if video else "") + first)
+        lines.extend(f"      {line.strip()}" for line in rest if line.strip())
+    return "\n".join(lines)
+
+
+def _bad_source_summary(exc: BadSourceError) -> str:
+    """One line on a failed shard, without the per-shard resubmit hint (`run --all` prints
+    one for every failed shard at the end)."""
+    if isinstance(exc, BadVideoError):
+        return f"{len(exc.errors)} bad input video(s): {', '.join(exc.errors)}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass(frozen=True)
@@ -332,12 +388,17 @@ def video_source(
 
 
 def load_runnable_manifest(store_root: str | Path) -> Manifest:
-    """The store's manifest, refusing a sizing-only plan."""
+    """The store's manifest, refusing a sizing-only plan (``plan --video-info`` without
+    videos or frames): it has no sources to extract, so its shards can never be published
+    and there is nothing to check or resubmit (exit 2)."""
     manifest = Manifest.load(store_root)
     if manifest.extra.get("sizing_only"):
         raise StoreError(
-            f"{store_root}/manifest.json was planned from EPIC_100_video_info.csv to size the "
-            f"job; re-plan with `epic-extract plan --videos DIR ...` to extract frames"
+            "sizing-only plan: planned from EPIC_100_video_info.csv to size the job, it has "
+            "no videos or frames to extract or check",
+            where=Path(store_root) / MANIFEST_NAME,
+            fix="plan again into this store with `epic-extract plan --videos DIR` (or "
+            "`--frames DIR`) and the same options, then run and check it",
         )
     return manifest
 
@@ -449,6 +510,60 @@ def run_shard(
         seconds,
     )
     return ShardResult(shard_index, path, "published", tuple(results), seconds, size)
+
+
+def run_shards(
+    indices: Sequence[int], run_one: Callable[[int], ShardResult], *, store_root: str | Path
+) -> list[ShardResult]:
+    """`run --all`: extract shards ``indices`` one after the other with ``run_one``.
+
+    A bad source (exit 3) fails only its shard and the run goes on: one damaged video must
+    not keep the healthy shards after it from being published. Anything else (out of space,
+    an environment problem, Ctrl-C, a bug) stops the run at once, since every later shard
+    would meet it too: it propagates with its own exit code (4 over 3) after a log line
+    naming the shards not published and one resubmit line for all of them. Raises
+    :class:`ShardsFailedError` at the end when shards failed; returns the results.
+    """
+    results: list[ShardResult] = []
+    failed: dict[int, BadSourceError] = {}
+    for position, index in enumerate(indices):
+        try:
+            results.append(run_one(index))
+        except BadSourceError as exc:
+            failed[index] = exc
+            log.error(
+                "shard %d not published: %s; going on with the next shard",
+                index,
+                _bad_source_summary(exc),
+            )
+        except BaseException:
+            _log_stopped(index, failed, list(indices[position + 1 :]), store_root=store_root)
+            raise
+    if failed:
+        raise ShardsFailedError(failed, total=len(indices), store_root=store_root)
+    return results
+
+
+def _log_stopped(
+    index: int, failed: dict[int, BadSourceError], left: list[int], *, store_root: str | Path
+) -> None:
+    """Before the error that stopped `run --all` at shard ``index``: what is not published
+    (shards failed before it, it, the ones not attempted) and one line to resubmit them."""
+    todo = [*failed, index, *left]
+    parts = [f"shard {i} (bad source)" for i in failed]
+    parts.append(f"shard {index} (stopped by the error below)")
+    if left:
+        parts.append(f"shard{'s' if len(left) > 1 else ''} {array_spec(left)} (not attempted)")
+    line = user_line(
+        "extract", site_of_environment(), store=Path(store_root).resolve(), array=array_spec(todo)
+    )
+    log.error(
+        "run --all stopped at shard %d; not published: %s; once the error below is fixed, "
+        "run again with --all or resubmit them: %s",
+        index,
+        ", ".join(parts),
+        line,
+    )
 
 
 def _planned_shard(manifest: Manifest, store_root: Path, shard_index: int) -> ShardPlan:

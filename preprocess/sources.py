@@ -208,7 +208,8 @@ class VideoSource(FrameSource):
 
 class OfficialFramesSource(FrameSource):
     """EPIC's official RGB frames (a ``rgb_frames`` tar, read as a stream, or its unpacked
-    folder), copied byte for byte (:func:`iter_frames`)."""
+    folder), copied byte for byte (:func:`iter_frames`: a tar must be whole, without sparse
+    members, and an official download's md5 must match)."""
 
     kind = SOURCE_FRAMES
     needs_ffmpeg = False

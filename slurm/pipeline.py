@@ -23,6 +23,7 @@ import yaml
 
 from epicdata.errors import EnvironmentProblem, EpicInputError
 from epicdata.layout import MANIFEST_NAME
+from epicdata.ranges import array_spec
 from epicslurm.site import Site
 from epicslurm.submit import Job, submit
 from preprocess.check import check_store
@@ -138,22 +139,6 @@ def assess(store: Path, run_dir: Path) -> Plan:
     )
     reasons.append("validation: " + ("to do" if validate else f"done ({metrics})"))
     return Plan(indices, force, train, validate, reasons)
-
-
-def array_spec(indices: Sequence[int]) -> str:
-    """0,1,2,3,7 -> '0-3,7'."""
-    parts: list[str] = []
-    start = prev = None
-    for i in sorted(indices):
-        if prev is not None and i == prev + 1:
-            prev = i
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = i
-    if start is not None:
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-    return ",".join(parts)
 
 
 @dataclass(frozen=True)

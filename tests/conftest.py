@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -24,12 +24,52 @@ from epicdata.annotations import SPLIT_FILES, TIMESTAMP_COLUMNS
 from epicdata.frames import format_timestamp, frame_rate_for, start_frame_at, stop_frame_at
 from epicdata.synthetic import MiniEpic, SyntheticVideo, make_mini_epic, make_video
 
-#: The official EPIC-100 annotation files: $EPIC_REAL_ANNOTATIONS (e.g. a clone of
-#: github.com/epic-kitchens/epic-kitchens-100-annotations), else ../shared/epic100.
-REAL_ANNOTATIONS = Path(
-    os.environ.get("EPIC_REAL_ANNOTATIONS")
-    or Path(__file__).resolve().parents[2] / "shared" / "epic100"
-)
+#: Where the tests find the official EPIC-100 annotation files: this variable, else
+#: ../shared/epic100 beside the checkout.
+REAL_ANNOTATIONS_VAR = "EPIC_REAL_ANNOTATIONS"
+SHARED_ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "epic100"
+#: The official repository (github.com/epic-kitchens/epic-kitchens-100-annotations) keeps
+#: the UDA splits in this subfolder; ../shared/epic100 holds every file flat.
+REAL_SUBFOLDERS = ("UDA_annotations",)
+#: A folder without this file is not a copy of the annotations (an empty or wrong folder).
+REAL_MARKER = "EPIC_100_video_info.csv"
+
+
+class RealAnnotations:
+    """The one resolver of the real annotation files, so that every real-data test looks in
+    the same place and every skip says how to point the tests at a copy."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        given = environ.get(REAL_ANNOTATIONS_VAR)
+        self.folder = Path(given) if given else SHARED_ANNOTATIONS
+        self.source = f"{REAL_ANNOTATIONS_VAR}={given}" if given else f"{SHARED_ANNOTATIONS}"
+        self.hint = (
+            f"set {REAL_ANNOTATIONS_VAR} to a clone of "
+            "github.com/epic-kitchens/epic-kitchens-100-annotations to run the real-data tests"
+        )
+
+    def missing(self) -> str | None:
+        """Why there are no real annotations here (the skip reason), or None."""
+        if not (self.folder / REAL_MARKER).is_file():
+            return f"no real EPIC-100 annotations: {self.source} has no {REAL_MARKER}; {self.hint}"
+        return None
+
+    def require(self) -> Path:
+        """The folder; skips the calling test when it holds no annotations."""
+        reason = self.missing()
+        if reason is not None:
+            pytest.skip(reason)
+        return self.folder
+
+    def file(self, name: str) -> Path:
+        """``name`` in the flat layout or the official repository's; skips when absent."""
+        folder = self.require()
+        for place in (folder, *(folder / sub for sub in REAL_SUBFOLDERS)):
+            if (place / name).is_file():
+                return place / name
+        pytest.skip(
+            f"{name} is not in {self.source} (nor in {', '.join(REAL_SUBFOLDERS)}/); {self.hint}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +84,23 @@ def mini_epic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MiniEpic]:
 
 @pytest.fixture(scope="session")
 def real_annotations() -> Path:
-    """The folder of real EPIC-100 annotation files; skips the test when it is absent."""
-    if not REAL_ANNOTATIONS.is_dir():
-        pytest.skip(
-            f"{REAL_ANNOTATIONS} not present: set EPIC_REAL_ANNOTATIONS to a clone of "
-            "epic-kitchens-100-annotations to run the real-data tests"
-        )
-    return REAL_ANNOTATIONS
+    """The folder of real EPIC-100 annotation files (``$EPIC_REAL_ANNOTATIONS``, else
+    ../shared/epic100); skips the test, naming the variable, when there is none."""
+    return RealAnnotations(os.environ).require()
+
+
+@pytest.fixture(scope="session")
+def real_annotation_file() -> Callable[[str], Path]:
+    """``real_annotation_file(name)``: the path of one real annotation file, found in the
+    flat layout of ../shared/epic100 or the official repository's (UDA files in
+    ``UDA_annotations/``); skips the test, naming the variable, when it is absent."""
+    return RealAnnotations(os.environ).file
+
+
+@pytest.fixture(scope="session")
+def real_annotations_at() -> type[RealAnnotations]:
+    """The resolver itself, for the tests of where it looks (``RealAnnotations(environ)``)."""
+    return RealAnnotations
 
 
 #: Small and short: the decode cost of a whole test module stays around a second.

@@ -119,3 +119,17 @@ def test_python_m_epicslurm_is_the_wheel_s(installed, tmp_path) -> None:
         [sys.executable, "-m", "epicslurm", "--help"], cwd=tmp_path, env=env, capture_output=True
     )
     assert help_text.returncode == 0 and b"site-example" in help_text.stdout
+
+
+def test_the_wheel_carries_the_official_frames_md5s(installed, tmp_path) -> None:
+    """`epic-extract run` checks official frame tars against this table (package data of
+    preprocess): a wheel without it would fail at the first official tar."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPIC_")}
+    env["PYTHONPATH"] = str(installed)
+    probe = "import preprocess.official_frames as f; print(f.__file__, len(f.md5_table()))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    module, tars = result.stdout.split()
+    assert Path(module).is_relative_to(installed) and int(tars) == 1404  # 702 RGB + 702 flow

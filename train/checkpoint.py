@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,35 @@ def checkpoint_bytes_estimate(model: nn.Module) -> int:
     return 3 * 4 * params + (1 << 20)
 
 
+_DAMAGED_FIX = (
+    "resume from an intact one (`--resume auto` falls back to the newest), or retrain that epoch"
+)
+
+
 class CheckpointDamagedError(EpicInputError):
-    """A checkpoint whose content does not match its digest (or does not load)."""
+    """A checkpoint whose content does not match its digest (or does not load); under
+    ``--resume auto`` any checkpoint that fails a check. ``--resume auto`` falls back from
+    it to the newest intact checkpoint of the run folder."""
+
+
+class CheckpointReleaseError(CheckpointDamagedError):
+    """A checkpoint that loads, and matches its digest where it has one, but whose format
+    version, keys or model shapes are not this release's: another release (or program)
+    wrote it. Only an explicit ``--resume PATH`` reports it as such; in a run folder's own
+    ``last.pt`` (``--resume auto``) it is damage the digest could not see (format 1, or a
+    flipped byte in the digest's own key). ``reason`` says what differs, without advice."""
+
+    def __init__(self, reason: str, *, where: object, fix: str, details: str = "") -> None:
+        super().__init__(reason, where=where, fix=fix, details=details)
+        self.reason = reason
+        self.details = details
+
+
+def as_damage(exc: CheckpointReleaseError, path: Path) -> CheckpointDamagedError:
+    """``exc`` reported as the damage it is in a run folder's own checkpoint."""
+    return CheckpointDamagedError(
+        f"checkpoint damaged: {exc.reason}", where=path, fix=_DAMAGED_FIX, details=exc.details
+    )
 
 
 def content_digest(state: dict[str, Any]) -> str:
@@ -146,7 +174,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint (``weights_only=True``) and check its format; errors name the file."""
+    """Read a checkpoint (``weights_only=True``) and check it; errors name the file.
+
+    The digest is checked before the format version and the keys: a flipped byte in a key
+    name (``model`` -> ``motel``) is damage, not a checkpoint of another release.
+    Raises :class:`CheckpointDamagedError` for a file that does not load or does not match
+    its digest, :class:`CheckpointReleaseError` for one that loads but is not this
+    release's (another format version, other keys).
+    """
     path = Path(path)
     if not path.is_file():
         raise EpicInputError("checkpoint not found", where=path)
@@ -160,35 +195,51 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             where=f"{path}: torch.load says {first}",
             fix=not_ours,
         ) from None
-    if not isinstance(state, dict) or "format_version" not in state:
-        raise EpicInputError(
+    if not isinstance(state, dict):
+        raise CheckpointReleaseError(
             "not an epic-train checkpoint",
-            where=f"{path}: a {type(state).__name__} without a format_version",
+            where=f"{path}: a {type(state).__name__}, not a dict",
+            fix=not_ours,
+        )
+    version = state.get("format_version")
+    if (
+        DIGEST_KEY in state
+        and version in (None, CHECKPOINT_VERSION)
+        and content_digest(state) != state[DIGEST_KEY]
+    ):
+        raise CheckpointDamagedError(
+            "checkpoint damaged: its content does not match its digest",
+            where=path,
+            fix=_DAMAGED_FIX,
+        )
+    _check_format(state, path, not_ours)
+    return state
+
+
+def _check_format(state: dict[str, Any], path: Path, not_ours: str) -> None:
+    """The format version and the keys of a loaded checkpoint, as this release writes them."""
+    if "format_version" not in state:
+        raise CheckpointReleaseError(
+            "not an epic-train checkpoint",
+            where=f"{path}: a dict without a format_version",
             fix=not_ours + "; a bare state dict is for --weights",
         )
     version = state["format_version"]
     if version not in (1, CHECKPOINT_VERSION):
-        raise EpicInputError(
-            f"checkpoint format version {version}, this code reads 1 and {CHECKPOINT_VERSION}",
+        raise CheckpointReleaseError(
+            f"checkpoint format version {version!r}, this release reads 1 and {CHECKPOINT_VERSION}",
             where=path,
             fix="use the epic-kitchens-pipeline release that wrote it",
         )
     expected = CHECKPOINT_KEYS | ({DIGEST_KEY} if version >= 2 else set())
     missing = sorted(expected - set(state))
-    extra = sorted(set(state) - expected - MID_EPOCH_KEYS)
+    extra = sorted(set(state) - expected - MID_EPOCH_KEYS, key=str)
     if missing or extra:
-        raise EpicInputError(
-            f"checkpoint {path}: missing keys {missing}, unexpected keys {extra}; "
-            "it was not written by this version of epic-train"
-        )
-    if version >= 2 and content_digest(state) != state[DIGEST_KEY]:
-        raise CheckpointDamagedError(
-            "checkpoint damaged: its content does not match its digest",
+        raise CheckpointReleaseError(
+            f"missing keys {missing}, unexpected keys {extra}",
             where=path,
-            fix="resume from an intact one (`--resume auto` falls back to the newest), or "
-            "retrain that epoch",
+            fix="it was not written by this release of epic-train: use the release that wrote it",
         )
-    return state
 
 
 def resume(
@@ -198,17 +249,24 @@ def resume(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
+    auto: bool = False,
 ) -> dict[str, Any]:
     """Restore everything from ``path`` strictly and return the checkpoint.
 
-    Refuses a checkpoint whose model state has leftover or missing keys, or whose
-    scheduler is of another kind, rather than continuing with a half-restored run.
+    Refuses a checkpoint whose model state has leftover or missing keys or other shapes,
+    or whose scheduler is of another kind, rather than continuing with a half-restored run.
+    ``auto`` (``--resume auto``: the run folder's own last.pt) reports a checkpoint that
+    fails any check but the scheduler's kind (an option of this run) as damaged, for the
+    caller to fall back from (:class:`CheckpointDamagedError`).
     """
-    state = load_checkpoint(path)
+    path = Path(path)
     try:
-        unwrap_model(model).load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        raise EpicInputError(f"checkpoint {path}: model state does not match ({exc})") from None
+        state = load_checkpoint(path)
+        _restore_weights(state, path, model=model, optimizer=optimizer)
+    except CheckpointReleaseError as exc:
+        if auto:
+            raise as_damage(exc, path) from None
+        raise
 
     # Private attributes (``_last_lr``, ``_step_count``) appear only once a scheduler has
     # stepped, depending on the torch version; the public ones tell its kind.
@@ -221,11 +279,34 @@ def resume(
             f"checkpoint {path}: its scheduler state has keys {sorted(state['scheduler'])}, "
             f"this run's scheduler {sorted(expected)}; resume with the same --scheduler"
         )
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     return state
+
+
+def _restore_weights(
+    state: dict[str, Any], path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """The model (strictly: same keys and shapes) and the optimizer from ``state``."""
+    try:
+        unwrap_model(model).load_state_dict(state["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointReleaseError(
+            "its model state does not match this model",
+            where=path,
+            fix="resume with the release and model that wrote it",
+            details=str(exc),
+        ) from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointReleaseError(
+            "its optimizer state does not match this model's parameters",
+            where=path,
+            fix="resume with the release and model that wrote it",
+            details=str(exc),
+        ) from None
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -296,6 +377,9 @@ def newest_intact(run_dir: Path, *, besides: Path) -> tuple[Path, dict[str, Any]
             continue
         try:
             state = load_checkpoint(path)
+        except CheckpointReleaseError as exc:  # in the run's own folder: damage
+            log.warning("%s", str(as_damage(exc, path)).splitlines()[0])
+            continue
         except EpicInputError as exc:
             log.warning("%s", str(exc).splitlines()[0])
             continue
@@ -306,9 +390,64 @@ def newest_intact(run_dir: Path, *, besides: Path) -> tuple[Path, dict[str, Any]
     return path, state
 
 
+#: ``save_checkpoint``'s temp file: ``.<name>.<pid>.tmp`` next to ``<name>``.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+\.pt)\.(?P<pid>[0-9]+)\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (signal 0 checks without signalling)."""
+    if pid <= 0:  # 0 and negatives would address process groups: no writer has them
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_temp_files(run_dir: Path) -> list[Path]:
+    """Remove the checkpoint temp files of ``run_dir`` whose writer is not running on this
+    machine (a SIGKILL or a node failure during ``save_checkpoint``: 125 MB each for the
+    ResNet-18), and return them. A writer that is still alive (another ``epic-train`` of
+    the same run folder on this node) keeps its file; the pid of a writer on another node
+    cannot be checked, so two runs of one run folder on two nodes at once are not
+    supported (they would overwrite each other's last.pt anyway)."""
+    removed: list[Path] = []
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:  # no run folder yet (a first start), or unreadable: preflight says why
+        return removed
+    for path in entries:
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None or _pid_alive(int(match["pid"])):
+            continue
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:  # another rank of this run removed it first
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s, a leftover checkpoint temp file: %s", path, exc)
+            continue
+        log.info(
+            "removed %s (%s bytes): a temp copy of %s left by process %s, which was stopped "
+            "while saving it",
+            path,
+            f"{size:,}",
+            match["name"],
+            match["pid"],
+        )
+        removed.append(path)
+    return removed
+
+
 def find_resume(run_dir: Path, resume_arg: str | None) -> Path | None:
     """The checkpoint to resume: none (refusing a run folder in use), ``auto`` (last.pt if
-    present) or a path that must exist."""
+    present) or a path that must exist. Removes the checkpoint temp files that a killed
+    earlier start of this run left in ``run_dir`` first (:func:`remove_dead_temp_files`)."""
+    remove_dead_temp_files(run_dir)
     if resume_arg is None:
         if (run_dir / "last.pt").exists():
             raise EpicInputError(

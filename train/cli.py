@@ -32,7 +32,15 @@ from click.core import ParameterSource
 
 from epicdata.console import EpicCommand, example, start_command
 from train import distributed
-from train.config import PATH_FIELDS, FieldType, TrainConfig, field_types, load_yaml_defaults
+from train.config import (
+    DEFAULT_WORKERS,
+    PATH_FIELDS,
+    FieldType,
+    TrainConfig,
+    default_workers,
+    field_types,
+    load_yaml_defaults,
+)
 from train.fit import fit
 from train.metrics import format_metrics_table
 from train.preview import write_preview
@@ -268,10 +276,11 @@ def train_main(
 @click.option(
     "--workers",
     type=click.IntRange(min=0),
-    default=4,
+    default=default_workers(),
     envvar="EPIC_WORKERS",
     show_envvar=True,
-    help="DataLoader workers per process.",
+    help=f"DataLoader workers per process: {DEFAULT_WORKERS}, or the CPUs this process may use "
+    "where they are fewer.",
 )
 @click.option("--device", default="auto", help="auto, cpu, cuda, cuda:N.")
 @click.option(

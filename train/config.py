@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -35,6 +36,25 @@ PATH_FIELDS = ("store", "annotations", "output_dir")
 #: Text a bool field takes, as click's BOOL reads it (YAML's own true/false arrive as bools).
 _TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+#: Loader workers per process by default (the seed's), where the process has the CPUs.
+DEFAULT_WORKERS = 4
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (what SLURM's --cpus-per-task or a
+    container's cpuset grant), not the machine's count; torch's loader warns past it."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity to ask
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """DEFAULT_WORKERS, capped by :func:`usable_cpus`: on a 2-core laptop 4 workers only
+    take turns on 2 CPUs (and torch warns about it)."""
+    return min(DEFAULT_WORKERS, usable_cpus())
 
 
 def _option(
@@ -79,7 +99,12 @@ class TrainConfig:
     weights: str = _option(
         "imagenet", "imagenet (torchvision cache in $TORCH_HOME), none, or a state-dict file."
     )
-    workers: int = _option(4, "DataLoader worker processes per GPU.", minimum=0)
+    workers: int = _option(
+        default_workers(),
+        f"DataLoader worker processes per GPU: {DEFAULT_WORKERS}, or the CPUs this process "
+        "may use where they are fewer.",
+        minimum=0,
+    )
     stage_dir: str | None = _option(
         None,
         "Node-local folder (e.g. $VSC_SCRATCH_NODE): copy the shards of the train and "

@@ -192,7 +192,9 @@ def clip_loader(dataset: EpicActionDataset, device: torch.device) -> ClipLoader:
     """How the training or evaluation loop gets a batch's uint8 clips onto ``device``: a copy
     of the workers' clips, or (``--decoder nvjpeg``) decoding and cropping there."""
     if dataset.decoder == "nvjpeg":
-        return NvjpegClips(dataset.transform, device, store_root=str(dataset.store.root))
+        store = dataset.store
+        origin = store.staged_from or store.root  # the bytes are the store's: advise on it
+        return NvjpegClips(dataset.transform, device, store_root=str(origin))
     return frames_to(device)
 
 

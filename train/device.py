@@ -1,4 +1,5 @@
-"""Where and how precisely a run computes: the device, mixed precision and its scaler.
+"""Where and how precisely a run computes: the device, mixed precision and its scaler,
+and the loader workers said against the CPUs the process may use.
 
 A GPU job never falls back to the CPU silently: ``--device cuda`` (what the slurm scripts
 pass) fails at once with torch's own reason, and ``--device auto`` in a SLURM job that was
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from epicdata.errors import EnvironmentProblem
+from train.config import DEFAULT_WORKERS, usable_cpus
 from train.distributed import DistInfo
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,11 @@ BF16_MIN_CAPABILITY = (8, 0)
 #: count.
 SLURM_GPU_LISTS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
 SLURM_GPU_COUNT = "SLURM_GPUS_ON_NODE"
+#: What torch's reason (:func:`cuda_unavailable_reason`) says on a machine that simply has
+#: no GPU: no NVIDIA driver installed, or none visible to the process.
+NO_GPU_SIGNS = ("Found no NVIDIA driver", "no GPU is visible", "No CUDA GPUs are available")
+#: The start of torch's DataLoader warning about more workers than CPUs (torch 2.1 to 2.14).
+TORCH_WORKER_WARNING = r"This DataLoader will create \d+ worker processes in total"
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,15 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
+def _cpu_build() -> bool:
+    """Whether this torch has no GPU backend at all (neither CUDA nor ROCm, which torch
+    also reaches through ``torch.cuda``)."""
+    return torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+
+
 def cuda_unavailable_reason() -> str:
     """Why torch cannot use CUDA here, in torch's own words where it has them."""
-    if torch.version.cuda is None:
+    if _cpu_build():
         return f"this torch ({torch.__version__}) is a CPU build"
     try:
         torch.cuda.init()
@@ -51,7 +65,8 @@ def cuda_unavailable_reason() -> str:
     else:
         reason = "no GPU is visible"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    context = f"torch {torch.__version__} built for CUDA {torch.version.cuda}"
+    backend = f"CUDA {torch.version.cuda}" if torch.version.cuda else f"ROCm {torch.version.hip}"
+    context = f"torch {torch.__version__} built for {backend}"
     if visible is not None:
         context += f", CUDA_VISIBLE_DEVICES={visible!r}"
     return f"{reason} ({context})"
@@ -76,12 +91,32 @@ def _no_cuda(where: str) -> EnvironmentProblem:
     )
 
 
-def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+def _log_cpu_fallback(work: str) -> None:
+    """Say why ``--device auto`` chose the CPU. A machine without a GPU is ordinary and
+    gets one plain line, not torch's driver-install advice (a URL at INFO level on every
+    laptop); a GPU that is there but unusable (a driver too old for this torch's CUDA) is
+    a warning with torch's reason, as it may be a mistake."""
+    if _cpu_build():
+        log.info(
+            "--device auto: this torch (%s) is a CPU build: %s on the CPU", torch.__version__, work
+        )
+        return
+    reason = cuda_unavailable_reason()
+    if any(sign in reason for sign in NO_GPU_SIGNS):
+        log.info("--device auto: no GPU: %s on the CPU", work)
+    else:
+        log.warning("--device auto: CUDA cannot be used, %s on the CPU: %s", work, reason)
+
+
+def resolve_device(
+    name: str, info: DistInfo | None = None, *, work: str = "training"
+) -> torch.device:
     """The device for ``--device name`` on this rank.
 
-    ``auto``: cuda when usable, else cpu (refused in a SLURM job that was given GPUs);
-    ``cuda``: this rank's GPU (its local rank); ``cuda:N``: GPU N, honoured as given in one
-    process and refused under DDP when it is not this rank's; ``cpu``.
+    ``auto``: cuda when usable, else cpu (refused in a SLURM job that was given GPUs; the
+    log says "no GPU: <work> on the CPU"); ``cuda``: this rank's GPU (its local rank);
+    ``cuda:N``: GPU N, honoured as given in one process and refused under DDP when it is
+    not this rank's; ``cpu``.
     """
     info = info or DistInfo()
     if name == "auto":
@@ -91,7 +126,7 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
             gpus = _slurm_gpus()
             if gpus is not None:
                 raise _no_cuda(f"--device auto in a SLURM job with GPUs ({gpus})")
-            log.info("--device auto: CPU (%s)", cuda_unavailable_reason())
+            _log_cpu_fallback(work)
             return torch.device("cpu")
     device = torch.device(name)
     if device.type != "cuda":
@@ -147,6 +182,31 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
             *BF16_MIN_CAPABILITY,
         )
     return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16, enabled=True)
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` (``--workers``) as given, said once per run where it meets the CPUs this
+    process may use: equal to them below the default (the default was capped: an info
+    line), or above them (honoured, with a warning in our words instead of torch's
+    DataLoader warning, which would repeat every epoch)."""
+    cpus = usable_cpus()
+    if workers > cpus:
+        log.warning(
+            "--workers %d: this process may use %d CPU(s), so the loader workers take turns "
+            "on them (slower, more memory); --workers %d or fewer loads as fast",
+            workers,
+            cpus,
+            cpus,
+        )
+        warnings.filterwarnings("ignore", message=TORCH_WORKER_WARNING, category=UserWarning)
+    elif workers == cpus < DEFAULT_WORKERS:
+        log.info(
+            "--workers %d: the CPUs this process may use (the default is %d where there "
+            "are as many)",
+            workers,
+            DEFAULT_WORKERS,
+        )
+    return workers
 
 
 def make_scaler(enabled: bool) -> torch.cuda.amp.GradScaler:

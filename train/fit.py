@@ -51,7 +51,13 @@ from train.data import (
     clip_loader,
     metric_sets,
 )
-from train.device import Precision, make_scaler, resolve_device, resolve_precision
+from train.device import (
+    Precision,
+    check_workers,
+    make_scaler,
+    resolve_device,
+    resolve_precision,
+)
 from train.distributed import DistInfo
 from train.engine import EpochStats, evaluate, train_one_epoch
 from train.metrics import compute_metrics
@@ -384,21 +390,22 @@ def _build_data(
     annotations = AnnotationDir(cfg.annotations)
     train_table = annotations.table(cfg.train_split)
     val_table = annotations.table(cfg.val_split)
-    store_root = Path(cfg.store)
+    store_root, staged_from = Path(cfg.store), None
     if cfg.stage_dir and dry_run:
         log.info("dry run: --stage-dir %s not used, the store is read in place", cfg.stage_dir)
     elif cfg.stage_dir:
         videos = {*train_table.video_ids, *val_table.video_ids}
         store_root = _stage(cfg.store, cfg.stage_dir, videos, info=info, device=device)
+        staged_from = Path(cfg.store)  # damage found in the copy is the copy's
     # Only the reader sees the staged copy: cfg (config.yaml, checkpoints) keeps --store.
-    store = FrameStore(store_root)
+    store = FrameStore(store_root, staged_from=staged_from)
     clips = dict(
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
         crop_size=cfg.crop_size,
         decoder=cfg.decoder,
         batch_size=cfg.batch_size,
-        workers=cfg.workers,
+        workers=check_workers(cfg.workers),
         info=info,
         pin_memory=device.type == "cuda",
     )
@@ -482,7 +489,7 @@ def _resume(run: _Run, path: Path, *, auto: bool) -> None:
         model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler
     )
     try:
-        state = resume(path, **parts)
+        state = resume(path, **parts, auto=auto)
     except CheckpointDamagedError as exc:
         fallback = newest_intact(run.run_dir, besides=path) if auto else None
         if fallback is None:

@@ -6,7 +6,8 @@ evaluator accepts), raw logits, either the dict format::
     {"verb_output": float32 (N, 97), "noun_output": float32 (N, 300), "narration_id": (N,) str}
 
 or the list format ``[{"verb_output": (97,), "noun_output": (300,), "narration_id": str}, ...]``.
-Both are pickles: load only files you trust (as with the official tools).
+Both are pickles; they are read by :mod:`train.safe_pickle`, which resolves only the data
+types these formats hold, so that a crafted file cannot run code.
 
 Submission: ``test.json`` inside a zip, as the official ``create_submission.py`` writes it.
 """
@@ -27,6 +28,7 @@ import torch
 from epicdata.annotations import SegmentTable
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.errors import EpicInputError
+from train import safe_pickle
 from train.metrics import as_scores, count_underflowing
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,9 @@ CHALLENGE = "action_recognition"
 def save_predictions(
     path: str | Path, verb_logits: np.ndarray, noun_logits: np.ndarray, narration_ids: Sequence[str]
 ) -> Path:
-    """Write the dict format (numpy arrays) with pickle, whatever the suffix (.pkl or .pt:
-    ``torch.load(weights_only=False)`` reads plain pickles too)."""
+    """Write the dict format (numpy arrays) as a plain pickle, whatever the suffix, as C1's
+    test.py does (:func:`load_predictions` tells the formats apart by their first bytes;
+    the official evaluator reads a plain pickle only under the suffix ``.pkl``)."""
     path = Path(path)
     data = {
         "verb_output": np.asarray(verb_logits, dtype=np.float32),
@@ -53,29 +56,40 @@ def save_predictions(
     return path
 
 
+#: The three entries of a predictions file, and what --predictions must hold (for errors).
+PREDICTION_KEYS = ("verb_output", "noun_output", "narration_id")
+PREDICTIONS_FORMAT = (
+    "a dict {'verb_output': (N, 97) scores, 'noun_output': (N, 300) scores, "
+    "'narration_id': N strings}, or a list of N dicts of one segment each with the same "
+    "keys, as C1-Action-Recognition's test.py and fuse.py write them"
+)
+
+
 def load_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a predictions file (dict or list format) -> (verb (N, 97), noun (N, 300), ids)."""
+    """Read a predictions file (dict or list format) -> (verb (N, 97), noun (N, 300), ids).
+
+    The file is unpickled by :mod:`train.safe_pickle`: only data, never a global that
+    would run code (a crafted file is refused, exit 2, naming the global).
+    """
     path = Path(path)
     if not path.is_file():
         raise EpicInputError(f"--predictions {path}: no such file")
     try:
-        if path.suffix == ".pkl":
-            with open(path, "rb") as handle:
-                data: Any = pickle.load(handle)
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=False)
+        data = safe_pickle.load_file(path)
+    except safe_pickle.RefusedGlobal as exc:
+        raise EpicInputError(
+            f"refused to unpickle {exc.module}.{exc.name}: it is not one of the data types of "
+            "a predictions file, and unpickling it could run code",
+            where=f"--predictions {path}",
+            fix="do not use a file from a source you do not trust; predictions hold "
+            f"{PREDICTIONS_FORMAT}",
+        ) from None
     except Exception as exc:  # any unreadable file: name it
         raise EpicInputError(f"--predictions {path}: cannot read it ({exc})") from None
-    if isinstance(data, list):
-        if not data:
-            raise EpicInputError(f"--predictions {path}: the list is empty")
-        data = {k: [entry[k] for entry in data] for k in data[0]}
-    missing = [k for k in ("verb_output", "noun_output", "narration_id") if k not in data]
-    if missing:
-        raise EpicInputError(f"--predictions {path}: missing entries {', '.join(missing)}")
-    verb = _as_array(data["verb_output"])
-    noun = _as_array(data["noun_output"])
-    ids = [str(i) for i in data["narration_id"]]
+    verb_raw, noun_raw, ids_raw = _entries(data, path)
+    verb = _as_array(verb_raw, "verb_output", path)
+    noun = _as_array(noun_raw, "noun_output", path)
+    ids = _narration_ids(ids_raw, path)
     expected = {"verb_output": (verb, NUM_VERB_CLASSES), "noun_output": (noun, NUM_NOUN_CLASSES)}
     for key, (array, classes) in expected.items():
         if array.ndim != 2 or array.shape != (len(ids), classes):
@@ -86,13 +100,61 @@ def load_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str
     return verb, noun, ids
 
 
-def _as_array(value: Any) -> np.ndarray:
+def _format_error(path: Path, what: str) -> EpicInputError:
+    return EpicInputError(
+        what, where=f"--predictions {path}", fix=f"it must hold {PREDICTIONS_FORMAT}"
+    )
+
+
+def _entries(data: Any, path: Path) -> tuple[Any, Any, Any]:
+    """The verb scores, noun scores and narration ids of the dict or the list format (for
+    the list: one list per key, in the list's order)."""
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise _format_error(path, "the list is empty")
+        for i, entry in enumerate(data):
+            if not isinstance(entry, dict):
+                raise _format_error(
+                    path, f"entry {i} of the list is a {type(entry).__name__}, not a dict"
+                )
+            missing = [k for k in PREDICTION_KEYS if k not in entry]
+            if missing:
+                raise _format_error(path, f"entry {i} of the list lacks {', '.join(missing)}")
+        columns = {k: [entry[k] for entry in data] for k in PREDICTION_KEYS}
+        return columns["verb_output"], columns["noun_output"], columns["narration_id"]
+    if not isinstance(data, dict):
+        raise _format_error(path, f"it holds a {type(data).__name__}")
+    missing = [k for k in PREDICTION_KEYS if k not in data]
+    if missing:
+        raise _format_error(path, f"missing entries {', '.join(missing)}")
+    return data["verb_output"], data["noun_output"], data["narration_id"]
+
+
+def _as_array(value: Any, key: str, path: Path) -> np.ndarray:
     """Scores as float32 (the official format), but float64 kept: the official evaluator
     computes in the dtype it reads, and rounding to float32 could tie scores it ranks apart."""
-    if isinstance(value, list):
-        value = [as_scores(v) if isinstance(v, torch.Tensor) else v for v in value]
-    array = as_scores(value) if isinstance(value, torch.Tensor) else np.asarray(value)
+    try:
+        if isinstance(value, list):
+            value = [as_scores(v) if isinstance(v, torch.Tensor) else v for v in value]
+        array = as_scores(value) if isinstance(value, torch.Tensor) else np.asarray(value)
+    except (ValueError, TypeError) as exc:  # rows of different lengths, odd objects
+        raise _format_error(path, f"{key} is not an array of scores ({exc})") from None
+    if array.dtype.kind not in "iuf":
+        raise _format_error(path, f"{key} holds {array.dtype} values, not scores")
     return array if array.dtype == np.float64 else array.astype(np.float32)
+
+
+def _narration_ids(value: Any, path: Path) -> list[str]:
+    """The narration ids as strings (numpy strings, Python strings)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(i, (str, np.str_)) for i in value
+    ):
+        raise _format_error(
+            path, f"narration_id is a {type(value).__name__}, not a list of N strings"
+        )
+    return [str(i) for i in value]
 
 
 def require_finite(

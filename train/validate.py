@@ -26,7 +26,7 @@ from train import distributed
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data import build_eval_data, clip_loader, metric_sets
-from train.device import resolve_device, resolve_precision
+from train.device import check_workers, resolve_device, resolve_precision
 from train.engine import evaluate
 from train.metrics import compute_metrics
 from train.model import ActionModel
@@ -61,7 +61,7 @@ def predict(
     """
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    device = resolve_device(device_name, distributed.discover())
+    device = resolve_device(device_name, distributed.discover(), work="scoring")
     info = distributed.init(device.type, batch_shell="single")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
@@ -93,7 +93,7 @@ def predict(
         crop_size=cfg.crop_size,
         decoder=decoder,
         batch_size=batch_size,
-        workers=workers,
+        workers=check_workers(workers),
         info=info,
         pin_memory=device.type == "cuda",
     )

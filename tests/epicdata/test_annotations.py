@@ -18,11 +18,6 @@ from epicdata.annotations import (
 )
 from epicdata.errors import AnnotationError
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "epic100"
-needs_real = pytest.mark.skipif(
-    not REAL.is_dir(), reason="../shared/epic100 not present (real EPIC-100 annotation files)"
-)
-
 # The official headers, as in the released files.
 LABELLED_HEADER = (
     "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
@@ -81,11 +76,11 @@ def _error(path: Path, **kwargs: int) -> str:
 # ----------------------------------------------------------------------------- real files
 
 
+# Each test here asks for ``real`` or ``real_annotation_file`` (tests/conftest.py): it runs
+# on $EPIC_REAL_ANNOTATIONS or ../shared/epic100, and is skipped naming the variable without.
 @pytest.fixture(scope="module")
-def real() -> AnnotationDir:
-    if not REAL.is_dir():
-        pytest.skip("../shared/epic100 not present (real EPIC-100 annotation files)")
-    return AnnotationDir(REAL)
+def real(real_annotations: Path) -> AnnotationDir:
+    return AnnotationDir(real_annotations)
 
 
 @pytest.fixture(scope="module")
@@ -98,19 +93,17 @@ def real_test(real: AnnotationDir) -> list:
     return real.segments("test")
 
 
-def _csv_rows(name: str) -> list[dict[str, str]]:
-    with open(REAL / name, newline="", encoding="utf-8") as handle:
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
-@needs_real
 def test_real_validation_has_9668_segments_in_138_videos(real_validation: list) -> None:
     assert len(real_validation) == 9668
     assert len({s.video_id for s in real_validation}) == 138
     assert all(s.verb_class is not None and s.noun_class is not None for s in real_validation)
 
 
-@needs_real
 def test_real_test_has_13092_unlabelled_segments_in_67_videos(real_test: list) -> None:
     assert len(real_test) == 13092
     assert len({s.video_id for s in real_test}) == 67
@@ -119,18 +112,19 @@ def test_real_test_has_13092_unlabelled_segments_in_67_videos(real_test: list) -
     assert (short.start_frame, short.stop_frame) == (66637, 66642)
 
 
-@needs_real
-def test_real_class_files_crlf_without_final_newline(real: AnnotationDir) -> None:
+def test_real_class_files_crlf_without_final_newline(
+    real: AnnotationDir, real_annotation_file
+) -> None:
     for name, count, method in (
         ("EPIC_100_verb_classes.csv", 97, real.verb_classes),
         ("EPIC_100_noun_classes.csv", 300, real.noun_classes),
     ):
-        raw = (REAL / name).read_bytes()
+        raw = real_annotation_file(name).read_bytes()
         assert b"\r\n" in raw and not raw.endswith(b"\n")  # the format this test is about
         classes = method()
         assert [c.id for c in classes] == list(range(count))
         assert not any("\r" in c.category or "\r" in c.key for c in classes)
-        for got, row in zip(classes, _csv_rows(name), strict=True):
+        for got, row in zip(classes, _csv_rows(real_annotation_file(name)), strict=True):
             assert got.key == row["key"]
             assert got.category == row["category"]
             assert got.instances == tuple(ast.literal_eval(row["instances"]))
@@ -138,7 +132,6 @@ def test_real_class_files_crlf_without_final_newline(real: AnnotationDir) -> Non
     assert real.noun_classes()[0].key == "tap"
 
 
-@needs_real
 def test_real_video_info_tails_and_unseen(real: AnnotationDir) -> None:
     videos = real.video_info()
     assert len(videos) == 700
@@ -154,7 +147,6 @@ def test_real_video_info_tails_and_unseen(real: AnnotationDir) -> None:
     assert real.unseen_participants("test") == {"P33", "P34", "P36"}
 
 
-@needs_real
 def test_every_split_video_is_in_video_info(
     real: AnnotationDir, real_validation: list, real_test: list
 ) -> None:
@@ -162,11 +154,12 @@ def test_every_split_video_is_in_video_info(
     assert {s.video_id for s in real_validation + real_test} <= known
 
 
-@needs_real
 @pytest.mark.parametrize("split", ["validation", "test"])
-def test_real_segments_match_the_csv_columns(real: AnnotationDir, split: str) -> None:
+def test_real_segments_match_the_csv_columns(
+    real: AnnotationDir, real_annotation_file, split: str
+) -> None:
     name = {"validation": VALIDATION, "test": "EPIC_100_test_timestamps.csv"}[split]
-    rows = _csv_rows(name)
+    rows = _csv_rows(real_annotation_file(name))
     segments = real.segments(split)
     table = real.table(split)
     assert len(table) == len(rows) == len(segments)
@@ -190,7 +183,6 @@ def test_real_segments_match_the_csv_columns(real: AnnotationDir, split: str) ->
         assert (table.verb_classes == -1).all() and (table.noun_classes == -1).all()
 
 
-@needs_real
 def test_real_multi_noun_lists_are_parsed(real_validation: list) -> None:
     multi = [s for s in real_validation if len(s.all_nouns) > 1]
     assert len(multi) == 1602
@@ -198,7 +190,6 @@ def test_real_multi_noun_lists_are_parsed(real_validation: list) -> None:
     assert all(s.noun_class in s.all_noun_classes for s in real_validation)
 
 
-@needs_real
 def test_real_folder_names_the_missing_train_file(real: AnnotationDir) -> None:
     if real.has("EPIC_100_train.csv"):
         pytest.skip("this copy of the annotations has the train file")
@@ -476,3 +467,41 @@ def test_non_integer_tail_class_names_file_line_and_field(tmp_path: Path) -> Non
     message = str(info.value)
     assert "EPIC_100_tail_verbs.csv line 3, verb" in message
     assert "'twelve' is not an integer" in message
+
+
+# ----------------------------------------------------------------------------- encodings
+
+
+def _latin1_split(folder: Path, *, bom: bytes = b"") -> tuple[Path, int, int]:
+    """A validation split whose second row says "crème" in Latin-1 (as a spreadsheet saves
+    it) -> (path, the file offset of the byte of "è", its 1-based byte in the line)."""
+    head = (LABELLED_HEADER + "\n" + ROW_A + "\n").encode()
+    row = _row(narration="put down crème", noun="crème").encode("latin-1")
+    path = folder / VALIDATION
+    path.write_bytes(bom + head + row + b"\n")
+    column = row.index(b"\xe8")
+    return path, len(bom) + len(head) + column, column + 1
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "bom"])
+def test_latin1_byte_names_the_file_line_and_offset_regression(tmp_path: Path, bom) -> None:
+    # Regression: a UnicodeDecodeError traceback from epic-train and `epic-extract plan`.
+    path, offset, column = _latin1_split(tmp_path, bom=bom)
+    message = _error(path)
+    first = message.splitlines()[0]
+    assert first.startswith("byte 0xE8 is not UTF-8")
+    assert f"{path} line 3, byte {column} of the line, offset {offset} in the file" in first
+    assert "save the file as UTF-8" in first
+    assert path.read_bytes()[offset] == 0xE8  # the offset points at the byte
+
+
+def test_latin1_byte_in_the_header_or_a_class_file_is_named_too_regression(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / VALIDATION
+    path.write_bytes(LABELLED_HEADER.replace("narration,", "narratión,").encode("latin-1"))
+    assert "line 1, byte" in _error(path)
+    classes = _write_classes(tmp_path, "EPIC_100_noun_classes.csv", ["plate", "pan"])
+    classes.write_bytes(classes.read_bytes().replace(b"pan", b"po\xeale"))
+    with pytest.raises(AnnotationError, match=r"byte 0xEA is not UTF-8 .*line 3, byte 5 "):
+        AnnotationDir(tmp_path).noun_classes()

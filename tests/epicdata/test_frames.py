@@ -21,15 +21,11 @@ from epicdata.frames import (
     stop_frame_at,
 )
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "epic100"
-needs_real = pytest.mark.skipif(
-    not REAL.is_dir(), reason="../shared/epic100 not present (real EPIC-100 annotation files)"
-)
 REAL_SPLITS = ("EPIC_100_validation.csv", "EPIC_100_test_timestamps.csv")
 
 
-def _real_rows(filename: str) -> list[dict[str, str]]:
-    with open(REAL / filename, newline="", encoding="utf-8") as handle:
+def _real_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -130,12 +126,11 @@ def test_format_timestamp(seconds: float, decimals: int, text: str) -> None:
     assert format_timestamp(seconds, decimals) == text
 
 
-@needs_real
-def test_every_real_timestamp_round_trips_through_seconds() -> None:
+def test_every_real_timestamp_round_trips_through_seconds(real_annotation_file) -> None:
     count = 0
     empty = 0
     for filename in REAL_SPLITS:
-        for row in _real_rows(filename):
+        for row in _real_rows(real_annotation_file(filename)):
             for column in ("narration_timestamp", "start_timestamp", "stop_timestamp"):
                 text = row[column]
                 if not text:
@@ -191,24 +186,25 @@ def test_official_frames_use_float_seconds_regression() -> None:
     assert start_frame_at(parse_timestamp("00:04:29.15"), rate) == 16148
 
 
-@needs_real
-def test_official_frames_use_float_seconds_regression_real_row() -> None:
-    (row,) = [r for r in _real_rows(REAL_SPLITS[0]) if r["narration_id"] == "P01_11_89"]
+def test_official_frames_use_float_seconds_regression_real_row(real_annotation_file) -> None:
+    rows = _real_rows(real_annotation_file(REAL_SPLITS[0]))
+    (row,) = [r for r in rows if r["narration_id"] == "P01_11_89"]
     assert row["start_timestamp"] == "00:04:29.15"
     assert int(row["start_frame"]) == 16148
     assert start_frame_at(parse_timestamp(row["start_timestamp"]), 60) == 16148
 
 
-@needs_real
 @pytest.mark.parametrize(
     ("filename", "rows", "rate"),
     [("EPIC_100_validation.csv", 9668, 60), ("EPIC_100_test_timestamps.csv", 13092, 50)],
 )
-def test_frame_rule_holds_for_every_real_row(filename: str, rows: int, rate: int) -> None:
+def test_frame_rule_holds_for_every_real_row(
+    real_annotation_file, filename: str, rows: int, rate: int
+) -> None:
     """The executable proof of rule 1: start_frame == max(1, floor(start_seconds * R)) and
     stop_frame == floor(stop_seconds * R) for 100% of rows. Validation is all EPIC-55 (R=60)
     and test all extension videos (R=50), so both rates are exercised."""
-    data = _real_rows(filename)
+    data = _real_rows(real_annotation_file(filename))
     assert len(data) == rows
     wrong = []
     for row in data:
@@ -221,12 +217,11 @@ def test_frame_rule_holds_for_every_real_row(filename: str, rows: int, rate: int
     assert wrong == []
 
 
-@needs_real
-def test_exact_arithmetic_would_get_real_rows_wrong() -> None:
+def test_exact_arithmetic_would_get_real_rows_wrong(real_annotation_file) -> None:
     """Why frames.py uses floats: rational arithmetic misnumbers 776 of the real rows."""
     misses = 0
     for filename in REAL_SPLITS:
-        for row in _real_rows(filename):
+        for row in _real_rows(real_annotation_file(filename)):
             rate = frame_rate_for(row["video_id"])
             for column, frame_column, low in (
                 ("start_timestamp", "start_frame", 1),

@@ -5,7 +5,9 @@ published."""
 
 from __future__ import annotations
 
+import errno
 import filecmp
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,8 +16,16 @@ from types import SimpleNamespace
 import pytest
 
 import epicdata.stage as stage
-from epicdata.errors import ExitCode, OutOfSpaceError, StoreError, StoreIncompleteError
-from epicdata.layout import MANIFEST_NAME, shard_path
+from epicdata.checksums import frame_checksum, unpack_checksums
+from epicdata.errors import (
+    EnvironmentProblem,
+    ExitCode,
+    OutOfSpaceError,
+    StoreError,
+    StoreIncompleteError,
+)
+from epicdata.layout import MANIFEST_NAME, checksum_key, frame_key, shard_path
+from epicdata.lmdb_pages import ShardPages
 from epicdata.manifest import Manifest
 from epicdata.stage import TEMP_MARK, stage_store, staged_root
 from epicdata.store import FrameStore
@@ -179,3 +189,171 @@ def test_a_video_outside_the_plan_is_refused(store, tmp_path):
     with pytest.raises(StoreError, match="not in the store's plan .P09_09.") as caught:
         stage_store(store, tmp_path, [_video_of(store, 0), "P09_09"])
     assert caught.value.exit_code == ExitCode.BAD_INPUT
+
+
+def _change_frame_in_place(shard: Path, video: str, frame: int, *, crc: bool = True) -> bytes:
+    """Change stored frame ``frame`` of ``video`` inside ``shard`` without moving a byte, as a
+    tool editing the file in place would: one letter of the JPEG's comment ("Lavc" ->
+    "lavc": it decodes to the same picture), and (``crc``) its CRC-32 in the video's table,
+    so that the shard stays consistent. Returns the new JPEG bytes."""
+    pages = ShardPages.open(shard)
+    assert pages is not None
+    at, size = pages.locate(frame_key(video, frame))
+    table_at, table_size = pages.locate(checksum_key(video))
+    old, table = pages.read(at, size), pages.read(table_at, table_size)
+    pages.close()
+    mark = old.index(b"Lavc")
+    new = old[:mark] + b"lavc" + old[mark + 4 :]
+    position = unpack_checksums(table).tolist().index(frame_checksum(old))
+    fd = os.open(shard, os.O_WRONLY)
+    try:
+        os.pwrite(fd, new, at)
+        if crc:
+            os.pwrite(fd, frame_checksum(new).to_bytes(4, "little"), table_at + 4 * position)
+    finally:
+        os.close(fd)
+    return new
+
+
+def _own_store(store: Path, tmp_path: Path) -> Path:
+    """A copy of the module's store that a test may change (copy2 keeps the mtimes)."""
+    shutil.copytree(store, tmp_path / "store")
+    return tmp_path / "store"
+
+
+def test_frames_changed_in_place_behind_a_restored_mtime_are_copied_again(store, tmp_path, caplog):
+    # Regression: a staged copy with the source's size and mtime was reused, so a shard
+    # changed in place and given its old mtime back (`touch -r`) was read stale, exit 0.
+    source = _own_store(store, tmp_path)
+    video, shard = _video_of(source, 1), shard_path(source, 1)
+    staged = stage_store(source, tmp_path / "node", [video])
+    before = shard.stat()
+    new = _change_frame_in_place(shard, video, 5)
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # touch -r
+    after = shard.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    caplog.set_level("INFO", logger="epicdata.stage")
+    stage_store(source, tmp_path / "node", [video])
+    assert (
+        "copied 1 shards" in caplog.text and "source shard was replaced or written" in caplog.text
+    )
+    assert filecmp.cmp(shard, shard_path(staged, 1), shallow=False)
+    assert FrameStore(staged, staged_from=source).read_frames(video, [5]) == [new]
+
+
+def test_a_re_extracted_shard_with_the_old_size_and_mtime_is_copied_again(store, tmp_path):
+    # Regression: re-extraction publishes a new file by rename; with the old size and mtime
+    # (restored, or by chance) the stale copy was reused.
+    source = _own_store(store, tmp_path)
+    video, shard = _video_of(source, 0), shard_path(source, 0)
+    staged = stage_store(source, tmp_path / "node", [video])
+    before = shard.stat()
+    fresh = shard.with_name(".fresh.lmdb")
+    shutil.copyfile(shard, fresh)
+    new = _change_frame_in_place(fresh, video, 3)
+    os.utime(fresh, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(fresh, shard)  # published as the extractor publishes
+    assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    stage_store(source, tmp_path / "node", [video])
+    assert filecmp.cmp(shard, shard_path(staged, 0), shallow=False)
+    assert FrameStore(staged).read_frames(video, [3]) == [new]
+
+
+@pytest.mark.parametrize("record", ["missing", "other metadata", "unreadable"])
+def test_a_staged_shard_without_a_matching_record_is_copied_again(store, tmp_path, caplog, record):
+    # What the record says is what decides: no record (an older release's copy, or one the
+    # reader found damaged), or one whose digest of the source's checksums differs.
+    video = _video_of(store, 2)
+    staged = shard_path(stage_store(store, tmp_path, [video]), 2)
+    sidecar = staged.parent.parent / stage.SOURCES_DIR / f"{staged.name}.json"
+    entry = json.loads(sidecar.read_text())
+    if record == "missing":
+        sidecar.unlink()
+    elif record == "other metadata":
+        entry["metadata_sha256"] = "0" * 64
+        sidecar.write_text(json.dumps(entry))
+    else:
+        sidecar.write_text("{not json")
+    inode = staged.stat().st_ino
+    caplog.set_level("INFO", logger="epicdata.stage")
+    stage_store(store, tmp_path, [video])
+    assert staged.stat().st_ino != inode and "copied 1 shards" in caplog.text
+    assert ("metadata" if record == "other metadata" else "no record") in caplog.text
+    assert json.loads(sidecar.read_text())["copy"] == stage._file_id(staged.stat())
+    caplog.clear()
+    stage_store(store, tmp_path, [video])  # and the new record is honoured
+    assert "copied 0 shards" in caplog.text and "reused 1" in caplog.text
+
+
+def test_a_damaged_staged_copy_blames_the_copy_and_is_copied_again_at_the_next_start(
+    store, tmp_path, caplog
+):
+    # Regression: damage in a staged copy said to re-extract the store's shard with --force
+    # (the store was fine) and every later run reused the same damaged copy.
+    video = _video_of(store, 1)
+    staged = stage_store(store, tmp_path / "node", [video])
+    copy = shard_path(staged, 1)
+    _change_frame_in_place(copy, video, 7, crc=False)  # the JPEG no longer matches its CRC
+    # Damage that leaves no trace the identity check can see (a failing disk): the record
+    # is made to match the damaged copy, so only the reader can find it.
+    sidecar = staged / stage.SOURCES_DIR / f"{copy.name}.json"
+    entry = json.loads(sidecar.read_text())
+    entry["copy"] = stage._file_id(copy.stat())
+    sidecar.write_text(json.dumps(entry))
+    with pytest.raises(StoreIncompleteError) as caught:
+        FrameStore(staged, staged_from=store).read_frames(video, [6, 7])
+    assert caught.value.exit_code == ExitCode.STORE_INCOMPLETE
+    message = str(caught.value)
+    assert message.startswith(f"the staged copy of a shard is damaged: {video} frame 7: checksum")
+    assert f"{copy}, copied from {shard_path(store, 1)}" in message
+    assert f"the store {store} is not affected" in message and "copies this shard again" in message
+    assert "--force" not in message and "re-extract" not in message
+    assert not sidecar.exists()  # the mark the next start goes by
+    caplog.set_level("INFO", logger="epicdata.stage")
+    stage_store(store, tmp_path / "node", [video])
+    assert "no record" in caplog.text and "copied 1 shards" in caplog.text
+    assert filecmp.cmp(shard_path(store, 1), copy, shallow=False)
+
+
+def test_a_stage_dir_below_a_regular_file_is_a_usage_error_naming_it(store, tmp_path):
+    # Regression: NotADirectoryError traceback.
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(EnvironmentProblem) as caught:
+        stage_store(store, tmp_path / "file" / "sub", [_video_of(store, 0)])
+    assert caught.value.exit_code == ExitCode.BAD_INPUT
+    message = str(caught.value)
+    assert (
+        message.startswith("cannot write --stage-dir") and str(tmp_path / "file" / "sub") in message
+    )
+    assert "is a file, not a folder" in message
+
+
+def test_no_room_for_the_manifest_is_out_of_space_naming_the_stage_dir(
+    store, tmp_path, monkeypatch
+):
+    # Regression: room for the shards but not the manifest gave a generic "no space left on
+    # the disk" naming neither --stage-dir nor its folder. The disk fills up as the
+    # manifest's copy is synced (as NFS and delayed allocation report it).
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").find(f".{MANIFEST_NAME}{TEMP_MARK}") >= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    node = tmp_path / "node"
+    with pytest.raises(OutOfSpaceError) as caught:
+        stage_store(store, node, [_video_of(store, 0)])
+    assert caught.value.exit_code == ExitCode.NO_SPACE
+    message = str(caught.value)
+    need = (store / MANIFEST_NAME).stat().st_size
+    assert message.startswith(f"no space left staging {MANIFEST_NAME} (--stage-dir {node}: needs")
+    assert f"{need:,} bytes" in message and " free)" in message and "drop --stage-dir" in message
+    staged = staged_root(store, node)
+    assert not (staged / MANIFEST_NAME).exists()
+    assert not [p for p in staged.rglob("*") if TEMP_MARK in p.name]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import faulthandler
 import multiprocessing
 import os
+import tempfile
 from pathlib import Path
 
 import lmdb
@@ -239,3 +240,111 @@ def test_a_worker_killed_by_sigkill_is_reported_as_memory(store_root: Path) -> N
         list(loader)
     message = str(caught.value)
     assert "--workers" in message and "--mem" in message and "P02_101 frames [5]" in message
+
+
+def _temp_dir_is(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$TMPDIR for this process and the workers it starts (forked or spawned)."""
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert tempfile.gettempdir() == str(tmp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_loader_workers_leave_no_epic_reads_folder_in_the_temp_dir(
+    store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
+) -> None:
+    # Regression: every training or validation run left $TMPDIR/epic-reads-<pid>/ (the
+    # workers' breadcrumbs) behind; 23 of them in /tmp at one point.
+    _temp_dir_is(tmp_path, monkeypatch)
+    store = FrameStore(store_root)
+    requests = [("P01_01", [1, 2]), ("P02_101", [5, 6])] * 2
+    loader = DataLoader(
+        _Frames(store, requests),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=multiprocessing.get_context(start_method),
+    )
+    assert len(list(loader)) == len(requests)
+    assert list(tmp_path.glob("epic-reads-*")) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_killed_worker_is_named_without_leaving_files_behind(
+    store_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
+) -> None:
+    # The breadcrumbs live in a file without a name: a spawned worker reopens the main
+    # process's through /proc, and nothing is left in $TMPDIR whatever ends the run.
+    from epicdata.dataset import worker_deaths_named
+    from epicdata.errors import EpicInputError
+
+    _temp_dir_is(tmp_path, monkeypatch)
+    store = FrameStore(store_root)
+    requests = [("P01_01", [1, 2]), ("P02_101", [5, 6, 7]), ("P01_01", [3])]
+    loader = DataLoader(
+        _AbortOn(store, requests, abort_at=1),
+        batch_size=None,
+        num_workers=1,
+        multiprocessing_context=multiprocessing.get_context(start_method),
+    )
+    with pytest.raises(EpicInputError) as caught, worker_deaths_named(store):
+        list(loader)
+    assert f"{shard_path(store_root, 1)} P02_101 frames [5, 6, 7]" in str(caught.value)
+    assert list(tmp_path.glob("epic-reads-*")) == []
+
+
+def _read_then_wait(store: FrameStore, video_id: str, frames: list[int], read, done) -> None:
+    store.read_frames(video_id, frames)
+    read.put(os.getpid())
+    done.wait(60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_live_workers_keep_separate_breadcrumbs(store_root: Path, start_method: str) -> None:
+    # One slot per live worker, claimed with a lock: two readers never overwrite each other.
+    context = multiprocessing.get_context(start_method)
+    store = FrameStore(store_root)
+    read, done = context.Queue(), context.Event()
+    asks = {"P01_01": [4, 5], "P02_101": [9]}
+    workers = [
+        context.Process(target=_read_then_wait, args=(store, video, frames, read, done))
+        for video, frames in asks.items()
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        pids = [read.get(timeout=60) for _ in workers]
+        reads = store.worker_reads([worker.pid for worker in workers])
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join(60)
+    assert sorted(pids) == sorted(worker.pid for worker in workers)
+    for worker, (video, frames) in zip(workers, asks.items(), strict=True):
+        shard = shard_path(store_root, SHARD_OF[video])
+        assert reads[worker.pid] == f"{shard} {video} frames {frames}"
+
+
+def test_a_truncated_staged_copy_blames_the_copy_not_the_store(
+    store_root: Path, tmp_path: Path
+) -> None:
+    # Regression: damage in a staged copy (epic-train --stage-dir) said to re-extract the
+    # store's shard, which was fine.
+    import shutil
+
+    from epicdata.errors import ExitCode, StoreIncompleteError
+
+    copy = tmp_path / "node" / "store"
+    shutil.copytree(store_root, copy)
+    path = shard_path(copy, 1)
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size - 4096)
+    with pytest.raises(StoreIncompleteError) as caught:
+        FrameStore(copy, staged_from=store_root).read_frames("P02_101", [1])
+    assert caught.value.exit_code == ExitCode.STORE_INCOMPLETE
+    message = str(caught.value)
+    assert message.startswith("the staged copy of a shard is damaged: shard-00001.lmdb is trunc")
+    assert f"({path}, copied from {shard_path(store_root, 1)})" in message
+    assert f"the store {store_root} is not affected" in message and "re-extract" not in message

@@ -12,12 +12,13 @@ import lmdb
 import pytest
 from click.testing import CliRunner
 
-from epicdata.errors import ExitCode
+from epicdata.errors import ExitCode, StoreError
 from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
 from epicdata.lmdb_env import open_shard_readonly
 from epicdata.manifest import ShardPlan
+from epicdata.ranges import array_spec
 from preprocess import check as check_module
-from preprocess.check import check_store
+from preprocess.check import CheckReport, ShardCheck, check_store, format_report
 from preprocess.cli import check
 from preprocess.extract import run_shard
 from preprocess.plan import plan_store
@@ -306,3 +307,81 @@ def test_a_shard_made_from_another_file_than_the_plans_is_reported(
     code, output = _check("--store", str(store["store"]))
     assert code == ExitCode.STORE_INCOMPLETE
     assert f"{video['video_id']}: extracted from another file than the plan's" in output
+
+
+# ----------------------------------------------------------------------------- resubmit lines
+
+
+def _expand(spec: str) -> list[int]:
+    """An --array spec back to its indices (the oracle of the tests below)."""
+    out: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [[0], [3, 7], list(range(40)), [0, 1, 2, 3, 7], [9, 1, 2, 2, 5, 6], [*range(5), *range(6, 9)]],
+)
+def test_array_spec_is_compact_and_names_exactly_the_indices(indices: list[int]) -> None:
+    spec = array_spec(indices)
+    assert _expand(spec) == sorted(set(indices))
+    parts = [_expand(part) for part in spec.split(",")]
+    # Compact: no two parts could be one range.
+    assert all(a[-1] + 1 < b[0] for a, b in zip(parts, parts[1:], strict=False)), spec
+
+
+def test_resubmit_line_of_40_missing_shards_is_a_range_not_a_list() -> None:
+    # Regression: `--array 0,1,2,...,39` where `0-39` belongs, in the table and the line.
+    shards = [ShardCheck(index=i, path=f"s{i}", published=False, problems=["x"]) for i in range(40)]
+    shards.append(ShardCheck(index=40, path="s40", published=True))
+    report = CheckReport(store="/store", shards=shards)
+    assert report.resubmit_command.endswith("--store /store --array 0-39")
+    assert "resubmit shards 0-39:\n" in format_report(report)
+    assert "0,1" not in format_report(report)
+
+
+def test_two_missing_shards_are_resubmitted_as_a_range(
+    small_store_ro: dict[str, Path], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    plan_store(
+        store_root=store,
+        annotations_dir=small_store_ro["annotations"],
+        videos_root=small_store_ro["videos"],
+        splits=("test",),
+        shards=2,
+    )
+    code, output = _check("--store", str(store))
+    assert code == ExitCode.STORE_INCOMPLETE
+    assert "resubmit shards 0-1:\n" in output and output.rstrip().endswith("--array 0-1")
+
+
+def test_sizing_only_plan_is_refused_not_reported_as_shards_to_resubmit(
+    small_store_ro: dict[str, Path], tmp_path: Path
+) -> None:
+    # Regression: every shard of a `plan --video-info` store was "not published", with a
+    # resubmit line that could never succeed (run refuses sizing plans).
+    info = tmp_path / "video_info.csv"
+    info.write_text(
+        "video_id,duration,fps,resolution\nP01_01,2.0,59.94,192x108\nP01_101,2.0,50,192x108\n"
+    )
+    store = tmp_path / "store"
+    plan_store(
+        store_root=store,
+        annotations_dir=small_store_ro["annotations"],
+        video_info=info,
+        splits=("test",),
+        shards=2,
+    )
+    result = CliRunner().invoke(check, ["--store", str(store)])
+    assert result.exit_code == ExitCode.BAD_INPUT, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: sizing-only plan") and str(store / "manifest.json") in line
+    assert "epic-extract plan --videos DIR" in line
+    assert "not published" not in result.output and "epic-slurm submit" not in result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(StoreError, match="sizing-only plan"):  # the pipeline's check too
+        check_store(store)

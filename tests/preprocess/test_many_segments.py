@@ -55,8 +55,8 @@ def test_the_cap_leaves_ffmpeg_parser_a_wide_margin() -> None:
     assert terms <= PARSER_LIMIT
 
 
-def _real_segments(folder: Path, file: str, video_id: str) -> list[SimpleNamespace]:
-    with open(folder / file, newline="") as handle:
+def _real_segments(path: Path, video_id: str) -> list[SimpleNamespace]:
+    with open(path, newline="") as handle:
         return [
             SimpleNamespace(start_frame=int(row["start_frame"]), stop_frame=int(row["stop_frame"]))
             for row in csv.DictReader(handle)
@@ -73,9 +73,10 @@ def _real_segments(folder: Path, file: str, video_id: str) -> list[SimpleNamespa
 )
 @pytest.mark.parametrize("keep", ["sampled", "segments"])
 def test_select_graph_of_the_real_videos_with_most_segments_parses(
-    real_annotations: Path, video_id: str, file: str, count: int, keep: str
+    real_annotations: Path, real_annotation_file, video_id: str, file: str, count: int, keep: str
 ) -> None:
-    segments = _real_segments(real_annotations, file, video_id)
+    # The UDA file: flat in ../shared/epic100, in UDA_annotations/ of the official repository.
+    segments = _real_segments(real_annotation_file(file), video_id)
     assert len(segments) == count
     with open(real_annotations / "EPIC_100_video_info.csv", newline="") as handle:
         duration = {r["video_id"]: float(r["duration"]) for r in csv.DictReader(handle)}[video_id]

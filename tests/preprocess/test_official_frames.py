@@ -5,7 +5,9 @@ The official-style tars are made from the mini-EPIC's validation and test videos
 official-style command (``ffmpeg -i X -vf fps=R,scale=-2:256 -q:v 4 frame_%010d.jpg``, then
 ``tar`` of the folder: members ``./frame_0000000001.jpg`` ...). The erratum rule is tested
 with a monkeypatched erratum set naming a mini-EPIC video (the real P01_109 and P27_103 are
-not in the mini-EPIC), since the rule, not the ids, is what the code decides.
+not in the mini-EPIC), since the rule, not the ids, is what the code decides. The mini-EPIC's
+ids are real ones, so its tars lie where official tars do: every test but the md5 one runs
+with an empty official md5 table (tests/preprocess/test_frame_tars.py tests the check).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from epicdata.layout import shard_path
 from epicdata.manifest import SOURCE_FRAMES, SOURCE_VIDEO, Manifest
 from epicdata.store import FrameStore
 from epicdata.synthetic import MiniEpic
+from preprocess import official_frames as frames_module
 from preprocess import plan as plan_module
 from preprocess.check import check_store, format_report
 from preprocess.cli import check, extract
@@ -34,6 +37,13 @@ from preprocess.compare import PSNR_THRESHOLD_DB, compare_frames
 pytestmark = pytest.mark.slow  # every test needs the mini-EPIC's frames and tars
 
 SPLITS = "validation,test"
+OFFICIAL_MD5_TABLE = frames_module.md5_table
+
+
+@pytest.fixture(autouse=True)
+def _not_official_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mini-EPIC's tars are not the official downloads: no official md5 to match."""
+    monkeypatch.setattr(frames_module, "md5_table", dict)
 
 
 def _official_folder(video: Path, video_id: str, out: Path) -> Path:
@@ -176,11 +186,20 @@ def _too_few(tar: Path) -> None:
     ids=["missing", "truncated", "not-a-jpeg", "too-few-frames"],
 )
 def test_a_bad_tar_fails_only_its_shard_naming_it(
-    mini_epic: MiniEpic, official_frames: Path, tmp_path: Path, damage, message: str
+    mini_epic: MiniEpic,
+    official_frames: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    damage,
+    message: str,
 ) -> None:
-    # A damaged download is planned (plan reads one header per tar; run reads it all); a
-    # missing tar is deleted after planning (a damaged one would then be "changed since
-    # plan", by its fingerprint).
+    # A damaged download is planned (plan reads the first and last block of a tar; run
+    # reads it all); a missing tar is deleted after planning (a damaged one would then be
+    # "changed since plan", by its fingerprint). A cut tar is refused by plan now
+    # (test_plan_refuses_a_cut_tar_naming_it): run must refuse it all the same, as it
+    # does a tar a plan of an earlier release let through.
+    if damage is _cut:
+        monkeypatch.setattr(plan_module, "frames_problem", lambda path: None)
     tars = make_tars(official_frames, tmp_path / "tars")
     store = tmp_path / "store"
     bad = mini_epic.splits["test"][0]
@@ -197,7 +216,7 @@ def test_a_bad_tar_fails_only_its_shard_naming_it(
     code, output = _invoke("run", "--store", store, "--all", "--tmp-dir", tmp_path / "scratch")
     assert code == ExitCode.BAD_SOURCE, output
     (line,) = [x for x in output.splitlines() if x.startswith("error:")]
-    assert "not published: 1 bad input video(s)" in line and bad in line, line
+    assert "1 of 3 shards not published" in line and f"({bad})" in line, line
     assert message in output, output
     manifest = Manifest.load(store)
     (bad_shard,) = [s.index for s in manifest.shards if bad in {v.video_id for v in s.videos}]
@@ -205,6 +224,87 @@ def test_a_bad_tar_fails_only_its_shard_naming_it(
     published = [s.index for s in manifest.shards if shard_path(store, s.index).exists()]
     assert published == sorted(set(range(3)) - {bad_shard})
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def _cut_at_member(tar: Path, missing: int = 3) -> None:
+    """``tar`` kept only up to the header of its last ``missing`` members: whole members and
+    no end-of-archive block, a download cut at a member boundary."""
+    with tarfile.open(tar) as archive:
+        offsets = [m.offset for m in archive.getmembers()]
+    with tar.open("r+b") as handle:
+        handle.truncate(offsets[-missing])
+
+
+def _plan(store: Path, annotations: Path, tars: Path) -> tuple[int, str]:
+    return _invoke(
+        "plan", "--annotations", annotations, "--store", store, "--splits", SPLITS,
+        "--keep", "all", "--shards", "3", "--frames", tars,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cut", [_cut, _cut_at_member], ids=["in-a-member", "at-a-boundary"])
+def test_plan_refuses_a_cut_tar_naming_it(
+    mini_epic: MiniEpic, official_frames: Path, tmp_path: Path, cut
+) -> None:
+    tars = make_tars(official_frames, tmp_path / "tars")
+    bad = mini_epic.splits["test"][0]
+    bad_tar = tars / bad[:3] / "rgb_frames" / f"{bad}.tar"
+    cut(bad_tar)
+    store = tmp_path / "store"
+    code, output = _plan(store, mini_epic.annotations_dir, tars)
+    assert code == ExitCode.BAD_SOURCE, output
+    assert "1 of 3 videos cannot be planned" in output, output
+    assert f"{bad}: {bad_tar}: truncated (" in output, output
+    assert not (store / "manifest.json").exists()
+
+
+def test_tar_cut_at_a_member_boundary_fails_run_and_check_regression(
+    mini_epic: MiniEpic, official_frames: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Members in frame order, the last three cut: three frames short of its video, within
+    # the count tolerance and no gap, so before the fix plan, run and epic-check all
+    # passed. Planned as a plan of an earlier release would.
+    monkeypatch.setattr(plan_module, "frames_problem", lambda path: None)
+    tars = make_tars(official_frames, tmp_path / "tars", dot_slash=False)
+    bad = mini_epic.splits["test"][0]
+    _cut_at_member(tars / bad[:3] / "rgb_frames" / f"{bad}.tar")
+    store = tmp_path / "store"
+    assert _plan(store, mini_epic.annotations_dir, tars)[0] == 0
+    code, output = _invoke("run", "--store", store, "--all", "--tmp-dir", tmp_path / "scratch")
+    assert code == ExitCode.BAD_SOURCE, output
+    assert f"{bad}.tar: unreadable or truncated tar" in output, output
+    assert "no end-of-archive zero block after the last member" in output, output
+    manifest = Manifest.load(store)
+    (bad_shard,) = [s.index for s in manifest.shards if bad in {v.video_id for v in s.videos}]
+    assert not shard_path(store, bad_shard).exists()
+    code, output = _check("--store", store)
+    assert code == ExitCode.STORE_INCOMPLETE, output
+
+
+def test_tar_at_an_official_path_with_another_md5_fails_its_shard(
+    mini_epic: MiniEpic, official_frames: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mini-EPIC's ids are real ones: with the shipped table its tars claim to be the
+    # official downloads of those videos, and their md5s say they are not.
+    monkeypatch.setattr(frames_module, "md5_table", OFFICIAL_MD5_TABLE)
+    tars = make_tars(official_frames, tmp_path / "tars")
+    claimed = {
+        vid
+        for vid in (*mini_epic.splits["validation"], *mini_epic.splits["test"])
+        if frames_module.official_md5s(tars / vid[:3] / "rgb_frames" / f"{vid}.tar")
+    }
+    assert claimed
+    store = tmp_path / "store"
+    assert _plan(store, mini_epic.annotations_dir, tars)[0] == 0
+    code, output = _invoke("run", "--store", store, "--all", "--tmp-dir", tmp_path / "scratch")
+    assert code == ExitCode.BAD_SOURCE, output
+    assert "but the official download has md5" in output, output
+    manifest = Manifest.load(store)
+    for shard in manifest.shards:
+        is_claimed = bool(claimed & {v.video_id for v in shard.videos})
+        assert shard_path(store, shard.index).exists() is not is_claimed, shard.index
+    code, output = _check("--store", store)
+    assert code == ExitCode.STORE_INCOMPLETE, output
 
 
 def test_erratum_videos_are_decoded_from_their_videos_when_given(

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from epicdata.errors import ExitCode
+from epicdata.errors import ExitCode, FFmpegNotFoundError, OutOfSpaceError
 from epicdata.layout import shard_path
 from epicdata.lmdb_env import open_shard_readonly
 from epicdata.synthetic import make_video
 from preprocess import extract as extract_module
 from preprocess.check import check_store
 from preprocess.cli import extract
-from preprocess.extract import run_shard
+from preprocess.extract import BadVideoError, run_shard
 from preprocess.plan import plan_store
 from preprocess.writer import ShardSpaceError, remove_stale_temps
 
@@ -254,3 +254,106 @@ def test_a_second_run_removing_the_temp_copy_gives_the_first_one_clear_line(
     (line,) = [line for line in output.splitlines() if line.startswith("error:")]
     assert "removed by another run of the same index" in line and "Traceback" not in output
     assert shard_path(store, 0).read_bytes() == published
+
+
+# ----------------------------------------------------------------------------- run --all
+
+#: Four 1-second videos, one per shard of a 4-shard plan.
+FOUR_VIDEOS = [("P01_01", "50", 1.0), ("P01_02", "50", 1.0), ("P02_01", "50", 1.0)]
+FOUR_VIDEOS += [("P02_02", "50", 1.0)]
+
+
+@pytest.fixture(scope="module")
+def _four_inputs(tmp_path_factory: pytest.TempPathFactory, epic_files, read_only) -> Path:
+    """The videos and annotations of a 4-shard store, encoded once: READ ONLY."""
+    root = tmp_path_factory.mktemp("four_shards")
+    epic_files.make_videos(root / "videos", FOUR_VIDEOS)
+    epic_files.write_test_split(root / "ann", [(v, 0.1, 0.9) for v, _, _ in FOUR_VIDEOS])
+    with read_only(root, "four_shards' videos"):
+        yield root
+
+
+@pytest.fixture
+def four_shards(_four_inputs: Path, tmp_path: Path, epic_files) -> dict[str, Path]:
+    """This test's copy of the videos, planned into 4 shards of one video each (not run):
+    the store, the scratch folder and ``video<N>``, the video of shard N."""
+    shutil.copytree(_four_inputs / "videos", tmp_path / "videos")
+    store = tmp_path / "store"
+    manifest = plan_store(
+        store_root=store,
+        annotations_dir=_four_inputs / "ann",
+        videos_root=tmp_path / "videos",
+        splits=("test",),
+        shards=4,
+    )
+    videos = {s.index: [v.video_id for v in s.videos] for s in manifest.shards}
+    assert sorted(videos) == [0, 1, 2, 3] and all(len(v) == 1 for v in videos.values()), videos
+    paths = {
+        f"video{i}": epic_files.video_path(tmp_path / "videos", v) for i, (v,) in videos.items()
+    }
+    return {"store": store, "tmp": tmp_path / "scratch", **paths}
+
+
+def _resubmit_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "epic-slurm submit extract" in line]
+
+
+def test_run_all_goes_on_past_bad_videos_and_resubmits_every_failed_shard_in_one_line(
+    four_shards: dict[str, Path],
+) -> None:
+    # Regression: `run --all` stopped at the first bad video; the healthy shards after it
+    # were never attempted and the resubmit hint named only the first failed shard.
+    for i in (0, 1, 3):
+        video = four_shards[f"video{i}"]
+        video.write_bytes(video.read_bytes()[:3000])  # damaged after planning
+    code, output = _run(four_shards["store"], four_shards["tmp"], "--all")
+    assert code == ExitCode.BAD_SOURCE, output
+    assert shard_path(four_shards["store"], 2).is_file()  # after two failed shards
+    assert "shard 2: published" in output
+    for i in (0, 1, 3):
+        assert not shard_path(four_shards["store"], i).exists()
+    (line,) = _resubmit_lines(output)
+    store = four_shards["store"].resolve()
+    assert line.endswith(f"epic-slurm submit extract --store {store} --array 0-1,3"), line
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: 3 of 4 shards not published"), error
+    for i in (0, 1, 3):  # each failed shard named with its video in the summary
+        assert f"  shard {i}: {four_shards[f'video{i}'].stem}: " in output
+    assert "Traceback" not in output
+    assert list(four_shards["tmp"].iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [
+        (OutOfSpaceError("no space left on the disk", where="/scratch"), ExitCode.NO_SPACE),
+        (FFmpegNotFoundError("ffmpeg not found"), ExitCode.BAD_INPUT),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+    ],
+    ids=["out-of-space", "environment", "ctrl-c"],
+)
+def test_run_all_stops_at_once_on_what_every_shard_would_meet(
+    four_shards: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: BaseException,
+    code: ExitCode,
+) -> None:
+    # Shard 0 has a bad video (3), shard 1 stops the run (4, 2 or 130): shards 2 and 3 are
+    # never attempted, and the exit code is the one that stopped it, not 3.
+    attempted = []
+
+    def fake_run_shard(*, store_root: Path, shard_index: int, **options: object) -> None:
+        attempted.append(shard_index)
+        if shard_index == 0:
+            raise BadVideoError(0, {"P01_01": "moov atom not found"}, store_root)
+        raise stop
+
+    monkeypatch.setattr("preprocess.cli.run_shard", fake_run_shard)
+    exit_code, output = _run(four_shards["store"], four_shards["tmp"], "--all")
+    assert exit_code == code, output
+    assert attempted == [0, 1]
+    (line,) = _resubmit_lines(output)
+    assert "stopped at shard 1" in line and "shards 2-3 (not attempted)" in line, line
+    assert line.endswith("--array 0-3"), line
+    assert len([x for x in output.splitlines() if x.startswith("error:")]) == 1, output
+    assert "Traceback" not in output

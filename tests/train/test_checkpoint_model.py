@@ -205,3 +205,125 @@ def test_evaluation_logits_are_float32_even_under_bf16_autocast():
     assert logits.dtype == torch.float32
     assert (logits != logits.to(torch.bfloat16).float()).any()  # not bf16-rounded
     assert np.isfinite(preds.noun_logits).all()
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def _rename_key(path, old: bytes, new: bytes) -> None:
+    """Flip the bytes of top-level key ``old`` in a saved checkpoint (its pickled string,
+    found in the file) to ``new``, of the same length: the file still loads."""
+    # BINUNICODE: how torch.save's pickle (protocol 2) writes a str, its length before it.
+    opcode = b"X" + len(old).to_bytes(4, "little")
+    data = bytearray(path.read_bytes())
+    offset = data.find(opcode + old)
+    assert offset > 0 and data.count(opcode + old) == 1
+    changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    for i in changed:
+        data[offset + len(opcode) + i] = new[i]
+    path.write_bytes(bytes(data))
+
+
+def _resume_into_fresh(path, *, auto: bool, scheduler: str = "plateau"):
+    model, optimizer, sched, scaler = _parts(scheduler)
+    return resume(path, model=model, optimizer=optimizer, scheduler=sched, scaler=scaler, auto=auto)
+
+
+def test_a_flipped_byte_in_a_key_name_is_damage_not_another_release_regression(tmp_path):
+    # Regression: `model` -> `motel` in last.pt was "not written by this version of
+    # epic-train" (exit 2), and --resume auto did not fall back.
+    from train.checkpoint import CheckpointDamagedError, CheckpointReleaseError
+
+    path = save_checkpoint(_state(*_parts()), tmp_path / "last.pt")
+    _rename_key(path, b"model", b"motel")
+    assert "motel" in torch.load(path, weights_only=True)  # one byte: it still loads
+    for auto in (False, True):  # --resume PATH and --resume auto alike: damaged
+        with pytest.raises(CheckpointDamagedError) as info:
+            _resume_into_fresh(path, auto=auto)
+        assert not isinstance(info.value, CheckpointReleaseError)
+        first = str(info.value).splitlines()[0]
+        assert first.startswith("checkpoint damaged: its content does not match its digest")
+        assert str(path) in first and "not written by" not in first
+
+
+def test_without_a_digest_a_failed_check_is_damage_under_resume_auto_only(tmp_path):
+    # Format 1 has no digest, and a byte flipped in the digest's own key leaves none: the
+    # key check fails. In the run folder (--resume auto) that is damage, to fall back from;
+    # a checkpoint passed by path says what differs and stops.
+    from train.checkpoint import CheckpointDamagedError, CheckpointReleaseError
+
+    state = _state(*_parts())
+    torch.save({**state, "format_version": 1}, tmp_path / "v1.pt")
+    _rename_key(tmp_path / "v1.pt", b"model", b"motel")
+    save_checkpoint(state, tmp_path / "v2.pt")
+    _rename_key(tmp_path / "v2.pt", b"digest", b"digesu")
+    for name, missing, extra in [("v1.pt", "model", "motel"), ("v2.pt", "digest", "digesu")]:
+        path = tmp_path / name
+        with pytest.raises(CheckpointReleaseError) as info:
+            _resume_into_fresh(path, auto=False)
+        first = str(info.value).splitlines()[0]
+        assert f"missing keys ['{missing}'], unexpected keys ['{extra}']" in first
+        assert "not written by this release of epic-train" in first
+        with pytest.raises(CheckpointDamagedError) as info:
+            _resume_into_fresh(path, auto=True)
+        assert not isinstance(info.value, CheckpointReleaseError)
+        first = str(info.value).splitlines()[0]
+        assert first.startswith(f"checkpoint damaged: missing keys ['{missing}']")
+        assert "falls back to the newest" in first
+
+
+def test_a_checkpoint_of_another_release_says_so_by_path_and_is_damage_under_auto(tmp_path):
+    from train.checkpoint import CheckpointDamagedError, CheckpointReleaseError
+
+    state = _state(*_parts())
+    torch.save({**state, "format_version": 3, "digest": "0" * 64}, tmp_path / "v3.pt")
+    with pytest.raises(CheckpointReleaseError, match="format version 3, this release reads 1"):
+        _resume_into_fresh(tmp_path / "v3.pt", auto=False)
+    other_model = {**state, "model": torch.nn.Linear(2, 2).state_dict()}  # other shapes
+    save_checkpoint(other_model, tmp_path / "linear.pt")
+    with pytest.raises(CheckpointReleaseError, match="model state does not match this model"):
+        _resume_into_fresh(tmp_path / "linear.pt", auto=False)
+    for name in ("v3.pt", "linear.pt"):
+        with pytest.raises(CheckpointDamagedError, match="^checkpoint damaged: "):
+            _resume_into_fresh(tmp_path / name, auto=True)
+    # The scheduler's kind is this run's option, not the checkpoint's damage.
+    save_checkpoint(state, tmp_path / "plateau.pt")
+    with pytest.raises(EpicInputError, match="same --scheduler") as info:
+        _resume_into_fresh(tmp_path / "plateau.pt", auto=True, scheduler="cosine")
+    assert not isinstance(info.value, CheckpointDamagedError)
+
+
+def test_a_temp_file_left_by_a_sigkill_is_removed_at_the_next_start_regression(tmp_path):
+    # Regression: `.last.pt.<pid>.tmp` of a process killed while saving (125 MB for the
+    # ResNet-18) stayed in the run folder for ever.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from train.checkpoint import find_resume
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(_state(*_parts()), run / "last.pt")
+    killed_while_saving = (
+        "import os, signal, sys, torch\n"
+        "from train.checkpoint import CHECKPOINT_KEYS, save_checkpoint\n"
+        "def save(obj, path):\n"
+        "    open(path, 'wb').write(b'PK' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.save = save\n"
+        "save_checkpoint(dict.fromkeys(CHECKPOINT_KEYS, 0), sys.argv[1])\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", killed_while_saving, str(run / "last.pt")])
+    assert child.wait() == -signal.SIGKILL
+    leftover = run / f".last.pt.{child.pid}.tmp"
+    assert leftover.stat().st_size == 2000
+    alive = run / f".best.pt.{os.getpid()}.tmp"  # a writer still running: kept
+    alive.write_bytes(b"saving")
+    other = run / ".summary.csv.tmp"  # not a checkpoint's: kept
+    other.write_bytes(b"rows")
+    before = (run / "last.pt").read_bytes()
+    assert find_resume(run, "auto") == run / "last.pt"
+    assert not leftover.exists() and alive.exists() and other.exists()
+    assert (run / "last.pt").read_bytes() == before

@@ -5,15 +5,19 @@ the rank's), no silent CPU fallback in a GPU job, bf16 only where it is native."
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from epicdata.errors import EnvironmentProblem, ExitCode
-from train.device import resolve_device, resolve_precision
+from train.config import DEFAULT_WORKERS, default_workers
+from train.device import check_workers, resolve_device, resolve_precision
 from train.distributed import DistInfo
 
 ONE_PROCESS = DistInfo()
@@ -83,10 +87,126 @@ def test_auto_falls_back_to_the_cpu_only_where_no_gpu_was_asked_for(gpus, monkey
     gpus(0)
     with caplog.at_level(logging.INFO):
         assert resolve_device("auto", ONE_PROCESS) == torch.device("cpu")
-    assert "--device auto: CPU" in caplog.text
+    assert "--device auto: " in caplog.text and "training on the CPU" in caplog.text
     monkeypatch.setenv("SLURM_JOB_GPUS", "0")  # GPU id 0, given to this job
     with pytest.raises(EnvironmentProblem, match="SLURM_JOB_GPUS=0"):
         resolve_device("auto", ONE_PROCESS)
+
+
+#: What torch 2.1 to 2.14 (CUDA builds) raise from torch.cuda.init() on a machine without a GPU.
+TORCH_NO_DRIVER = (
+    "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and "
+    "installed a driver from http://www.nvidia.com/Download/index.aspx"
+)
+
+
+def _cuda_init_fails(monkeypatch, message: str) -> None:
+    """A CUDA build of torch whose torch.cuda.init() raises ``message``."""
+    monkeypatch.setattr(torch.version, "cuda", "12.1")
+
+    def init() -> None:
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+
+
+def test_no_gpu_is_one_plain_line_not_torchs_driver_advice_regression(gpus, monkeypatch, caplog):
+    # Regression: every CPU machine logged torch's "Found no NVIDIA driver ... nvidia.com"
+    # text as the INFO line of --device auto.
+    gpus(0)
+    _cuda_init_fails(monkeypatch, TORCH_NO_DRIVER)
+    with caplog.at_level(logging.INFO, logger="train.device"):
+        assert resolve_device("auto", ONE_PROCESS) == torch.device("cpu")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "--device auto: no GPU: training on the CPU")
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train.device"):
+        resolve_device("auto", ONE_PROCESS, work="scoring")
+    assert caplog.messages == ["--device auto: no GPU: scoring on the CPU"]
+
+
+def test_a_gpu_cuda_cannot_use_is_a_warning_with_torchs_reason(gpus, monkeypatch, caplog):
+    gpus(0)
+    _cuda_init_fails(monkeypatch, "The NVIDIA driver on your system is too old (found 11040).")
+    with caplog.at_level(logging.INFO, logger="train.device"):
+        assert resolve_device("auto", ONE_PROCESS) == torch.device("cpu")
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "CUDA cannot be used, training on the CPU: The NVIDIA driver" in record.getMessage()
+
+
+def test_a_cpu_build_of_torch_says_so(gpus, monkeypatch, caplog):
+    gpus(0)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level(logging.INFO, logger="train.device"):
+        assert resolve_device("auto", ONE_PROCESS) == torch.device("cpu")
+    assert caplog.messages == [
+        f"--device auto: this torch ({torch.__version__}) is a CPU build: training on the CPU"
+    ]
+
+
+def test_a_rocm_build_is_not_called_a_cpu_build(gpus, monkeypatch, caplog):
+    # ROCm builds of torch have torch.version.cuda None too; they reach the GPU through
+    # torch.cuda, so an unusable one is a warning with its reason, not "a CPU build".
+    gpus(0)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.0.32830", raising=False)
+
+    def init() -> None:
+        raise RuntimeError("No HIP GPUs are available")
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+    with caplog.at_level(logging.INFO, logger="train.device"):
+        assert resolve_device("auto", ONE_PROCESS) == torch.device("cpu")
+    (message,) = caplog.messages
+    assert "CPU build" not in message and "ROCm 6.0.32830" in message, message
+
+
+@pytest.fixture
+def cpus(monkeypatch):
+    """``cpus(n)``: this process may run on n CPUs (its affinity), as torch sees it too."""
+
+    def set_count(count: int) -> None:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(count)), raising=False)
+
+    return set_count
+
+
+@pytest.mark.parametrize(("count", "workers"), [(1, 1), (2, 2), (4, 4), (64, DEFAULT_WORKERS)])
+def test_the_default_workers_are_capped_by_the_usable_cpus_regression(cpus, count, workers):
+    # Regression: the default --workers 4 on a 2-core machine made torch warn every epoch.
+    cpus(count)
+    assert default_workers() == workers
+
+
+def test_a_capped_default_is_said_once_and_taken(cpus, caplog):
+    cpus(2)
+    with caplog.at_level(logging.INFO, logger="train.device"):
+        assert check_workers(2) == 2
+        assert check_workers(1) == 1  # below the CPUs: nothing to say
+    assert caplog.messages == [
+        f"--workers 2: the CPUs this process may use (the default is {DEFAULT_WORKERS} where "
+        "there are as many)"
+    ]
+
+
+def test_more_workers_than_cpus_are_honoured_with_our_warning_not_torchs(cpus, caplog):
+    cpus(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DataLoader(list(range(8)), num_workers=4)  # torch's own warning, without the check
+        with caplog.at_level(logging.INFO, logger="train.device"):
+            assert check_workers(4) == 4
+        DataLoader(list(range(8)), num_workers=4)
+    torchs = [w for w in caught if "DataLoader will create 4 worker" in str(w.message)]
+    assert len(torchs) == 1  # the first loader's only
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        "--workers 4: this process may use 2 CPU(s), so the loader workers take turns on them "
+        "(slower, more memory); --workers 2 or fewer loads as fast"
+    )
 
 
 @pytest.mark.parametrize(
