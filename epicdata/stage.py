@@ -41,13 +41,25 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import lmdb
-
 from epicdata.console import format_bytes, free_bytes, preflight_output
-from epicdata.errors import OutOfSpaceError, StoreError, StoreIncompleteError
-from epicdata.layout import MANIFEST_NAME, SHARDS_DIR, shard_path
-from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
+from epicdata.errors import (
+    MalformedMetadataError,
+    OutOfSpaceError,
+    StoreError,
+    StoreIncompleteError,
+)
+from epicdata.layout import (
+    MANIFEST_NAME,
+    SHARD_META_KEY,
+    SHARDS_DIR,
+    checksum_key,
+    shard_path,
+    video_meta_key,
+)
+from epicdata.lmdb_env import ShardReadError, read_in_child
+from epicdata.lmdb_pages import PageFormatError, ShardPages
 from epicdata.manifest import Manifest
+from epicdata.metadata import ShardMeta
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +71,6 @@ TEMP_MARK = ".tmp-"
 COPY_CHUNK = 16 << 20
 #: The folder of the records of what each staged shard was copied from.
 SOURCES_DIR = "sources"
-#: The keys of a shard's metadata records (layout: the shard's, each video's, each video's
-#: CRC-32 table); they sort together, so one cursor walk reads them and no frame.
-_META_PREFIX = b"__meta__/"
 _SPACE_FIX = (
     "free space there, point --stage-dir at a larger node-local disk, or drop --stage-dir "
     "to read the store where it is"
@@ -225,32 +234,40 @@ def _stale(source: Path, staged: Path) -> str | None:
 def _metadata_digest(shard: Path, *, name: Path) -> str:
     """SHA-256 of every metadata record of ``shard``: the shard's and each video's records
     and the CRC-32 of every stored frame. A changed frame changes it, yet only 4 bytes a
-    frame are read, never the frames. ``name`` is the store's shard, named in errors."""
+    frame are read, never the frames. Read as the trainer reads (``pread``, no memory map a
+    damaged page could turn into SIGBUS; py-lmdb in a child process for a file the page
+    reader does not parse). ``name`` is the store's shard, named in errors."""
     damaged = StoreIncompleteError(
         "the shard's metadata cannot be read",
         where=name,
         fix=f"run `epic-check --store {name.parent.parent}` and re-extract the shards it names",
     )
-    digest = hashlib.sha256()
+    pages: ShardPages | str | None = None
     try:
-        env = open_shard_readonly(shard)
-    except lmdb.Error:
-        raise damaged from None
-    try:
-        if shard_file_truncated(env, shard):  # reading past its end would be SIGBUS
+        pages = ShardPages.open_or_reason(shard)
+        opened = pages
+
+        def read(keys: list[bytes]) -> dict[bytes, bytes | None]:
+            if isinstance(opened, str):
+                return read_in_child(shard, keys)
+            return {key: opened.get(key) for key in keys}
+
+        shard_blob = read([SHARD_META_KEY])[SHARD_META_KEY]
+        if shard_blob is None:
             raise damaged
-        with env.begin(buffers=True) as txn:
-            cursor = txn.cursor()
-            found = cursor.set_range(_META_PREFIX)
-            while found and bytes(cursor.key()).startswith(_META_PREFIX):
-                for part in (cursor.key(), cursor.value()):
-                    digest.update(len(part).to_bytes(8, "little"))
-                    digest.update(part)
-                found = cursor.next()
-    except lmdb.Error:
+        video_ids = ShardMeta.from_bytes(shard_blob).video_ids
+        keys = [k for v in video_ids for k in (video_meta_key(v), checksum_key(v))]
+        values = {SHARD_META_KEY: shard_blob, **read(keys)}
+    except (OSError, PageFormatError, ShardReadError, MalformedMetadataError):
         raise damaged from None
     finally:
-        env.close()
+        if isinstance(pages, ShardPages):
+            pages.close()
+    digest = hashlib.sha256()
+    for key in [SHARD_META_KEY, *keys]:
+        for part in (key, values[key] or b""):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
     return digest.hexdigest()
 
 

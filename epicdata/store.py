@@ -12,10 +12,10 @@ import bisect
 import contextlib
 import fcntl
 import itertools
+import logging
 import os
 import tempfile
 import weakref
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +23,23 @@ from typing import Any
 
 import lmdb
 
+from epicdata.checksums import frame_checksum
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError, StoreError, StoreIncompleteError
 from epicdata.layout import SHARDS_DIR, checksum_key, frame_key, shard_path, video_meta_key
-from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
-from epicdata.lmdb_pages import PageCache, PageFormatError, ShardPages
+from epicdata.lmdb_env import (
+    ShardReadError,
+    open_shard_readonly,
+    read_in_child,
+    shard_file_truncated,
+)
+from epicdata.lmdb_pages import PageCache, PageFormatError, ShardPages, ShardTruncatedError
 from epicdata.manifest import Manifest
 from epicdata.metadata import VideoMeta
 from epicdata.ranges import Range, describe_ranges
 from epicdata.stage import forget_staged_copy
+
+_log = logging.getLogger(__name__)
 
 #: Bytes of a worker's breadcrumb (what it reads now): a fixed size, overwritten in place.
 _CRUMB_BYTES = 512
@@ -93,8 +101,13 @@ class FrameStore:
     main process can be handed to DataLoader workers under ``fork`` or ``spawn``: a forked
     child notices the pid change and opens its own environments; pickling drops them.
 
-    Frames are read with ``pread`` through :mod:`epicdata.lmdb_pages` (``direct``, one read
-    per frame, a clip's reads announced together), the metadata through py-lmdb.
+    Metadata and frames are read with ``pread`` through :mod:`epicdata.lmdb_pages`
+    (``direct``: one read per frame, a clip's reads announced together, and no memory map,
+    so that no damaged shard can kill the process with SIGBUS), as epic-check reads them.
+    py-lmdb's map reads a shard only when the page reader does not parse its file (logged
+    once per store, with the reason), and every shard with ``direct=False`` (benchmarks).
+    Even then the process that made the store (the one that drives training) reads such a
+    file's metadata in a child process: a damaged page kills the child, not the run.
 
     Requests past the last stored frame of a video by at most ``clamp_tolerance`` frames are
     clamped to it (annotations may end a few frames past the decoder's last frame) and
@@ -120,9 +133,11 @@ class FrameStore:
         self.clamp_tolerance = clamp_tolerance
         self.verify = verify
         self.readahead = readahead
-        #: Frames read with pread through :mod:`epicdata.lmdb_pages` (one read per frame,
+        #: Shards read with pread through :mod:`epicdata.lmdb_pages` (one read per frame,
         #: a clip's reads in flight together) rather than through py-lmdb's memory map.
         self.direct = direct
+        self._fallback_logged = False
+        self._child_values: dict[bytes, bytes | None] = {}
         self._video_shard = self.manifest.video_to_shard()
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
@@ -159,30 +174,87 @@ class FrameStore:
     def has_video(self, video_id: str) -> bool:
         return video_id in self._video_shard
 
-    def _env(self, video_id: str) -> lmdb.Environment:
+    def _after_fork(self) -> None:
+        """In a forked child, drop the parent's readers: its environments must not be used
+        here (LMDB forbids it), nor its descriptors' cached pages."""
         if os.getpid() != self._pid:
-            # Forked: the parent's environments must not be used here (LMDB forbids it),
-            # nor its file offsets' readers.
             self._envs = {}
             self._pages = {}
             self._page_cache = PageCache()
             self._pid = os.getpid()
+
+    def _shard_index(self, video_id: str) -> int:
         try:
-            index = self._video_shard[video_id]
+            return self._video_shard[video_id]
         except KeyError:
             raise StoreError(
                 f"video {video_id} is not in the store {self.root} "
                 f"(plan it with `epic-extract plan` and extract its shard)"
             ) from None
+
+    def _published(self, video_id: str) -> Path:
+        """The shard file of ``video_id``, which must exist."""
+        index = self._shard_index(video_id)
+        path = shard_path(self.root, index)
+        if not path.is_file():
+            raise self._damaged(
+                path,
+                f"{path.name} (holding {video_id}) is not published",
+                f"run `epic-extract run --store {self.root} --shard-index {index}`",
+            )
+        return path
+
+    def _shard_pages(self, video_id: str) -> ShardPages | None:
+        """The pread reader of the shard of ``video_id`` (None: py-lmdb reads it)."""
+        if not self.direct:
+            return None
+        self._after_fork()
+        index = self._shard_index(video_id)
+        if index in self._pages:
+            return self._pages[index]
+        path = self._published(video_id)
+        try:
+            opened = ShardPages.open_or_reason(path, self._page_cache)
+        except ShardTruncatedError:
+            raise self._truncated(path, index) from None
+        except (OSError, PageFormatError) as exc:
+            raise self._damaged(
+                path,
+                f"{path.name} cannot be read ({exc})",
+                f"run `epic-check --store {self.root}` and re-extract shard {index}",
+            ) from None
+        if isinstance(opened, str):
+            self._fell_back(path, opened)
+        pages = self._pages[index] = None if isinstance(opened, str) else opened
+        return pages
+
+    def _fell_back(self, path: Path, reason: str) -> None:
+        """Say, once per store, that a shard is read with py-lmdb, and why."""
+        if not self._fallback_logged:
+            self._fallback_logged = True
+            _log.warning(
+                "%s is read with py-lmdb, not the store's page reader: %s (said once for the "
+                "store %s; its other shards may be too)",
+                path,
+                reason,
+                self.root,
+            )
+
+    def _truncated(self, path: Path, index: int) -> StoreIncompleteError:
+        return self._damaged(
+            path,
+            f"{path.name} is truncated (shorter than LMDB's last page)",
+            f"run `epic-check --store {self.root}` and re-extract shard {index}",
+        )
+
+    def _env(self, video_id: str) -> lmdb.Environment:
+        """py-lmdb's environment of the shard of ``video_id`` (a file the page reader does
+        not parse, or ``direct=False``)."""
+        self._after_fork()
+        index = self._shard_index(video_id)
         env = self._envs.get(index)
         if env is None:
-            path = shard_path(self.root, index)
-            if not path.is_file():
-                raise self._damaged(
-                    path,
-                    f"{path.name} (holding {video_id}) is not published",
-                    f"run `epic-extract run --store {self.root} --shard-index {index}`",
-                )
+            path = self._published(video_id)
             try:
                 env = open_shard_readonly(path, sequential=self.readahead)
             except lmdb.Error as exc:
@@ -193,11 +265,7 @@ class FrameStore:
                 ) from None
             if shard_file_truncated(env, path):
                 env.close()
-                raise self._damaged(
-                    path,
-                    f"{path.name} is truncated (shorter than LMDB's last page)",
-                    f"run `epic-check --store {self.root}` and re-extract shard {index}",
-                )
+                raise self._truncated(path, index)
             self._envs[index] = env
         return env
 
@@ -207,19 +275,53 @@ class FrameStore:
     def _video(self, video_id: str) -> tuple[VideoMeta, _StoredIndex]:
         cached = self._meta.get(video_id)
         if cached is None:
-            with self._read(video_id) as txn:
-                blob = txn.get(video_meta_key(video_id))
-                if blob is None:
-                    raise self._missing(video_id, "metadata missing")
-                try:
-                    meta = VideoMeta.from_bytes(bytes(blob))
-                except MalformedMetadataError as exc:
-                    if self.staged_from is None:
-                        raise
-                    raise self._missing(video_id, f"{exc.what} ({exc.reason})") from None
+            blob = self._meta_value(video_id)
+            if blob is None:
+                raise self._missing(video_id, "metadata missing")
+            try:
+                meta = VideoMeta.from_bytes(blob)
+            except MalformedMetadataError as exc:  # named with its shard, as epic-check does
+                raise self._missing(video_id, f"{exc.what} ({exc.reason})") from None
             cached = meta, _StoredIndex.of(meta.stored_ranges)
             self._meta[video_id] = cached
         return cached
+
+    def _meta_value(self, video_id: str) -> bytes | None:
+        """The stored metadata of ``video_id`` (None: absent)."""
+        key = video_meta_key(video_id)
+        pages = self._shard_pages(video_id)
+        if pages is not None:
+            try:
+                return pages.get(key)
+            except PageFormatError as exc:
+                raise self._corrupt(video_id, str(exc)) from None
+        if self.direct and os.getpid() == self._origin_pid:
+            return self._value_in_child(video_id, key)
+        with self._read(video_id) as txn:
+            blob = txn.get(key)
+            return None if blob is None else bytes(blob)
+
+    def _value_in_child(self, video_id: str, key: bytes) -> bytes | None:
+        """The value of ``key``, read by py-lmdb in a child process with the metadata of the
+        other videos of the shard (one child per shard)."""
+        if key not in self._child_values:
+            index = self._shard_index(video_id)
+            videos = sorted(v for v, i in self._video_shard.items() if i == index)
+            path = self._published(video_id)
+            try:
+                self._child_values.update(
+                    read_in_child(path, [video_meta_key(video) for video in videos])
+                )
+            except ShardReadError as exc:
+                raise self._corrupt(video_id, str(exc)) from None
+        return self._child_values.get(key)
+
+    def _corrupt(self, video_id: str, reason: str) -> StoreIncompleteError:
+        return self._damaged(
+            self._shard_file(video_id),
+            f"{video_id}: the shard is damaged ({reason})",
+            f"run `epic-check --store {self.root}` and re-extract the shards it names",
+        )
 
     def _shard_file(self, video_id: str) -> Path:
         return shard_path(self.root, self._video_shard[video_id])
@@ -233,11 +335,7 @@ class FrameStore:
             with env.begin(buffers=True) as txn:
                 yield txn
         except lmdb.Error as exc:
-            raise self._damaged(
-                self._shard_file(video_id),
-                f"{video_id}: the shard is damaged (LMDB: {exc})",
-                f"run `epic-check --store {self.root}` and re-extract the shards it names",
-            ) from None
+            raise self._corrupt(video_id, f"LMDB: {exc}") from None
 
     def holds(self, video_id: str, frames: Sequence[int]) -> bool:
         """Whether every frame of ``frames`` is readable (stored, or clamped near the end),
@@ -342,22 +440,18 @@ class FrameStore:
         resolved = self.resolve_frames(video_id, frames)
         meta, index = self._video(video_id)
         positions = [index.position(frame) for frame in resolved]
-        pages = self._shard_pages(video_id) if self.direct else None
+        pages = self._shard_pages(video_id)
         if pages is None:
             out, sums, first = self._read_mapped(video_id, resolved, meta)
         else:
             try:
                 out, sums, first = self._read_direct(pages, video_id, resolved, positions, meta)
             except PageFormatError as exc:
-                raise self._damaged(
-                    self._shard_file(video_id),
-                    f"{video_id}: the shard is damaged ({exc})",
-                    f"run `epic-check --store {self.root}` and re-extract the shards it names",
-                ) from None
+                raise self._corrupt(video_id, str(exc)) from None
         if sums is not None:
             for frame, position, blob in zip(resolved, positions, out, strict=True):
                 at = 4 * (position - first)
-                if zlib.crc32(blob) != int.from_bytes(sums[at : at + 4], "little"):
+                if frame_checksum(blob) != int.from_bytes(sums[at : at + 4], "little"):
                     raise self._damaged(
                         self._shard_file(video_id),
                         f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is corrupt)",
@@ -433,27 +527,15 @@ class FrameStore:
         if not self.verify or not positions:
             return out, None, 0
         if video_id not in self._checksums_at:
-            self._checksums_at[video_id] = pages.locate(checksum_key(video_id))
+            where = pages.locate(checksum_key(video_id))
+            if where is not None:
+                pages.read(where[0], 0)  # its first page's header, checked as a whole read's
+            self._checksums_at[video_id] = where
         where = self._checksums_at[video_id]
         if where is None or where[1] != 4 * meta.stored_frames:
             raise self._no_sums(video_id)
         first, last = min(positions), max(positions)
         return out, pages.read(where[0] + 4 * first, 4 * (last - first + 1)), first
-
-    def _shard_pages(self, video_id: str) -> ShardPages | None:
-        """The pread reader of the shard of ``video_id`` (None: py-lmdb reads it)."""
-        self._env(video_id)  # opened, checked whole, and the fork handled
-        index = self._video_shard[video_id]
-        if index not in self._pages:
-            try:
-                self._pages[index] = ShardPages.open(shard_path(self.root, index), self._page_cache)
-            except (OSError, PageFormatError) as exc:
-                raise self._damaged(
-                    shard_path(self.root, index),
-                    f"{shard_path(self.root, index).name} cannot be read ({exc})",
-                    f"run `epic-check --store {self.root}`",
-                ) from None
-        return self._pages[index]
 
     def close(self) -> None:
         if os.getpid() == self._pid:

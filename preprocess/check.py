@@ -1,19 +1,26 @@
 """`epic-check`: verify a frame store against its manifest, and say which shards to redo.
 
-Per shard: the file is published, opens, is as long as LMDB says (a truncated file would
-crash readers with SIGBUS), its metadata parses and matches the plan (no missing or extra
-video, same parameters), every stored frame is found the way the reader finds it (a lookup
-of its key) with a matching CRC-32, the shard holds no other keys, and every planned frame
-up to the decoder's end is stored. ``deep`` also decodes every JPEG and checks its size.
-With annotations, every annotated frame must be readable (stored, or past the end by at
-most the clamp tolerance). The default mode reads each shard once, in key order: it is
-bound by the disk (bench/bench_check.py).
+Per shard: the file is published, is exactly as long as its LMDB meta page says (the
+compacted copy epic-extract publishes), its metadata parses and matches the plan (no
+missing or extra video, same parameters), every stored frame is found the way the reader
+finds it (a lookup of its key from the root) with a matching CRC-32, a walk of the B-tree
+meets its keys in order and no other keys, and every planned frame up to the decoder's end
+is stored. ``deep`` also decodes every JPEG and checks its size. With annotations, every
+annotated frame must be readable (stored, or past the end by at most the clamp tolerance).
+The default mode reads each shard once, in key order: it is bound by the disk
+(bench/bench_check.py).
 
-Each shard is read in a forked child process (4 ms a shard; spawn costs 180 ms). A corrupt
-B-tree makes LMDB fail an assertion (SIGABRT), fault (SIGSEGV, SIGBUS) or loop, and none of
-that may take the checker down or hide the other shards: the shard gets a problem row
-instead. A child that takes longer than :func:`shard_timeout_s` is killed and its shard
-reported.
+Every read goes through the reader training uses (:class:`epicdata.lmdb_pages.ShardPages`,
+``pread``, no memory map), so a check that passes means every read of the store succeeds,
+and a reader's failure (a damaged page, a missing key, a checksum) is a problem the check
+names too. A file of another LMDB format, which that reader leaves to py-lmdb, is checked
+through py-lmdb as well, and the report says so once.
+
+Each shard is read in a forked child process (4 ms a shard; spawn costs 180 ms): a bug in
+the checker, or py-lmdb's map on a damaged file of another format (SIGABRT, SIGSEGV,
+SIGBUS), may not take the checker down or hide the other shards: the shard gets a problem
+row instead. A child that takes longer than :func:`shard_timeout_s` is killed and its
+shard reported.
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ import signal
 import tempfile
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lmdb
 from PIL import Image
@@ -52,7 +59,8 @@ from epicdata.layout import (
     shard_path,
     video_meta_key,
 )
-from epicdata.lmdb_env import open_shard_readonly, shard_file_truncated
+from epicdata.lmdb_env import open_shard_readonly
+from epicdata.lmdb_pages import PageFormatError, ShardPages, iter_keys, main_database
 from epicdata.manifest import SOURCE_FRAMES, ExtractParams, Manifest, PlannedVideo, ShardPlan
 from epicdata.metadata import ShardMeta, VideoMeta
 from epicdata.ranges import Range, array_spec, frames_in_ranges
@@ -73,6 +81,10 @@ MAX_STRAY_KEYS_NAMED = 5
 SHARD_TIMEOUT_BASE_S = 120.0
 SLOW_READ_BYTES_PER_S = 10e6
 SLOW_DECODE_BYTES_PER_S = 2e6
+#: The most any shard gets: 12 h is 430 GB at the slow read rate, 86 GB at the slow decode
+#: rate. Without it a file with a huge sparse tail (``truncate -s 5T``) asked the pipe for a
+#: wait longer than it can take (OverflowError); such a file is reported at once anyway.
+SHARD_TIMEOUT_MAX_S = 12 * 3600.0
 #: What a signal that killed a shard's child process means.
 _SIGNAL_CAUSES = {
     signal.SIGABRT: "LMDB assertion",
@@ -85,12 +97,13 @@ _SIGNAL_CAUSES = {
 def shard_timeout_s(size_bytes: int, *, deep: bool) -> float:
     """Seconds allowed to check a shard of ``size_bytes`` bytes (see SHARD_TIMEOUT_BASE_S)."""
     rate = SLOW_DECODE_BYTES_PER_S if deep else SLOW_READ_BYTES_PER_S
-    return SHARD_TIMEOUT_BASE_S + size_bytes / rate
+    return min(SHARD_TIMEOUT_BASE_S + size_bytes / rate, SHARD_TIMEOUT_MAX_S)
 
 
 @dataclass
 class ShardCheck:
-    """Outcome for one shard; ``published`` False when its file is absent."""
+    """Outcome for one shard; ``published`` False when its file is absent; ``py_lmdb``:
+    why it was read with py-lmdb rather than the store's page reader (None: it was not)."""
 
     index: int
     path: str
@@ -99,6 +112,7 @@ class ShardCheck:
     frames: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    py_lmdb: str | None = None
 
 
 @dataclass
@@ -126,6 +140,18 @@ class CheckReport:
         return [s.index for s in self.shards if s.problems]
 
     @property
+    def py_lmdb_notes(self) -> list[str]:
+        """The shards read with py-lmdb, as the store's readers read them, once per reason."""
+        by_reason: dict[str, list[int]] = defaultdict(list)
+        for s in self.shards:
+            if s.py_lmdb is not None:
+                by_reason[s.py_lmdb].append(s.index)
+        return [
+            f"shards {array_spec(indices)} read with py-lmdb, as training reads them: {reason}"
+            for reason, indices in by_reason.items()
+        ]
+
+    @property
     def resubmit_command(self) -> str | None:
         """The line that redoes the bad shards with the site's settings (``--force`` when
         some are published); it names $EPIC_SITE, which every job has."""
@@ -145,6 +171,7 @@ class CheckReport:
             "sources": self.sources,
             "resubmit_indices": self.resubmit_indices,
             "resubmit_command": self.resubmit_command,
+            "py_lmdb_notes": self.py_lmdb_notes,
         }
 
 
@@ -166,11 +193,55 @@ def _planned_missing(planned: PlannedVideo, meta: VideoMeta) -> list[int]:
     return _covered(wanted.tolist(), meta.stored_ranges)
 
 
+class _Shard(Protocol):
+    """A shard's file as the checker reads it: lookups of one key from the root, its key
+    count, and a walk of its keys in key order. Every method raises PageFormatError or
+    lmdb.Error on a damaged page, OSError when the disk fails."""
+
+    def get(self, key: bytes) -> bytes | memoryview | None: ...
+
+    def entries(self) -> int: ...
+
+    def walk_keys(self) -> Iterator[bytes]: ...
+
+
+class _PagesShard:
+    """A shard read through the reader training uses (ShardPages: ``pread``, no map)."""
+
+    def __init__(self, pages: ShardPages, entries: int) -> None:
+        self.pages, self._entries = pages, entries
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.pages.get(key)  # one lookup from the root, as FrameStore's
+
+    def entries(self) -> int:
+        return self._entries
+
+    def walk_keys(self) -> Iterator[bytes]:
+        return iter_keys(self.pages)
+
+
+class _LmdbShard:
+    """A shard of another LMDB format, read with py-lmdb as training reads it."""
+
+    def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+        self.env, self.txn = env, txn
+
+    def get(self, key: bytes) -> memoryview | None:
+        return self.txn.get(key)
+
+    def entries(self) -> int:
+        return self.env.stat()["entries"]
+
+    def walk_keys(self) -> Iterator[bytes]:
+        return (bytes(key) for key in self.txn.cursor().iternext(values=False))
+
+
 def _check_video(
-    txn: lmdb.Transaction, planned: PlannedVideo, params: ExtractParams, deep: bool
+    shard: _Shard, planned: PlannedVideo, params: ExtractParams, deep: bool
 ) -> tuple[VideoMeta | None, list[str]]:
     vid = planned.video_id
-    blob = txn.get(video_meta_key(vid))
+    blob = shard.get(video_meta_key(vid))
     if blob is None:
         return None, [f"{vid}: metadata missing"]
     try:
@@ -206,17 +277,18 @@ def _check_video(
         missing = _planned_missing(planned, meta)
         if missing:
             problems.append(f"{vid}: {len(missing)} planned frames not stored (first {missing[0]})")
-    sums_blob = txn.get(checksum_key(vid))
+    sums_blob = shard.get(checksum_key(vid))
     count = sum(b - a + 1 for a, b in meta.stored_ranges)
     if sums_blob is None or len(sums_blob) != 4 * count or count != meta.stored_frames:
         return meta, [*problems, f"{vid}: checksums missing or not one per stored frame"]
     frames = frames_in_ranges(meta.stored_ranges).tolist()
     sums = unpack_checksums(bytes(sums_blob)).tolist()
     bad: list[str] = []
-    # One lookup per frame, as FrameStore.read_frames does: a cursor walk follows the
-    # leaves' order and passes a shard whose branch pages route some keys to the wrong leaf.
+    # One lookup per frame from the root, as FrameStore.read_frames looks up a clip's first
+    # frame: a walk follows the leaves' order and passes a shard whose branch pages route
+    # some keys to the wrong leaf.
     for frame, expected in zip(frames, sums, strict=True):
-        value = txn.get(frame_key(vid, frame))
+        value = shard.get(frame_key(vid, frame))
         if value is None:
             bad.append(f"{vid} frame {frame}: key missing")
         elif frame_checksum(value) != expected:
@@ -231,7 +303,7 @@ def _check_video(
     return meta, problems + bad
 
 
-def _decode_problem(vid: str, frame: int, jpeg: memoryview, meta: VideoMeta) -> list[str]:
+def _decode_problem(vid: str, frame: int, jpeg: bytes | memoryview, meta: VideoMeta) -> list[str]:
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
             image.load()
@@ -243,23 +315,37 @@ def _decode_problem(vid: str, frame: int, jpeg: memoryview, meta: VideoMeta) -> 
     return []
 
 
-def _stray_keys(txn: lmdb.Transaction, metas: dict[str, VideoMeta]) -> list[str]:
-    """Up to MAX_STRAY_KEYS_NAMED keys of the shard that its metadata does not account for."""
+def _key_problems(shard: _Shard, metas: dict[str, VideoMeta]) -> list[str]:
+    """Whether the shard holds exactly the keys its metadata accounts for: its key count
+    (the meta page's) and a walk of every key (which also checks their order), naming up to
+    MAX_STRAY_KEYS_NAMED keys that nothing accounts for."""
     expected = {SHARD_META_KEY}
     for vid, meta in metas.items():
         expected |= {video_meta_key(vid), checksum_key(vid)}
         expected.update(frame_key(vid, f) for f in frames_in_ranges(meta.stored_ranges).tolist())
-    stray = []
-    for key in txn.cursor().iternext(values=False):
-        if bytes(key) not in expected:
-            stray.append(bytes(key).decode(errors="backslashreplace"))
-            if len(stray) == MAX_STRAY_KEYS_NAMED:
-                break
-    return stray
+    entries = shard.entries()
+    walked, stray = 0, []
+    for key in shard.walk_keys():
+        walked += 1
+        if key not in expected:
+            stray.append(key.decode(errors="backslashreplace"))
+    if entries == walked == len(expected) and not stray:
+        return []
+    held = f"{entries} keys" + ("" if walked == entries else f" ({walked} in its B-tree)")
+    if stray:
+        more = len(stray) - MAX_STRAY_KEYS_NAMED
+        why = f"stray keys {', '.join(stray[:MAX_STRAY_KEYS_NAMED])}" + (
+            f" and {more} more" if more > 0 else ""
+        )
+    elif entries != walked:
+        why = "the key count is corrupt"
+    else:
+        why = "keys missing from its B-tree"
+    return [f"{held}, the metadata accounts for {len(expected)}: {why}"]
 
 
-def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: ExtractParams) -> list[str]:
-    blob = txn.get(SHARD_META_KEY)
+def _check_shard_meta(shard: _Shard, plan: ShardPlan, params: ExtractParams) -> list[str]:
+    blob = shard.get(SHARD_META_KEY)
     if blob is None:
         return ["shard metadata missing"]
     try:
@@ -285,43 +371,97 @@ def _check_shard_meta(txn: lmdb.Transaction, plan: ShardPlan, params: ExtractPar
     return problems
 
 
-def _read_shard(
+def _length_problem(name: str, size: int, needed: int) -> str | None:
+    """What is wrong with a shard file of ``size`` bytes whose LMDB's last page ends at byte
+    ``needed``: epic-extract publishes compacted copies, exactly that long."""
+    if size < needed:
+        return (
+            f"{name} is truncated: {size:,} bytes, its LMDB's last page ends at byte "
+            f"{needed:,} (a shard epic-extract publishes is exactly that long: this file was "
+            f"cut short, or not written by epic-extract)"
+        )
+    if size > needed:
+        return (
+            f"{name} is {size:,} bytes, {size - needed:,} more than its LMDB's last page "
+            f"needs ({needed:,}): not the compacted copy epic-extract publishes (damaged)"
+        )
+    return None
+
+
+def _check_contents(
+    shard: _Shard, name: str, plan: ShardPlan, params: ExtractParams, deep: bool
+) -> tuple[list[str], dict[str, VideoMeta]]:
+    """Problems of an opened shard and the video metadata it holds; a damaged page ends the
+    check of the shard with a problem naming it."""
+    problems: list[str] = []
+    metas: dict[str, VideoMeta] = {}
+    try:
+        problems.extend(_check_shard_meta(shard, plan, params))
+        for planned in plan.videos:
+            meta, video_problems = _check_video(shard, planned, params, deep)
+            problems.extend(video_problems)
+            if meta is not None:
+                metas[planned.video_id] = meta
+        problems.extend(_key_problems(shard, metas))
+    except PageFormatError as exc:
+        problems.append(f"{name} is corrupt: {exc}")
+    except lmdb.Error as exc:
+        problems.append(f"{name} is corrupt: LMDB says {exc}")
+    except OSError as exc:
+        problems.append(_unreadable(name, exc))
+    return problems, metas
+
+
+def _unreadable(name: str, exc: OSError) -> str:
+    return f"{name} could not be read ({exc}): check its disk, then check the store again"
+
+
+def _read_with_lmdb(
     path: Path, plan: ShardPlan, params: ExtractParams, deep: bool
 ) -> tuple[list[str], dict[str, VideoMeta]]:
-    """Problems of the published shard at ``path`` and the video metadata it holds. Run in
-    a child process: a corrupt shard can kill the process that reads it."""
+    """:func:`_read_shard` for a file of another LMDB format, through py-lmdb's map."""
     try:
         env = open_shard_readonly(path, sequential=True)
     except lmdb.Error as exc:
         return [f"{path.name} does not open as LMDB ({exc}): truncated or not a shard"], {}
-    problems: list[str] = []
-    metas: dict[str, VideoMeta] = {}
     try:
-        if shard_file_truncated(env, path):
-            needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-            size = path.stat().st_size
-            return [f"{path.name} is truncated: {size:,} bytes, LMDB needs {needed:,}"], {}
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        problem = _length_problem(path.name, path.stat().st_size, needed)
+        if problem is not None:  # reading past the end of the map would be SIGBUS
+            return [problem], {}
         with env.begin(buffers=True) as txn:
-            problems.extend(_check_shard_meta(txn, plan, params))
-            for planned in plan.videos:
-                meta, video_problems = _check_video(txn, planned, params, deep)
-                problems.extend(video_problems)
-                if meta is not None:
-                    metas[planned.video_id] = meta
-            stored = sum(m.stored_frames for m in metas.values())
-            entries = env.stat()["entries"]
-            expected = stored + 2 * len(metas) + 1
-            if entries != expected:
-                stray = _stray_keys(txn, metas)
-                problems.append(
-                    f"{entries} keys, the metadata accounts for {expected}: "
-                    + (f"stray keys {', '.join(stray)}" if stray else "the key count is corrupt")
-                )
-    except lmdb.Error as exc:
-        problems.append(f"{path.name} is corrupt: LMDB says {exc}")
+            return _check_contents(_LmdbShard(env, txn), path.name, plan, params, deep)
     finally:
         env.close()
-    return problems, metas
+
+
+def _read_shard(
+    path: Path, plan: ShardPlan, params: ExtractParams, deep: bool
+) -> tuple[list[str], dict[str, VideoMeta], str | None]:
+    """Problems of the published shard at ``path``, the video metadata it holds, and why
+    py-lmdb read it (None: the store's page reader did, with readahead on). Run in a child
+    process: a bug, or py-lmdb's map on a damaged file, must not take the checker down."""
+    try:
+        database = main_database(path)
+        if database is not None:
+            problem = _length_problem(path.name, path.stat().st_size, database.bytes_needed)
+            if problem is not None:
+                return [problem], {}, None
+        pages = ShardPages.open_or_reason(path, sequential=True)
+    except PageFormatError as exc:
+        return [f"{path.name} is corrupt: {exc}"], {}, None
+    except OSError as exc:
+        return [_unreadable(path.name, exc)], {}, None
+    if isinstance(pages, str):
+        return (*_read_with_lmdb(path, plan, params, deep), pages)
+    try:
+        if database is None or database.root != pages.root:
+            # The page reader took another meta page than LMDB's rule picks: a damaged one.
+            return [f"{path.name} is corrupt: its meta pages disagree"], {}, None
+        shard = _PagesShard(pages, database.entries)
+        return (*_check_contents(shard, path.name, plan, params, deep), None)
+    finally:
+        pages.close()
 
 
 class _ChildDied(Exception):
@@ -413,7 +553,7 @@ def check_shard(
     result.bytes = path.stat().st_size
     timeout_s = shard_timeout_s(result.bytes, deep=deep)
     try:
-        result.problems, metas = _run_isolated(
+        result.problems, metas, result.py_lmdb = _run_isolated(
             _read_shard, (path, plan, params, deep), timeout_s=timeout_s
         )
     except _ChildDied as exc:
@@ -503,6 +643,8 @@ def check_store(
         all_metas.update(metas)
         if on_shard is not None:
             on_shard()
+    for note in report.py_lmdb_notes:
+        log.info("%s", note)
     for meta in all_metas.values():
         report.sources[meta.source_kind] = report.sources.get(meta.source_kind, 0) + 1
     if annotations_dir is not None:
@@ -526,6 +668,7 @@ def format_report(report: CheckReport) -> str:
         copied = report.sources.get(SOURCE_FRAMES, 0)
         decoded = sum(report.sources.values()) - copied
         lines.append(f"sources: {decoded} videos from MP4, {copied} from official frames")
+    lines.extend(f"note: {note}" for note in report.py_lmdb_notes)
     lines.extend(f"problem: {p}" for p in report.problems)
     if report.ok:
         lines.append(

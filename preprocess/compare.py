@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,12 @@ from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.manifest import SOURCE_FRAMES
 from epicdata.ranges import frames_in_ranges
 from epicdata.store import FrameStore
-from preprocess.official_frames import count_frames, find_frames, read_official_frames
+from preprocess.official_frames import (
+    FramesSourceError,
+    count_frames,
+    find_frames,
+    read_official_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +134,7 @@ def compare_video(
     """Compare ``samples`` stored frames of ``video_id`` with the official frames at
     ``official`` (tar or folder) at every shift in ``-max_shift..max_shift``."""
     meta = store.video_meta(video_id)
-    total = count_frames(official)
+    total = _official_count(official)
     result = VideoComparison(video_id, store_frames=meta.decoded_frames, official_frames=total)
     stored = frames_in_ranges(meta.stored_ranges)
     usable = stored[(stored > max_shift) & (stored <= min(total, meta.decoded_frames) - max_shift)]
@@ -170,6 +176,19 @@ def compare_video(
     result.extra_at_start = chosen
     result.extra_at_end = total - meta.decoded_frames - chosen
     return result
+
+
+def _official_count(official: Path) -> int:
+    """:func:`count_frames` of ``official``; a tar that does not parse is a bad source
+    (exit 3) naming it, never a traceback."""
+    try:
+        return count_frames(official)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise FramesSourceError(
+            f"official frames that do not read as a tar ({type(exc).__name__}: {exc})",
+            where=official,
+            fix="download the video's frames again",
+        ) from None
 
 
 def compare_frames(

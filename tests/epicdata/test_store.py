@@ -4,8 +4,10 @@ and spawn; clear errors outside the stored ranges; clamping near the end, counte
 from __future__ import annotations
 
 import faulthandler
+import logging
 import multiprocessing
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -348,3 +350,61 @@ def test_a_truncated_staged_copy_blames_the_copy_not_the_store(
     assert message.startswith("the staged copy of a shard is damaged: shard-00001.lmdb is trunc")
     assert f"({path}, copied from {shard_path(store_root, 1)})" in message
     assert f"the store {store_root} is not affected" in message and "re-extract" not in message
+
+
+def test_frames_read_where_the_platform_has_no_posix_fadvise(
+    store_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression (issue 20): macOS's CPython has no os.posix_fadvise, and the first frame
+    # read of a laptop (the demo's included) died of AttributeError.
+    monkeypatch.delattr(os, "posix_fadvise", raising=False)
+    store = FrameStore(store_root)
+    try:
+        for video_id, (ranges, _) in VIDEOS.items():
+            frames = frames_in_ranges(ranges).tolist()
+            assert store.read_frames(video_id, frames) == [_payload(video_id, f) for f in frames]
+        assert store._pages and all(pages is not None for pages in store._pages.values())
+    finally:
+        store.close()
+
+
+def _with_main_db_flags(path: Path, flags: int) -> None:
+    """Set the main database's flags in both meta pages (MDB_DUPSORT reads as before with
+    LMDB, and the page reader does not parse it)."""
+    data = bytearray(path.read_bytes())
+    psize = struct.unpack_from("<I", data, 16 + 24)[0]
+    for meta in (0, psize):
+        struct.pack_into("<H", data, meta + 16 + 24 + 48 + 4, flags)
+    path.write_bytes(bytes(data))
+
+
+def test_a_shard_the_page_reader_does_not_parse_is_read_with_lmdb_and_logged_once(
+    store_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both shards in a format the page reader leaves to py-lmdb: one warning for the store,
+    # with its reason; the metadata read in a child process (the main process maps no
+    # shard for them), the frames as before.
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_root, copy)
+    for index in (0, 1):
+        _with_main_db_flags(shard_path(copy, index), 0x04)
+    store = FrameStore(copy)
+    try:
+        with caplog.at_level(logging.WARNING, logger="epicdata.store"):
+            metas = {video_id: store.video_meta(video_id) for video_id in VIDEOS}
+            assert not store._envs
+            for video_id, (ranges, _) in VIDEOS.items():
+                assert metas[video_id].stored_ranges == ranges
+                frames = frames_in_ranges(ranges).tolist()
+                got = store.read_frames(video_id, frames)
+                assert got == [_payload(video_id, f) for f in frames]
+        assert store._pages == {0: None, 1: None} and len(store._envs) == 2
+    finally:
+        store.close()
+    records = [r for r in caplog.records if r.name == "epicdata.store"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    message = records[0].getMessage()
+    assert "is read with py-lmdb" in message and "main database has flags 0x4" in message
+    assert str(shard_path(copy, 0)) in message and str(copy) in message

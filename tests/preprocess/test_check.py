@@ -385,3 +385,24 @@ def test_sizing_only_plan_is_refused_not_reported_as_shards_to_resubmit(
     assert "Traceback" not in result.output
     with pytest.raises(StoreError, match="sizing-only plan"):  # the pipeline's check too
         check_store(store)
+
+
+# ----------------------------------------------------------------------------- --compare-frames
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tar" * 200])
+def test_compare_frames_with_an_unreadable_tar_is_a_bad_source_naming_it(
+    small_store_extracted_ro: dict[str, Path], tmp_path: Path, content: bytes
+) -> None:
+    # Regression: count_frames let tarfile's ReadError through, a traceback and exit 1.
+    tar = tmp_path / "frames" / "P01" / "rgb_frames" / "P01_01.tar"
+    tar.parent.mkdir(parents=True)
+    tar.write_bytes(content)
+    store = small_store_extracted_ro["store"]
+    result = CliRunner().invoke(
+        check, ["--store", str(store), "--compare-frames", str(tar.parents[2])]
+    )
+    assert result.exit_code == ExitCode.BAD_SOURCE, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert f"({tar})" in line and "download the video's frames again" in line
+    assert "Traceback" not in result.output

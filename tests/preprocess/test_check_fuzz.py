@@ -1,9 +1,7 @@
 """`epic-check` against damaged LMDB pages, as SQLite tests its reader with fuzzed files: a
 shard with any single flipped byte is either reported (exit 5, a problem row naming it), or
 every stored frame still reads back byte for byte through FrameStore.read_frames. The
-checker never crashes, never hangs, and never passes a shard that the reader then fails on,
-except in issue 20's known cases (strict xfail tests below, excluded from the fuzzing by
-:func:`issue_20_case`).
+checker never crashes, never hangs, and never passes a shard that the reader then fails on.
 
 Every damaged byte is found by parsing the shard's pages, never assumed: the shape of the
 B-tree depends on how the decoder threads' batches interleaved, so each test runs on two
@@ -66,15 +64,6 @@ LAYOUTS = ("one decoder", "two decoders")
 META_BYTES = PAGE_HEADER + 136
 #: Where mp_lower's low byte lies in a page: its lowest bit makes the node table odd.
 LOWER_LOW_BYTE = 12
-#: Issue 20: epic-check reads a shard with LMDB and training with epicdata.lmdb_pages, and
-#: the latter refuses two damages that LMDB reads past: the key size of node 0 of a branch
-#: page (LMDB never reads that node's key; the reader checks that it fits in the page), and
-#: an odd mp_lower (LMDB rounds the node count down; the reader refuses the node table).
-ISSUE_20 = (
-    "issue 20: epic-check passes a shard whose damaged branch page the reader then refuses "
-    "(one reader for every read)"
-)
-ISSUE_20_REFUSALS = ("node 0's key runs past the page", "has a bad node table")
 
 
 def page_kinds(data: bytes, psize: int) -> dict[int, str]:
@@ -147,23 +136,6 @@ def flip_offsets(data: bytes, kinds: dict[int, str], psize: int) -> dict[str, li
     for start, end in jpeg_extents(data, kinds, psize):
         targets["JPEG"] += range(start, end)
     return targets
-
-
-def issue_20_case(data: bytes, kinds: dict[int, str], psize: int, offset: int, xor: int) -> bool:
-    """Whether XORing byte ``offset`` with ``xor`` damages what LMDB and the store's reader
-    read differently (:data:`ISSUE_20`): a byte of the key size of a branch page's node 0,
-    or mp_lower made odd in a branch or leaf page. Remove it with the xfail marks once
-    issue 20 is fixed."""
-    page, within = divmod(offset, psize)
-    kind = kinds.get(page)
-    if kind not in ("branch", "leaf"):
-        return False
-    if within == LOWER_LOW_BYTE and xor & 1:
-        return True
-    if kind != "branch":
-        return False
-    node_0 = nodes(data, page, psize)[0]
-    return offset in (node_0 + 6, node_0 + 7)
 
 
 @dataclass(frozen=True)
@@ -470,8 +442,8 @@ def test_flipped_key_byte_in_branch_page_is_reported_not_complete(shard: Shard) 
 
 def test_shard_that_kills_its_reader_is_a_problem_row_not_a_crash(shard: Shard) -> None:
     # Each node pointer of the root page (the file's last page) aimed 16 pages past the end
-    # of the file: LMDB reads the node there and the process dies with SIGBUS. (So does the
-    # store's reader, which reads metadata through LMDB: issue 20, never a crash.)
+    # of the file: LMDB reads the node there and the process dies with SIGBUS. epic-check
+    # reads with pread through the store's reader (issue 20): a problem row naming the page.
     root = _root(shard)
     assert root == len(shard.data) // shard.psize - 1
     pointers = [root * shard.psize + PAGE_HEADER + 2 * i for i in range(len(_root_nodes(shard)))]
@@ -479,16 +451,13 @@ def test_shard_that_kills_its_reader_is_a_problem_row_not_a_crash(shard: Shard) 
         with damaged(shard.path, pointer, struct.pack("<H", 0xFFF0)):
             text = _check_text(shard.store)
         where = f"node pointer at byte {pointer}"
-        assert "reading shard-00000.lmdb killed the checker process (signal " in text, where
-        assert "the shard is corrupt" in text, f"{where}\n{text}"
+        assert f"problem: shard 0: shard-00000.lmdb is corrupt: page {root}" in text, where
+        assert "killed the checker process" not in text, f"{where}\n{text}"
     with damaged(shard.path, pointers[1], struct.pack("<H", 0xFFF0)):
         done = _check_cli(shard.store)
     assert done.returncode == ExitCode.STORE_INCOMPLETE, done.stdout + done.stderr
-    assert (
-        "problem: shard 0: reading shard-00000.lmdb killed the checker process (signal "
-        in done.stdout
-    )
-    assert "the shard is corrupt" in done.stdout and "resubmit shards 0:" in done.stdout
+    assert f"problem: shard 0: shard-00000.lmdb is corrupt: page {root}" in done.stdout
+    assert "killed" not in done.stdout and "resubmit shards 0:" in done.stdout
 
 
 def _outcome(shard: Shard) -> str:
@@ -507,13 +476,6 @@ def _outcome(shard: Shard) -> str:
     return "harmless"
 
 
-def _is_issue_20_refusal(outcome: str) -> bool:
-    return outcome.startswith("the check passed, then the reader raised: ") and any(
-        refusal in outcome for refusal in ISSUE_20_REFUSALS
-    )
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ISSUE_20)
 @pytest.mark.parametrize("damage", ["node 0's key size", "odd node table"])
 def test_check_passes_a_damaged_branch_page_that_the_reader_refuses(
     shard: Shard, damage: str
@@ -523,19 +485,11 @@ def test_check_passes_a_damaged_branch_page_that_the_reader_refuses(
         offset = _root_nodes(shard)[0] + 7  # its high byte: 256 bytes more, past the page
     else:
         offset = root * shard.psize + LOWER_LOW_BYTE  # LMDB counts the same nodes
-    if not issue_20_case(shard.data, shard.kinds, shard.psize, offset, 0x01):
-        pytest.fail("the fuzz test's exclusion rule no longer covers this damage")
     with flipped(shard, offset, 0x01):
         outcome = _outcome(shard)
     assert outcome in ("reported", "harmless"), f"page {root} + {offset % shard.psize}: {outcome}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 20: epic-check passes a shard whose leaf page has an odd node table, which "
-    "the reader then refuses (one reader for every read)",
-)
 def test_check_passes_a_leaf_page_with_an_odd_node_table_that_the_reader_refuses(
     shard: Shard,
 ) -> None:
@@ -573,13 +527,6 @@ def test_single_byte_flips_are_reported_or_harmless(
             outcome = f"the checker raised {type(exc).__name__}: {exc}"
         if outcome in ("reported", "harmless"):
             outcomes[target, outcome] += 1
-        # The one exclusion, issue 20's known cases (issue_20_case: the key size of a branch
-        # page's node 0, an odd mp_lower): there the check may pass and the reader refuse the
-        # page, as the xfail tests above show, and nothing worse.
-        elif _is_issue_20_refusal(outcome) and issue_20_case(
-            shard.data, shard.kinds, shard.psize, offset, xor
-        ):
-            outcomes[target, "issue 20"] += 1
         else:
             page, within = divmod(offset, shard.psize)
             failures.append(
