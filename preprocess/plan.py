@@ -9,17 +9,16 @@ inputs is reported together, before anything is written.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import json
 import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import lmdb
 
 from epicdata.annotations import AnnotationDir, Segment, VideoInfo, read_video_info
 from epicdata.console import site_of_environment, user_line
@@ -31,7 +30,8 @@ from epicdata.constants import (
 from epicdata.errors import BadSourceError, EpicInputError, StoreError
 from epicdata.frames import expected_frame_count, frame_rate_for
 from epicdata.layout import MANIFEST_NAME, SHARD_META_KEY, SHARDS_DIR, video_meta_key
-from epicdata.lmdb_env import open_shard_readonly
+from epicdata.lmdb_env import ShardReadError, read_in_child
+from epicdata.lmdb_pages import ShardPages
 from epicdata.manifest import (
     KEEP_MODES,
     SOURCE_FRAMES,
@@ -601,7 +601,9 @@ def _inside(inner: Sequence[Range], outer: Sequence[Range]) -> bool:
 def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
     """Why the published shards of ``store_root`` were not made by ``manifest`` (empty when
     they were): same shard index, videos and parameters, and every frame the plan asks of
-    each video stored. Unreadable shards are left to `epic-check` (they must be redone)."""
+    each video stored. Unreadable shards are left to `epic-check` (they must be redone).
+    Read as every reader reads them (``pread``, no memory map a damaged page could turn
+    into SIGBUS)."""
     plans = {s.index: s for s in manifest.shards}
     params = json.loads(json.dumps(asdict(manifest.params)))
     problems: list[str] = []
@@ -612,44 +614,55 @@ def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
             problems.append(f"{path.name}: this plan has only {len(plans)} shards")
             continue
         try:
-            env = open_shard_readonly(path)
-        except lmdb.Error as exc:
+            with _shard_reader(path) as get:
+                problems.extend(_shard_mismatches(path.name, get, plan, params))
+        except (OSError, ValueError, ShardReadError) as exc:  # PageFormatError included
             log.warning("%s: unreadable (%s): epic-check will report it", path.name, exc)
-            continue
-        try:
-            with env.begin() as txn:
-                shard = ShardMeta.from_bytes(txn.get(SHARD_META_KEY) or b"")
-                if shard.params != params:
-                    problems.append(f"{path.name}: made with {shard.params}, this plan {params}")
-                    continue
-                planned_ids = sorted(v.video_id for v in plan.videos)
-                if sorted(shard.video_ids) != planned_ids:
-                    problems.append(
-                        f"{path.name}: holds {', '.join(sorted(shard.video_ids))}, this plan "
-                        f"puts {', '.join(planned_ids)} there"
-                    )
-                    continue
-                for video in plan.videos:
-                    meta = VideoMeta.from_bytes(txn.get(video_meta_key(video.video_id)) or b"")
-                    if not _inside(video.expected_ranges(meta.decoded_frames), meta.stored_ranges):
-                        problems.append(
-                            f"{path.name}: {video.video_id} lacks frames this plan keeps"
-                        )
-                    elif meta.source_kind != video.source_kind:
-                        problems.append(
-                            f"{path.name}: {video.video_id} came from {meta.source_kind}, this "
-                            f"plan takes it from {video.source_kind}"
-                        )
-                    elif None not in (meta.fingerprint, video.fingerprint) and (
-                        meta.fingerprint != video.fingerprint
-                    ):
-                        problems.append(
-                            f"{path.name}: {video.video_id} was extracted from another file"
-                        )
-        except (lmdb.Error, ValueError) as exc:
-            log.warning("%s: unreadable (%s): epic-check will report it", path.name, exc)
-        finally:
-            env.close()
+    return problems
+
+
+@contextlib.contextmanager
+def _shard_reader(path: Path) -> Iterator[Callable[[bytes], bytes | None]]:
+    """``get(key)`` on the published shard at ``path``: the page reader, or py-lmdb in a
+    child process for a file the page reader does not parse."""
+    pages = ShardPages.open_or_reason(path)
+    if isinstance(pages, str):
+        yield lambda key: read_in_child(path, [key])[key]
+        return
+    try:
+        yield pages.get
+    finally:
+        pages.close()
+
+
+def _shard_mismatches(
+    name: str, get: Callable[[bytes], bytes | None], plan: ShardPlan, params: dict
+) -> list[str]:
+    """Why the shard ``name`` (read with ``get``) was not made by ``plan``: the first
+    difference found (its parameters, its videos, or one video's frames or source)."""
+    shard = ShardMeta.from_bytes(get(SHARD_META_KEY) or b"")
+    if shard.params != params:
+        return [f"{name}: made with {shard.params}, this plan {params}"]
+    planned_ids = sorted(v.video_id for v in plan.videos)
+    if sorted(shard.video_ids) != planned_ids:
+        return [
+            f"{name}: holds {', '.join(sorted(shard.video_ids))}, this plan "
+            f"puts {', '.join(planned_ids)} there"
+        ]
+    problems = []
+    for video in plan.videos:
+        meta = VideoMeta.from_bytes(get(video_meta_key(video.video_id)) or b"")
+        if not _inside(video.expected_ranges(meta.decoded_frames), meta.stored_ranges):
+            problems.append(f"{name}: {video.video_id} lacks frames this plan keeps")
+        elif meta.source_kind != video.source_kind:
+            problems.append(
+                f"{name}: {video.video_id} came from {meta.source_kind}, this "
+                f"plan takes it from {video.source_kind}"
+            )
+        elif None not in (meta.fingerprint, video.fingerprint) and (
+            meta.fingerprint != video.fingerprint
+        ):
+            problems.append(f"{name}: {video.video_id} was extracted from another file")
     return problems
 
 
