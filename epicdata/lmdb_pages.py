@@ -517,7 +517,13 @@ def _best_meta(fd: int) -> tuple[int, int, int] | str:
     meta = second if second[-1] > first[-1] else first
     _check_page_size(meta[4], f"meta page {int(meta is second)}")
     if meta[13] != 0:
-        return f"its main database has flags {meta[13]:#x} (the store writes none)"
+        # py-lmdb writes every shard's main database with no flags (no duplicates, no
+        # integer keys): others are a damaged meta page, not a format to hand to py-lmdb's
+        # memory map in a reading process.
+        raise PageFormatError(
+            f"the meta page gives the main database flags {meta[13]:#x}; the store writes "
+            f"none (a damaged meta page)"
+        )
     return meta[4], meta[19], meta[20]
 
 

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from epicdata.checksums import frame_checksum, pack_checksums
-from epicdata.errors import StoreError
+from epicdata.errors import ExitCode, StoreError, StoreIncompleteError
 from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
 from epicdata.manifest import ExtractParams, Manifest, PlannedVideo, ShardPlan
 from epicdata.metadata import ShardMeta, VideoMeta
@@ -369,8 +370,8 @@ def test_frames_read_where_the_platform_has_no_posix_fadvise(
 
 
 def _with_main_db_flags(path: Path, flags: int) -> None:
-    """Set the main database's flags in both meta pages (MDB_DUPSORT reads as before with
-    LMDB, and the page reader does not parse it)."""
+    """Set the main database's flags in both meta pages (a damaged meta page: the store
+    writes none)."""
     data = bytearray(path.read_bytes())
     psize = struct.unpack_from("<I", data, 16 + 24)[0]
     for meta in (0, psize):
@@ -378,18 +379,40 @@ def _with_main_db_flags(path: Path, flags: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_shard_the_page_reader_does_not_parse_is_read_with_lmdb_and_logged_once(
-    store_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_main_db_flags_in_the_meta_page_are_damage_not_a_fallback_to_a_memory_map(
+    store_root: Path, tmp_path: Path
 ) -> None:
-    # Both shards in a format the page reader leaves to py-lmdb: one warning for the store,
-    # with its reason; the metadata read in a child process (the main process maps no
-    # shard for them), the frames as before.
+    # Found by the damage fuzz (issue 20): a meta page whose main-database flags were
+    # damaged sent the reader to py-lmdb's memory map in the reading process, where a
+    # damaged file can kill it with SIGBUS. py-lmdb writes every shard with no flags.
     import shutil
 
     copy = tmp_path / "store"
     shutil.copytree(store_root, copy)
-    for index in (0, 1):
-        _with_main_db_flags(shard_path(copy, index), 0x04)
+    _with_main_db_flags(shard_path(copy, 0), 0x12)
+    store = FrameStore(copy)
+    video = next(v for v in VIDEOS if store._video_shard[v] == 0)
+    try:
+        with pytest.raises(StoreIncompleteError) as caught:
+            store.video_meta(video)
+    finally:
+        store.close()
+    assert caught.value.exit_code == ExitCode.STORE_INCOMPLETE
+    assert "main database flags 0x12" in str(caught.value) and not store._envs
+
+
+def test_a_shard_the_page_reader_does_not_parse_is_read_with_lmdb_and_logged_once(
+    store_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    # Shards the page reader leaves to py-lmdb (it parses 64-bit little-endian files only:
+    # here a big-endian machine, as the reader sees it): one warning for the store, with
+    # its reason; the metadata read in a child process (the main process maps no shard
+    # for them), the frames as before.
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store_root, copy)
+    monkeypatch.setattr(sys, "byteorder", "big")
     store = FrameStore(copy)
     try:
         with caplog.at_level(logging.WARNING, logger="epicdata.store"):
@@ -406,5 +429,5 @@ def test_a_shard_the_page_reader_does_not_parse_is_read_with_lmdb_and_logged_onc
     records = [r for r in caplog.records if r.name == "epicdata.store"]
     assert len(records) == 1, [r.getMessage() for r in records]
     message = records[0].getMessage()
-    assert "is read with py-lmdb" in message and "main database has flags 0x4" in message
+    assert "is read with py-lmdb" in message and "64-bit little-endian" in message
     assert str(shard_path(copy, 0)) in message and str(copy) in message
