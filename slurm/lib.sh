@@ -68,8 +68,11 @@ epic_run_resumable() {
 epic_finish() {
     local run_dir=$1 rc=$2 out
     if [[ ${rc} -eq 75 ]]; then
+        # Said before the requeue: SLURM kills this batch shell as soon as it requeues the
+        # job, often before a line after `scontrol requeue` is written.
+        epic_log "checkpoint saved; requeueing job ${SLURM_JOB_ID}: it resumes with --resume auto"
         if out=$(scontrol requeue "${SLURM_JOB_ID}" 2>&1); then
-            epic_log "checkpoint saved; requeued job ${SLURM_JOB_ID}: it resumes with --resume auto"
+            :
         elif [[ ${out} == *"pending"* || ${out} == *"already"* ]]; then
             # scontrol requeue or a preemption from outside came first: SLURM requeued the
             # job already (and printed "CANCELLED ... DUE TO JOB REQUEUE" above).

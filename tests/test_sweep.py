@@ -540,7 +540,7 @@ def test_a_sweep_task_requeues_itself_after_a_checkpoint(tmp_path) -> None:
     result = _run_task(tmp_path, "1", 75)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "requeued").read_text().split() == ["1"]
-    assert "requeued job 1" in result.stdout
+    assert "checkpoint saved; requeueing job 1" in result.stdout
     assert not (tmp_path / "runs" / "bs16-lr5e-5-f12" / "FAILED").exists()
 
 

@@ -163,7 +163,7 @@ def test_a_training_job_sent_usr1_mid_epoch_requeues_and_finishes(
     text = log.read_text()
     assert (end.state, end.exit_code, end.requeues) == ("COMPLETED", 0, 1), text
     assert "SIGUSR1 received by this process: saved last.pt at epoch 1" in text
-    assert f"requeued job {job_id}" in text
+    assert f"checkpoint saved; requeueing job {job_id}" in text
     headers = [line for line in text.splitlines() if " | command: epic-train " in line]
     assert any(f"slurm job {job_id} restart 1" in line for line in headers), headers
     assert "resumed from" in text

@@ -318,7 +318,7 @@ def test_usr1_to_the_ranks_of_train_multi_sbatch_saves_and_requeues(
     finally:
         watchdog.cancel()
     assert code == 0, err[-5000:]
-    assert f"checkpoint saved; requeued job {env['SLURM_JOB_ID']}" in out
+    assert f"checkpoint saved; requeueing job {env['SLURM_JOB_ID']}" in out
     assert (tmp_path / "requeued").read_text().split() == [env["SLURM_JOB_ID"]]
     assert "SIGUSR1 received by this process (rank 0)" in err
     assert "exiting with 75 to requeue" in err
