@@ -139,6 +139,7 @@ class FrameStore:
         self._fallback_logged = False
         self._child_values: dict[bytes, bytes | None] = {}
         self._video_shard = self.manifest.video_to_shard()
+        self._shard_files: dict[int, Path] = {}
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
         self._pages: dict[int, ShardPages | None] = {}
@@ -324,7 +325,12 @@ class FrameStore:
         )
 
     def _shard_file(self, video_id: str) -> Path:
-        return shard_path(self.root, self._video_shard[video_id])
+        # Kept per shard: every clip's breadcrumb names it, and a Path costs microseconds.
+        index = self._video_shard[video_id]
+        path = self._shard_files.get(index)
+        if path is None:
+            path = self._shard_files[index] = shard_path(self.root, index)
+        return path
 
     @contextlib.contextmanager
     def _read(self, video_id: str) -> Iterator[lmdb.Transaction]:

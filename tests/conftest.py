@@ -242,6 +242,30 @@ def small_store_extracted_ro(
         yield paths
 
 
+@pytest.fixture(scope="session")
+def two_shards_ro(
+    small_store_ro: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """small_store's two videos planned into two shards, both extracted, shared by the
+    session: READ ONLY."""
+    from preprocess.extract import run_shard
+    from preprocess.plan import plan_store
+
+    root = tmp_path_factory.mktemp("two_shards_ro")
+    store = root / "store"
+    plan_store(
+        store_root=store,
+        annotations_dir=small_store_ro["annotations"],
+        videos_root=small_store_ro["videos"],
+        splits=("test",),
+        shards=2,
+    )
+    for index in (0, 1):
+        run_shard(store_root=store, shard_index=index, tmp_dir=root / "scratch")
+    with _read_only(store, "two_shards_ro"):
+        yield store
+
+
 @pytest.fixture
 def small_store(_small_inputs: Path, tmp_path: Path) -> dict[str, Path]:
     """Two 2-second videos with segments over most of them, planned into one shard (not run):

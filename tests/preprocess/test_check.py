@@ -220,26 +220,8 @@ def test_malformed_manifest_is_a_clear_error_not_a_traceback(
 # ----------------------------------------------------------------------------- isolation
 
 
-@pytest.fixture(scope="module")
-def two_shards(small_store_ro: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """small_store's two videos planned into two shards, both extracted: READ ONLY (shared by
-    the tests below, which only read it)."""
-    root = tmp_path_factory.mktemp("two-shards")
-    store = root / "store"
-    plan_store(
-        store_root=store,
-        annotations_dir=small_store_ro["annotations"],
-        videos_root=small_store_ro["videos"],
-        splits=("test",),
-        shards=2,
-    )
-    for index in (0, 1):
-        run_shard(store_root=store, shard_index=index, tmp_dir=root / "scratch")
-    return store
-
-
 def test_lmdb_abort_on_one_shard_is_a_problem_row_and_the_other_shards_are_checked(
-    two_shards: Path, monkeypatch: pytest.MonkeyPatch
+    two_shards_ro: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     read_shard = check_module._read_shard
 
@@ -250,20 +232,20 @@ def test_lmdb_abort_on_one_shard_is_a_problem_row_and_the_other_shards_are_check
 
     monkeypatch.setattr(check_module, "_read_shard", abort_on_shard_0)
     checked = []
-    report = check_store(two_shards, on_shard=lambda: checked.append(1))
+    report = check_store(two_shards_ro, on_shard=lambda: checked.append(1))
     assert len(checked) == 2 and report.shards[1].problems == [] and report.shards[1].frames
     assert report.problems == [
         "shard 0: reading shard-00000.lmdb killed the checker process (signal 6, LMDB "
         "assertion): the shard is corrupt"
     ]
-    code, output = _check("--store", str(two_shards))
+    code, output = _check("--store", str(two_shards_ro))
     assert code == ExitCode.STORE_INCOMPLETE
     assert "resubmit shards 0:\n" in output and "--array 0 --force" in output
 
 
 @pytest.mark.slow
 def test_shard_whose_read_hangs_is_killed_and_reported(
-    two_shards: Path, monkeypatch: pytest.MonkeyPatch
+    two_shards_ro: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     read_shard = check_module._read_shard
 
@@ -275,7 +257,7 @@ def test_shard_whose_read_hangs_is_killed_and_reported(
     monkeypatch.setattr(check_module, "_read_shard", hang_on_shard_0)
     monkeypatch.setattr(check_module, "SHARD_TIMEOUT_BASE_S", 2.0)
     checked = []
-    report = check_store(two_shards, on_shard=lambda: checked.append(1))
+    report = check_store(two_shards_ro, on_shard=lambda: checked.append(1))
     assert len(checked) == 2 and 0 in report.resubmit_indices
     assert (
         report.shards[0]
@@ -285,7 +267,7 @@ def test_shard_whose_read_hangs_is_killed_and_reported(
 
 
 def test_a_bug_in_the_shard_reader_is_raised_not_reported_as_a_damaged_shard(
-    two_shards: Path, monkeypatch: pytest.MonkeyPatch
+    two_shards_ro: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A problem row would send every shard back to extraction for a bug in the checker.
     def buggy(path: Path, plan: ShardPlan, params: dict, deep: bool) -> object:
@@ -293,7 +275,7 @@ def test_a_bug_in_the_shard_reader_is_raised_not_reported_as_a_damaged_shard(
 
     monkeypatch.setattr(check_module, "_read_shard", buggy)
     with pytest.raises(RuntimeError, match="ZeroDivisionError: injected bug"):
-        check_store(two_shards)
+        check_store(two_shards_ro)
 
 
 def test_a_shard_made_from_another_file_than_the_plans_is_reported(

@@ -391,15 +391,15 @@ def test_key_count_in_the_meta_page_is_checked(store: Path) -> None:
 
 
 def test_shard_the_page_reader_leaves_to_py_lmdb_is_checked_and_said_once(
-    two_videos_two_shards: Path, monkeypatch: pytest.MonkeyPatch
+    two_shards_ro: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A file of another LMDB format (the page reader says why it does not parse it): read
     # with py-lmdb, as FrameStore falls back to, and the report says so once for them all.
     why = "it is LMDB data version 2, not 1"
     monkeypatch.setattr(ShardPages, "open_or_reason", lambda *args, **kwargs: why)
-    report = check_store(two_videos_two_shards)
+    report = check_store(two_shards_ro)
     assert report.ok and [s.py_lmdb for s in report.shards] == [why, why]
-    code, output = _check("--store", str(two_videos_two_shards))
+    code, output = _check("--store", str(two_shards_ro))
     assert code == ExitCode.OK, output
     notes = [line for line in output.splitlines() if line.startswith("note:")]
     assert notes == [f"note: shards 0-1 read with py-lmdb, as training reads them: {why}"]
@@ -409,23 +409,3 @@ def test_check_reads_without_posix_fadvise(pristine: Path, monkeypatch) -> None:
     # macOS's CPython has no os.posix_fadvise: the checker must not need it.
     monkeypatch.delattr(os, "posix_fadvise", raising=False)
     assert check_store(pristine).ok
-
-
-@pytest.fixture(scope="module")
-def two_videos_two_shards(small_store_ro: dict[str, Path], tmp_path_factory) -> Path:
-    """small_store's two videos planned into two shards, both extracted: READ ONLY."""
-    from preprocess.extract import run_shard
-    from preprocess.plan import plan_store
-
-    root = tmp_path_factory.mktemp("two-shards")
-    store = root / "store"
-    plan_store(
-        store_root=store,
-        annotations_dir=small_store_ro["annotations"],
-        videos_root=small_store_ro["videos"],
-        splits=("test",),
-        shards=2,
-    )
-    for index in (0, 1):
-        run_shard(store_root=store, shard_index=index, tmp_dir=root / "scratch")
-    return store
