@@ -12,7 +12,13 @@ Keys inside a shard:
 - ``__meta__/shard`` -> JSON :class:`epicdata.metadata.ShardMeta`;
 - ``__meta__/video/<video_id>`` -> JSON :class:`epicdata.metadata.VideoMeta`;
 - ``__meta__/crc32/<video_id>`` -> little-endian uint32 CRC-32 of each stored frame, in
-  ascending frame order (:mod:`epicdata.checksums`).
+  ascending frame order (:mod:`epicdata.checksums`);
+- ``__meta__/index/<video_id>`` -> where each stored frame's JPEG lies in the file, with
+  its CRC-32 (:mod:`epicdata.frame_index`; format 2 on);
+- ``__meta__/published`` -> the publish record: format version, content digest (format 2 on).
+
+Reserved for stores of more than one image per frame position (optical flow's u and v):
+``<video_id>/<frame:010d>/<image>``, and the frame index counts images per position.
 
 Reserved keys start with ``__`` and can never collide with a video id (``PXX_YY``).
 A shard file at its final path is complete: writers publish by atomic rename.
@@ -22,8 +28,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: The version of this layout and of the records in it (manifest, metadata).
-STORE_FORMAT_VERSION = 1
+#: The version of this layout and of the records in it (manifest, metadata). 2 added the
+#: frame index and the publish record; 1's shards read without them (B-tree lookups) and
+#: ``epic-check --upgrade`` adds them in place.
+STORE_FORMAT_VERSION = 2
+#: The versions this code reads.
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
 #: A shard's last failed extraction, for epic-check to name: store/failures/shard-NNNNN.txt.
@@ -31,6 +41,8 @@ FAILURES_DIR = "failures"
 SHARD_META_KEY = b"__meta__/shard"
 _VIDEO_META_PREFIX = b"__meta__/video/"
 _CHECKSUM_PREFIX = b"__meta__/crc32/"
+_INDEX_PREFIX = b"__meta__/index/"
+PUBLISH_RECORD_KEY = b"__meta__/published"
 
 
 def shard_filename(index: int) -> str:
@@ -56,3 +68,7 @@ def video_meta_key(video_id: str) -> bytes:
 
 def checksum_key(video_id: str) -> bytes:
     return _CHECKSUM_PREFIX + video_id.encode()
+
+
+def frame_index_key(video_id: str) -> bytes:
+    return _INDEX_PREFIX + video_id.encode()

@@ -12,7 +12,12 @@ from typing import Any
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import StoreError
-from epicdata.layout import MANIFEST_NAME, SHARDS_DIR, STORE_FORMAT_VERSION
+from epicdata.layout import (
+    MANIFEST_NAME,
+    READABLE_FORMAT_VERSIONS,
+    SHARDS_DIR,
+    STORE_FORMAT_VERSION,
+)
 from epicdata.ranges import Range, ranges_from_json
 from epicdata.sampling import merge_ranges
 from epicdata.typed_json import checked_fields, short_json
@@ -185,10 +190,11 @@ class Manifest:
             # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8).
             raise StoreError("manifest is not JSON", where=f"{path}: {exc}", fix=fix) from None
         version = data.get("format_version") if isinstance(data, dict) else None
-        if isinstance(data, dict) and version != STORE_FORMAT_VERSION:
+        if isinstance(data, dict) and version not in READABLE_FORMAT_VERSIONS:
             raise StoreError(
-                f"{path}: store format version {version}, this code reads version "
-                f"{STORE_FORMAT_VERSION}; re-plan and re-extract the store with this version"
+                f"{path}: store format version {version}, this code reads versions "
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; a newer release wrote it "
+                f"(upgrade this one), or re-plan and re-extract the store with this version"
             )
         try:
             return cls.from_dict(data)

@@ -23,19 +23,36 @@ from typing import Any
 
 import lmdb
 
-from epicdata.checksums import frame_checksum
+from epicdata.checksums import crc32, frame_checksum
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError, StoreError, StoreIncompleteError
-from epicdata.layout import SHARDS_DIR, checksum_key, frame_key, shard_path, video_meta_key
+from epicdata.frame_index import ENTRY, HEADER, FrameIndexError, parse_header
+from epicdata.layout import (
+    PUBLISH_RECORD_KEY,
+    SHARD_META_KEY,
+    SHARDS_DIR,
+    checksum_key,
+    frame_index_key,
+    frame_key,
+    shard_path,
+    video_meta_key,
+)
 from epicdata.lmdb_env import (
     ShardReadError,
     open_shard_readonly,
     read_in_child,
     shard_file_truncated,
 )
-from epicdata.lmdb_pages import PageCache, PageFormatError, ShardPages, ShardTruncatedError
+from epicdata.lmdb_pages import (
+    PageCache,
+    PageFormatError,
+    ShardPages,
+    ShardTruncatedError,
+    fadvise,
+)
 from epicdata.manifest import Manifest
-from epicdata.metadata import VideoMeta
+from epicdata.memory import memory_limit_bytes
+from epicdata.metadata import ShardMeta, VideoMeta
 from epicdata.ranges import Range, describe_ranges
 from epicdata.stage import forget_staged_copy
 
@@ -77,21 +94,34 @@ class _StoredIndex:
 
     def position(self, frame: int) -> int | None:
         """Index of ``frame`` among the stored frames; None when it is not stored."""
+        if len(self.starts) == 1:  # whole videos (keep=all): no search
+            if self.starts[0] <= frame <= self.ends[0]:
+                return frame - self.starts[0]
+            return None
         i = bisect.bisect_right(self.starts, frame) - 1
         if i < 0 or frame > self.ends[i]:
             return None
         return self.offsets[i] + frame - self.starts[i]
 
 
-#: The kernel's readahead for the shards a FrameStore reads. Off (LMDB's MADV_RANDOM), a
-#: page fault reads the 4 KiB page it needs; on, it reads the device's whole readahead
-#: window around it (``read_ahead_kb``: 8 MiB on the machine measured). On wins while the
-#: page cache holds the store and loses everything once it cannot: with the readers'
-#: memory capped as SLURM's cgroup caps a job's (page cache included) at 1/13 of a keep=all
-#: store, clip reads ran at 0.02x of one file per frame with it on and at about 1x with it
-#: off (docs/benchmarks.md, "Cold reads: a store larger than memory"). A real store is tens
-#: to hundreds of GB, so off.
-READAHEAD = False
+#: The kernel's readahead for the shards a FrameStore reads. Off, each frame's bytes are
+#: read alone (announced together per clip); on, a shard is announced whole when first
+#: opened, and the kernel reads it in large requests. On wins while the page cache can hold
+#: the store and loses everything once it cannot: with the readers' memory capped as
+#: SLURM's cgroup caps a job's (page cache included) at 1/13 of a keep=all store, clip
+#: reads through py-lmdb's map ran at 0.02x of one file per frame with readahead on and at
+#: about 1x with it off (docs/benchmarks.md, "Cold reads: a store larger than memory").
+#: So a store chooses by its size (``readahead=None``): on when the store's shards take at
+#: most this fraction of the memory the process may use (its cgroup's limit, SLURM's
+#: ``--mem``, or the machine's), off otherwise, and it logs the choice.
+READAHEAD_MEMORY_FRACTION = 0.5
+#: A clip whose frames lie within this many times their own bytes of each other (whole
+#: segments, short clips) is announced to the kernel as one range rather than per frame.
+DENSE_SPAN = 2
+#: Bytes of a clip's frame index entries read with one ``pread`` (a long segment's clip
+#: reads its 8 entries one by one instead of the span between them).
+INDEX_SPAN_BYTES = 16 << 10
+_UNKNOWN = object()
 
 
 class FrameStore:
@@ -121,7 +151,7 @@ class FrameStore:
         *,
         clamp_tolerance: int = CLAMP_TOLERANCE_FRAMES,
         verify: bool = True,
-        readahead: bool = READAHEAD,
+        readahead: bool | None = None,
         direct: bool = True,
         staged_from: str | Path | None = None,
     ) -> None:
@@ -132,18 +162,22 @@ class FrameStore:
         self.manifest = Manifest.load(self.root)
         self.clamp_tolerance = clamp_tolerance
         self.verify = verify
-        self.readahead = readahead
         #: Shards read with pread through :mod:`epicdata.lmdb_pages` (one read per frame,
         #: a clip's reads in flight together) rather than through py-lmdb's memory map.
         self.direct = direct
         self._fallback_logged = False
         self._child_values: dict[bytes, bytes | None] = {}
         self._video_shard = self.manifest.video_to_shard()
+        self.readahead = self._choose_readahead() if readahead is None else readahead
         self._shard_files: dict[int, Path] = {}
         self.clamp_count = 0
         self._envs: dict[int, lmdb.Environment] = {}
         self._pages: dict[int, ShardPages | None] = {}
         self._page_cache = PageCache()
+        #: Per video, in the process that reads: (its shard's reader, the file offset of
+        #: its frame index's first entry), or None when the shard has no index.
+        self._where: dict[str, tuple[ShardPages, int] | None] = {}
+        self._unindexed_logged = False
         self._checksums_at: dict[str, tuple[int, int] | None] = {}
         self._meta: dict[str, tuple[VideoMeta, _StoredIndex]] = {}
         self._pid = os.getpid()
@@ -160,6 +194,7 @@ class FrameStore:
         state["_envs"] = {}
         state["_pages"] = {}
         state["_page_cache"] = PageCache()
+        state["_where"] = {}
         state["_crumb"] = None
         return state
 
@@ -182,7 +217,28 @@ class FrameStore:
             self._envs = {}
             self._pages = {}
             self._page_cache = PageCache()
+            self._where = {}
             self._pid = os.getpid()
+
+    def _choose_readahead(self) -> bool:
+        """Whether the store's shards fit in this process's memory (see
+        READAHEAD_MEMORY_FRACTION); logged."""
+        total = 0
+        for index in sorted(set(self._video_shard.values())):
+            with contextlib.suppress(OSError):  # not published: said when it is read
+                total += shard_path(self.root, index).stat().st_size
+        memory = memory_limit_bytes()
+        fits = total <= READAHEAD_MEMORY_FRACTION * memory
+        _log.info(
+            "store %s: %.1f GB of shards, %.1f GB of memory for this job: %s",
+            self.root,
+            total / 1e9,
+            memory / 1e9,
+            "reading each shard ahead whole (it fits in memory)"
+            if fits
+            else "reading each frame alone (the store does not fit in memory)",
+        )
+        return fits
 
     def _shard_index(self, video_id: str) -> int:
         try:
@@ -226,6 +282,9 @@ class FrameStore:
             ) from None
         if isinstance(opened, str):
             self._fell_back(path, opened)
+        elif self.readahead:
+            fadvise(opened.fd, 0, 0, "NORMAL")
+            fadvise(opened.fd, 0, 0, "WILLNEED")  # the whole file, read in the background
         pages = self._pages[index] = None if isinstance(opened, str) else opened
         return pages
 
@@ -370,22 +429,31 @@ class FrameStore:
 
     def resolve_frames(self, video_id: str, frames: Sequence[int]) -> list[int]:
         """Map requested frame numbers to stored ones (clamping near the end, counted)."""
+        return self._resolve(video_id, frames)[0]
+
+    def _resolve(self, video_id: str, frames: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The stored frame numbers of ``frames`` (clamped near the end, counted) and their
+        positions among the video's stored frames."""
         meta, index = self._video(video_id)
-        last = meta.last_stored_frame
-        resolved = []
-        for frame in (int(f) for f in frames):
-            if index.position(frame) is not None:
-                resolved.append(frame)
-            elif last == meta.decoded_frames and last < frame <= last + self.clamp_tolerance:
-                resolved.append(last)
+        resolved, positions = [], []
+        for frame in frames:
+            frame = int(frame)
+            position = index.position(frame)
+            if position is None:
+                last = meta.last_stored_frame
+                if not (
+                    last == meta.decoded_frames and last < frame <= last + self.clamp_tolerance
+                ):
+                    raise StoreError(
+                        f"{video_id} frame {frame} is not in the store (stored ranges: "
+                        f"{describe_ranges(meta.stored_ranges)}; decoded {meta.decoded_frames} "
+                        f"frames); re-plan with --keep covering this request"
+                    )
+                frame, position = last, meta.stored_frames - 1
                 self.clamp_count += 1
-            else:
-                raise StoreError(
-                    f"{video_id} frame {frame} is not in the store (stored ranges: "
-                    f"{describe_ranges(meta.stored_ranges)}; decoded {meta.decoded_frames} "
-                    f"frames); re-plan with --keep covering this request"
-                )
-        return resolved
+            resolved.append(frame)
+            positions.append(position)
+        return resolved, positions
 
     def _crumbs_file(self) -> int:
         """This process's descriptor of the breadcrumbs file (OSError where a spawned
@@ -443,27 +511,119 @@ class FrameStore:
         """JPEG bytes of ``frames`` (1-based numbers) of ``video_id``, in request order, each
         checked against its CRC-32 (unless ``verify`` is off)."""
         self._leave_breadcrumb(video_id, frames)
-        resolved = self.resolve_frames(video_id, frames)
-        meta, index = self._video(video_id)
-        positions = [index.position(frame) for frame in resolved]
-        pages = self._shard_pages(video_id)
-        if pages is None:
-            out, sums, first = self._read_mapped(video_id, resolved, meta)
-        else:
-            try:
+        resolved, positions = self._resolve(video_id, frames)
+        where = self._where.get(video_id, _UNKNOWN)
+        if where is _UNKNOWN or os.getpid() != self._pid:
+            where = self._frame_index(video_id)
+        try:
+            if where is not None:
+                return self._read_indexed(where, video_id, resolved, positions)  # type: ignore[arg-type]
+            meta = self._video(video_id)[0]
+            pages = self._shard_pages(video_id)
+            if pages is None:
+                out, sums, first = self._read_mapped(video_id, resolved, meta)
+            else:
                 out, sums, first = self._read_direct(pages, video_id, resolved, positions, meta)
-            except PageFormatError as exc:
-                raise self._corrupt(video_id, str(exc)) from None
+        except PageFormatError as exc:
+            raise self._corrupt(video_id, str(exc)) from None
         if sums is not None:
             for frame, position, blob in zip(resolved, positions, out, strict=True):
                 at = 4 * (position - first)
                 if frame_checksum(blob) != int.from_bytes(sums[at : at + 4], "little"):
-                    raise self._damaged(
-                        self._shard_file(video_id),
-                        f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is corrupt)",
-                        f"run `epic-check --store {self.root}` and re-extract that "
-                        f"shard with `epic-extract run --force`",
-                    )
+                    raise self._checksum_mismatch(video_id, frame)
+        return out
+
+    def _checksum_mismatch(self, video_id: str, frame: int) -> StoreIncompleteError:
+        return self._damaged(
+            self._shard_file(video_id),
+            f"{video_id} frame {frame}: checksum mismatch (the stored JPEG is corrupt)",
+            f"run `epic-check --store {self.root}` and re-extract that "
+            f"shard with `epic-extract run --force`",
+        )
+
+    def _frame_index(self, video_id: str) -> tuple[ShardPages, int] | None:
+        """Where the frame index of ``video_id`` lies in its shard (see ``_where``), its
+        header checked; None (logged once per store) for a shard of store format 1."""
+        pages = self._shard_pages(video_id)
+        where = None
+        if pages is not None:
+            meta = self._video(video_id)[0]
+            try:
+                found = pages.locate(frame_index_key(video_id))
+                if found is None:
+                    self._unindexed(video_id, pages)
+                else:
+                    parse_header(pages.read(found[0], HEADER.size), found[1], meta.stored_frames)
+                    where = pages, found[0] + HEADER.size
+            except PageFormatError as exc:  # FrameIndexError included
+                raise self._corrupt(video_id, str(exc)) from None
+        self._where[video_id] = where
+        return where
+
+    def _unindexed(self, video_id: str, pages: ShardPages) -> None:
+        """A shard without a frame index: one of store format 1 (logged once per store), or
+        a damaged one."""
+        blob = pages.get(SHARD_META_KEY)
+        version = 1
+        if blob is not None:
+            with contextlib.suppress(MalformedMetadataError):
+                version = ShardMeta.from_bytes(blob).format_version
+        if version >= 2 or pages.locate(PUBLISH_RECORD_KEY) is not None:
+            raise FrameIndexError("its frame index is missing")
+        if not self._unindexed_logged:
+            self._unindexed_logged = True
+            _log.warning(
+                "%s has no frame index (store format 1): frames are looked up in its B-tree, "
+                "which reads slower; `epic-check --store %s --upgrade` adds the index in "
+                "place (said once for the store)",
+                pages.path,
+                self.root,
+            )
+
+    def _read_indexed(
+        self,
+        where: tuple[ShardPages, int],
+        video_id: str,
+        resolved: list[int],
+        positions: list[int],
+    ) -> list[bytes]:
+        """The frames through the video's frame index: one ``pread`` of the clip's entries,
+        one of each frame, announced to the kernel together."""
+        pages, at = where
+        fd, size = pages.fd, ENTRY.size
+        low, high = min(positions), max(positions)
+        if (high - low + 1) * size <= INDEX_SPAN_BYTES:
+            table = os.pread(fd, (high - low + 1) * size, at + low * size)
+            if len(table) != (high - low + 1) * size:
+                raise PageFormatError("its frame index runs past the end of the file")
+            entries = [ENTRY.unpack_from(table, (p - low) * size) for p in positions]
+        else:
+            entries = []
+            for p in positions:
+                entry = os.pread(fd, size, at + p * size)
+                if len(entry) != size:
+                    raise PageFormatError("its frame index runs past the end of the file")
+                entries.append(ENTRY.unpack(entry))
+        end = pages.pages * pages.page_size
+        first, last, total = end, 0, 0
+        for frame, (offset, length, _) in zip(resolved, entries, strict=True):
+            if offset < 2 * pages.page_size or offset + length > end:
+                raise FrameIndexError(
+                    f"frame {frame}'s frame index entry ({offset:,}, {length:,}) lies outside "
+                    f"the file's {end:,} bytes"
+                )
+            first, last, total = min(first, offset), max(last, offset + length), total + length
+        if not self.readahead:
+            if last - first <= DENSE_SPAN * total + (64 << 10):
+                fadvise(fd, first, last - first, "WILLNEED")
+            else:
+                for offset, length, _ in entries:
+                    fadvise(fd, offset, length, "WILLNEED")
+        out = [pages.read(offset, length) for offset, length, _ in entries]
+        if self.verify:
+            for frame, blob, entry in zip(resolved, out, entries, strict=True):
+                if crc32(blob) & 0xFFFFFFFF != entry[2]:
+                    raise self._checksum_mismatch(video_id, frame)
         return out
 
     def _damaged(self, shard: Path, what: str, fix: str) -> StoreIncompleteError:
@@ -549,6 +709,7 @@ class FrameStore:
                 if pages is not None:
                     pages.close()
             self._pages = {}
+            self._where = {}
             self._page_cache = PageCache()
             for env in self._envs.values():
                 env.close()

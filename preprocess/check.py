@@ -50,11 +50,22 @@ from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.console import site_of_environment, user_line
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import MalformedMetadataError
+from epicdata.frame_index import (
+    ENTRY,
+    HEADER,
+    FrameIndexError,
+    add_index,
+    content_digest,
+    parse_header,
+    unpack_index,
+)
 from epicdata.layout import (
+    PUBLISH_RECORD_KEY,
+    READABLE_FORMAT_VERSIONS,
     SHARD_META_KEY,
-    STORE_FORMAT_VERSION,
     checksum_key,
     failure_record_path,
+    frame_index_key,
     frame_key,
     shard_path,
     video_meta_key,
@@ -113,6 +124,14 @@ class ShardCheck:
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
     py_lmdb: str | None = None
+    #: False: a shard of store format 1 without a frame index (reads look every frame up
+    #: in its B-tree; ``epic-check --upgrade`` adds the index in place).
+    indexed: bool = True
+
+    @property
+    def index_only(self) -> bool:
+        """Whether every problem is one of the frame index (``--upgrade`` fixes them)."""
+        return bool(self.problems) and all(INDEX_FIX in p for p in self.problems)
 
 
 @dataclass
@@ -125,6 +144,8 @@ class CheckReport:
     store_problems: list[str] = field(default_factory=list)
     #: Videos per source kind (``video``, ``frames``) among the shards read.
     sources: dict[str, int] = field(default_factory=dict)
+    #: Shards given their frame index by ``--upgrade``.
+    upgraded: list[int] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
@@ -137,7 +158,30 @@ class CheckReport:
 
     @property
     def resubmit_indices(self) -> list[int]:
-        return [s.index for s in self.shards if s.problems]
+        """The shards to extract again (not those whose frame index alone is wrong)."""
+        return [s.index for s in self.shards if s.problems and not s.index_only]
+
+    @property
+    def upgrade_notes(self) -> list[str]:
+        """What ``--upgrade`` would do, or did."""
+        store = self.store
+        notes = []
+        unindexed = [s.index for s in self.shards if s.published and not s.indexed]
+        if unindexed:
+            notes.append(
+                f"shards {array_spec(unindexed)} have no frame index (store format 1): "
+                f"reads look every frame up in the B-tree, slower; `epic-check --store "
+                f"{store} --upgrade` adds it in place (no re-extraction)"
+            )
+        broken = [s.index for s in self.shards if s.index_only]
+        if broken:
+            notes.append(
+                f"shards {array_spec(broken)}: only their frame index is wrong: "
+                f"`epic-check --store {store} --upgrade` rewrites it"
+            )
+        if self.upgraded:
+            notes.append(f"frame index written in place: shards {array_spec(self.upgraded)}")
+        return notes
 
     @property
     def py_lmdb_notes(self) -> list[str]:
@@ -172,6 +216,8 @@ class CheckReport:
             "resubmit_indices": self.resubmit_indices,
             "resubmit_command": self.resubmit_command,
             "py_lmdb_notes": self.py_lmdb_notes,
+            "upgrade_notes": self.upgrade_notes,
+            "upgraded": self.upgraded,
         }
 
 
@@ -200,6 +246,10 @@ class _Shard(Protocol):
 
     def get(self, key: bytes) -> bytes | memoryview | None: ...
 
+    def lookup(self, key: bytes) -> tuple[tuple[int, int] | None, bytes | memoryview | None]:
+        """(where the value lies in the file, or None where unknown; the value)."""
+        ...
+
     def entries(self) -> int: ...
 
     def walk_keys(self) -> Iterator[bytes]: ...
@@ -214,6 +264,10 @@ class _PagesShard:
     def get(self, key: bytes) -> bytes | None:
         return self.pages.get(key)  # one lookup from the root, as FrameStore's
 
+    def lookup(self, key: bytes) -> tuple[tuple[int, int] | None, bytes | None]:
+        where = self.pages.locate(key)
+        return where, None if where is None else self.pages.read(*where)
+
     def entries(self) -> int:
         return self._entries
 
@@ -222,13 +276,17 @@ class _PagesShard:
 
 
 class _LmdbShard:
-    """A shard of another LMDB format, read with py-lmdb as training reads it."""
+    """A shard of another LMDB format, read with py-lmdb as training reads it (its frame
+    index is not used: py-lmdb looks every frame up)."""
 
     def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction) -> None:
         self.env, self.txn = env, txn
 
     def get(self, key: bytes) -> memoryview | None:
         return self.txn.get(key)
+
+    def lookup(self, key: bytes) -> tuple[None, memoryview | None]:
+        return None, self.txn.get(key)
 
     def entries(self) -> int:
         return self.env.stat()["entries"]
@@ -237,9 +295,34 @@ class _LmdbShard:
         return (bytes(key) for key in self.txn.cursor().iternext(values=False))
 
 
+#: What ends every frame index problem: it is fixed without extracting the shard again.
+INDEX_FIX = "`epic-check --upgrade` rewrites the index in place"
+
+
+def _video_index(
+    shard: _Shard, vid: str, stored_frames: int
+) -> tuple[list[tuple[int, int, int]] | None, list[str]]:
+    """The entries of the frame index of ``vid`` (None: none to compare) and what is wrong
+    with it. Entries whose CRC-32 fails are still compared one by one, to name the frames."""
+    blob = shard.get(frame_index_key(vid))
+    if blob is None:
+        return None, [f"{vid}: frame index missing ({INDEX_FIX})"]
+    blob = bytes(blob)
+    try:
+        parse_header(blob[: HEADER.size], len(blob), stored_frames)
+    except FrameIndexError as exc:
+        return None, [f"{vid}: {exc} ({INDEX_FIX})"]
+    try:
+        return unpack_index(blob, stored_frames), []
+    except FrameIndexError as exc:
+        return list(ENTRY.iter_unpack(blob[HEADER.size :])), [f"{vid}: {exc} ({INDEX_FIX})"]
+
+
 def _check_video(
-    shard: _Shard, planned: PlannedVideo, params: ExtractParams, deep: bool
+    shard: _Shard, planned: PlannedVideo, params: ExtractParams, deep: bool, indexed: bool
 ) -> tuple[VideoMeta | None, list[str]]:
+    """The video's metadata and problems; ``indexed``: the shard must hold its frame index
+    (store format 2, or a shard upgraded in place), which must agree with every lookup."""
     vid = planned.video_id
     blob = shard.get(video_meta_key(vid))
     if blob is None:
@@ -283,18 +366,23 @@ def _check_video(
         return meta, [*problems, f"{vid}: checksums missing or not one per stored frame"]
     frames = frames_in_ranges(meta.stored_ranges).tolist()
     sums = unpack_checksums(bytes(sums_blob)).tolist()
-    bad: list[str] = []
-    # One lookup per frame from the root, as FrameStore.read_frames looks up a clip's first
-    # frame: a walk follows the leaves' order and passes a shard whose branch pages route
-    # some keys to the wrong leaf.
-    for frame, expected in zip(frames, sums, strict=True):
-        value = shard.get(frame_key(vid, frame))
+    entries, bad = _video_index(shard, vid, count) if indexed else (None, [])
+    # One lookup per frame from the root, as FrameStore reads a shard without its index: a
+    # walk follows the leaves' order and passes a shard whose branch pages route some keys
+    # to the wrong leaf. The index must give what the lookup gives, as reads take it.
+    for i, (frame, expected) in enumerate(zip(frames, sums, strict=True)):
+        where, value = shard.lookup(frame_key(vid, frame))
         if value is None:
             bad.append(f"{vid} frame {frame}: key missing")
         elif frame_checksum(value) != expected:
             bad.append(f"{vid} frame {frame}: checksum mismatch (corrupt JPEG)")
         elif deep:
             bad.extend(_decode_problem(vid, frame, value, meta))
+        if entries is not None and where is not None and entries[i] != (*where, expected):
+            bad.append(
+                f"{vid} frame {frame}: its frame index entry (offset, length, CRC) "
+                f"{entries[i]} is not the shard's {(*where, expected)} ({INDEX_FIX})"
+            )
     if len(bad) > MAX_PROBLEMS_PER_VIDEO:
         bad = [
             *bad[:MAX_PROBLEMS_PER_VIDEO],
@@ -315,21 +403,28 @@ def _decode_problem(vid: str, frame: int, jpeg: bytes | memoryview, meta: VideoM
     return []
 
 
-def _key_problems(shard: _Shard, metas: dict[str, VideoMeta]) -> list[str]:
+def _key_problems(shard: _Shard, metas: dict[str, VideoMeta], indexed: bool) -> list[str]:
     """Whether the shard holds exactly the keys its metadata accounts for: its key count
     (the meta page's) and a walk of every key (which also checks their order), naming up to
-    MAX_STRAY_KEYS_NAMED keys that nothing accounts for."""
+    MAX_STRAY_KEYS_NAMED keys that nothing accounts for. The frame index's keys and the
+    publish record belong to an indexed shard; their absence is reported with them."""
     expected = {SHARD_META_KEY}
+    index_keys = {PUBLISH_RECORD_KEY} if indexed else set()
     for vid, meta in metas.items():
         expected |= {video_meta_key(vid), checksum_key(vid)}
         expected.update(frame_key(vid, f) for f in frames_in_ranges(meta.stored_ranges).tolist())
+        if indexed:
+            index_keys.add(frame_index_key(vid))
     entries = shard.entries()
-    walked, stray = 0, []
+    walked, found, stray = 0, 0, []
     for key in shard.walk_keys():
         walked += 1
-        if key not in expected:
+        if key in expected:
+            found += 1
+        elif key not in index_keys:
             stray.append(key.decode(errors="backslashreplace"))
-    if entries == walked == len(expected) and not stray:
+    indexes_found = walked - len(stray) - found
+    if entries == walked and found == len(expected) and not stray:
         return []
     held = f"{entries} keys" + ("" if walked == entries else f" ({walked} in its B-tree)")
     if stray:
@@ -341,21 +436,24 @@ def _key_problems(shard: _Shard, metas: dict[str, VideoMeta]) -> list[str]:
         why = "the key count is corrupt"
     else:
         why = "keys missing from its B-tree"
-    return [f"{held}, the metadata accounts for {len(expected)}: {why}"]
+    return [f"{held}, the metadata accounts for {len(expected) + indexes_found}: {why}"]
 
 
-def _check_shard_meta(shard: _Shard, plan: ShardPlan, params: ExtractParams) -> list[str]:
+def _check_shard_meta(
+    shard: _Shard, plan: ShardPlan, params: ExtractParams
+) -> tuple[ShardMeta | None, list[str]]:
     blob = shard.get(SHARD_META_KEY)
     if blob is None:
-        return ["shard metadata missing"]
+        return None, ["shard metadata missing"]
     try:
         meta = ShardMeta.from_bytes(bytes(blob))
     except MalformedMetadataError as exc:
-        return [f"shard metadata unreadable ({exc.reason})"]
+        return None, [f"shard metadata unreadable ({exc.reason})"]
     problems = []
-    if meta.format_version != STORE_FORMAT_VERSION:
+    if meta.format_version not in READABLE_FORMAT_VERSIONS:
         problems.append(
-            f"store format version {meta.format_version}, the manifest's is {STORE_FORMAT_VERSION}"
+            f"store format version {meta.format_version}; this release reads "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
         )
     if meta.shard_index != plan.index:
         problems.append(f"holds shard {meta.shard_index}, not {plan.index}")
@@ -368,7 +466,31 @@ def _check_shard_meta(shard: _Shard, plan: ShardPlan, params: ExtractParams) -> 
         problems.append(f"{vid}: planned but missing from the shard")
     for vid in sorted(set(meta.video_ids) - set(planned_ids)):
         problems.append(f"{vid}: in the shard but not in its plan")
-    return problems
+    return meta, problems
+
+
+def _record_problems(shard: _Shard, meta: ShardMeta) -> list[str]:
+    """The publish record must hold the digest of the metadata the shard holds now."""
+    blob = shard.get(PUBLISH_RECORD_KEY)
+    if blob is None:
+        return [f"publish record missing ({INDEX_FIX})"]
+    try:
+        record = json.loads(bytes(blob))
+        digest = record["content_sha256"]
+    except (ValueError, TypeError, KeyError):
+        return [f"publish record unreadable ({INDEX_FIX})"]
+    keys = [SHARD_META_KEY]
+    keys += [k for v in meta.video_ids for k in (video_meta_key(v), checksum_key(v))]
+    values = {key: shard.get(key) for key in keys}
+    found = content_digest(
+        {k: None if v is None else bytes(v) for k, v in values.items()}, meta.video_ids
+    )
+    if digest != found:
+        return [
+            f"publish record's content digest {str(digest)[:16]}... is not the metadata's "
+            f"{found[:16]}...: the metadata changed after the shard was published"
+        ]
+    return []
 
 
 def _length_problem(name: str, size: int, needed: int) -> str | None:
@@ -390,26 +512,39 @@ def _length_problem(name: str, size: int, needed: int) -> str | None:
 
 def _check_contents(
     shard: _Shard, name: str, plan: ShardPlan, params: ExtractParams, deep: bool
-) -> tuple[list[str], dict[str, VideoMeta]]:
-    """Problems of an opened shard and the video metadata it holds; a damaged page ends the
-    check of the shard with a problem naming it."""
+) -> tuple[list[str], dict[str, VideoMeta], bool]:
+    """Problems of an opened shard, the video metadata it holds and whether it has (or
+    should have) a frame index; a damaged page ends the check of the shard with a problem
+    naming it."""
     problems: list[str] = []
     metas: dict[str, VideoMeta] = {}
+    indexed = True
     try:
-        problems.extend(_check_shard_meta(shard, plan, params))
+        shard_meta, meta_problems = _check_shard_meta(shard, plan, params)
+        problems.extend(meta_problems)
+        # Format 2 shards are published with their index; format 1 ones have it once
+        # upgraded (the record and the index are written in one transaction). Readers take
+        # any index they find, so any one found is checked too.
+        indexed = (
+            (shard_meta is not None and shard_meta.format_version >= 2)
+            or shard.get(PUBLISH_RECORD_KEY) is not None
+            or any(shard.get(frame_index_key(v.video_id)) is not None for v in plan.videos)
+        )
+        if indexed and shard_meta is not None:
+            problems.extend(_record_problems(shard, shard_meta))
         for planned in plan.videos:
-            meta, video_problems = _check_video(shard, planned, params, deep)
+            meta, video_problems = _check_video(shard, planned, params, deep, indexed)
             problems.extend(video_problems)
             if meta is not None:
                 metas[planned.video_id] = meta
-        problems.extend(_key_problems(shard, metas))
+        problems.extend(_key_problems(shard, metas, indexed))
     except PageFormatError as exc:
         problems.append(f"{name} is corrupt: {exc}")
     except lmdb.Error as exc:
         problems.append(f"{name} is corrupt: LMDB says {exc}")
     except OSError as exc:
         problems.append(_unreadable(name, exc))
-    return problems, metas
+    return problems, metas, indexed
 
 
 def _unreadable(name: str, exc: OSError) -> str:
@@ -418,17 +553,17 @@ def _unreadable(name: str, exc: OSError) -> str:
 
 def _read_with_lmdb(
     path: Path, plan: ShardPlan, params: ExtractParams, deep: bool
-) -> tuple[list[str], dict[str, VideoMeta]]:
+) -> tuple[list[str], dict[str, VideoMeta], bool]:
     """:func:`_read_shard` for a file of another LMDB format, through py-lmdb's map."""
     try:
         env = open_shard_readonly(path, sequential=True)
     except lmdb.Error as exc:
-        return [f"{path.name} does not open as LMDB ({exc}): truncated or not a shard"], {}
+        return [f"{path.name} does not open as LMDB ({exc}): truncated or not a shard"], {}, True
     try:
         needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
         problem = _length_problem(path.name, path.stat().st_size, needed)
         if problem is not None:  # reading past the end of the map would be SIGBUS
-            return [problem], {}
+            return [problem], {}, True
         with env.begin(buffers=True) as txn:
             return _check_contents(_LmdbShard(env, txn), path.name, plan, params, deep)
     finally:
@@ -437,29 +572,32 @@ def _read_with_lmdb(
 
 def _read_shard(
     path: Path, plan: ShardPlan, params: ExtractParams, deep: bool
-) -> tuple[list[str], dict[str, VideoMeta], str | None]:
-    """Problems of the published shard at ``path``, the video metadata it holds, and why
-    py-lmdb read it (None: the store's page reader did, with readahead on). Run in a child
-    process: a bug, or py-lmdb's map on a damaged file, must not take the checker down."""
+) -> tuple[list[str], dict[str, VideoMeta], str | None, bool]:
+    """Problems of the published shard at ``path``, the video metadata it holds, why
+    py-lmdb read it (None: the store's page reader did, with readahead on) and whether it
+    has a frame index (False: a store format 1 shard not upgraded). Run in a child process:
+    a bug, or py-lmdb's map on a damaged file, must not take the checker down."""
     try:
         database = main_database(path)
         if database is not None:
             problem = _length_problem(path.name, path.stat().st_size, database.bytes_needed)
             if problem is not None:
-                return [problem], {}, None
+                return [problem], {}, None, True
         pages = ShardPages.open_or_reason(path, sequential=True)
     except PageFormatError as exc:
-        return [f"{path.name} is corrupt: {exc}"], {}, None
+        return [f"{path.name} is corrupt: {exc}"], {}, None, True
     except OSError as exc:
-        return [_unreadable(path.name, exc)], {}, None
+        return [_unreadable(path.name, exc)], {}, None, True
     if isinstance(pages, str):
-        return (*_read_with_lmdb(path, plan, params, deep), pages)
+        problems, metas, indexed = _read_with_lmdb(path, plan, params, deep)
+        return problems, metas, pages, indexed
     try:
         if database is None or database.root != pages.root:
             # The page reader took another meta page than LMDB's rule picks: a damaged one.
-            return [f"{path.name} is corrupt: its meta pages disagree"], {}, None
+            return [f"{path.name} is corrupt: its meta pages disagree"], {}, None, True
         shard = _PagesShard(pages, database.entries)
-        return (*_check_contents(shard, path.name, plan, params, deep), None)
+        problems, metas, indexed = _check_contents(shard, path.name, plan, params, deep)
+        return problems, metas, None, indexed
     finally:
         pages.close()
 
@@ -553,7 +691,7 @@ def check_shard(
     result.bytes = path.stat().st_size
     timeout_s = shard_timeout_s(result.bytes, deep=deep)
     try:
-        result.problems, metas, result.py_lmdb = _run_isolated(
+        result.problems, metas, result.py_lmdb, result.indexed = _run_isolated(
             _read_shard, (path, plan, params, deep), timeout_s=timeout_s
         )
     except _ChildDied as exc:
@@ -624,10 +762,13 @@ def check_store(
     *,
     annotations_dir: str | Path | None = None,
     deep: bool = False,
+    upgrade: bool = False,
     on_shard: Callable[[], None] | None = None,
 ) -> CheckReport:
     """Check every shard of the store at ``store_root`` (and the annotations, if given);
-    ``on_shard`` is called after each shard (progress). A sizing-only plan is refused
+    ``on_shard`` is called after each shard (progress). ``upgrade``: write the frame index
+    of each shard that has none (store format 1) or whose index alone is wrong, then check
+    it again. A sizing-only plan is refused
     (StoreError, exit 2): none of its shards can be extracted, so listing them all as
     missing, with a resubmit line, would send the user round in a circle."""
     store_root = Path(store_root).resolve()
@@ -638,6 +779,11 @@ def check_store(
     all_metas: dict[str, VideoMeta] = {}
     for plan in manifest.shards:
         result, metas = check_shard(store_root, plan, params, deep=deep)
+        if upgrade and result.py_lmdb is None and (result.index_only or not result.indexed):
+            add_index(Path(result.path))
+            log.info("shard %d: frame index written in place", plan.index)
+            report.upgraded.append(plan.index)
+            result, metas = check_shard(store_root, plan, params, deep=deep)
         log.debug("shard %d: %d problems", plan.index, len(result.problems))
         report.shards.append(result)
         all_metas.update(metas)
@@ -668,13 +814,13 @@ def format_report(report: CheckReport) -> str:
         copied = report.sources.get(SOURCE_FRAMES, 0)
         decoded = sum(report.sources.values()) - copied
         lines.append(f"sources: {decoded} videos from MP4, {copied} from official frames")
-    lines.extend(f"note: {note}" for note in report.py_lmdb_notes)
+    lines.extend(f"note: {note}" for note in report.py_lmdb_notes + report.upgrade_notes)
     lines.extend(f"problem: {p}" for p in report.problems)
     if report.ok:
         lines.append(
             f"store {report.store} is complete: every planned frame present, every checksum matches"
         )
-    elif report.resubmit_command:
+    if report.resubmit_command:
         spec = array_spec(report.resubmit_indices)
         lines.append(f"resubmit shards {spec}:\n  {report.resubmit_command}")
     return "\n".join(lines)

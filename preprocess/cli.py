@@ -338,6 +338,13 @@ def run(
     "official frames in this folder (PXX/rgb_frames/PXX_YY.tar or PXX_YY/): best frame "
     "shift (must be 0), difference, PSNR, frame counts; exit 5 on a mismatch.",
 )
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="Write the frame index into every shard that checks clean but has none (store "
+    "format 1) or whose index alone is damaged, in place (no re-extraction; faster reads). "
+    "Run it while no job reads the store.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def check(
@@ -345,6 +352,7 @@ def check(
     annotations_dir: Path | None,
     deep: bool,
     frames_root: Path | None,
+    upgrade: bool,
     as_json: bool,
     verbose: bool,
 ) -> int:
@@ -367,6 +375,7 @@ def check(
             store_root,
             annotations_dir=annotations_dir,
             deep=deep,
+            upgrade=upgrade,
             on_shard=lambda: progress.update(1),
         )
     click.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))

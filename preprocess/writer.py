@@ -2,7 +2,8 @@
 
 A shard is built in ``--tmp-dir`` (node-local on clusters: many small random writes stay off
 the shared file system), in bounded transactions with keys sorted within each, then copied
-compacted to ``<store>/shards/.<name>.tmp-<pid>`` and renamed into place. A shard file at
+compacted to ``<store>/shards/.<name>.tmp-<pid>``, given its frame index
+(:mod:`epicdata.frame_index`) and renamed into place. A shard file at
 its final path is therefore complete and verified; a killed task leaves at most a temp file
 that the next run of the same index removes.
 """
@@ -20,6 +21,7 @@ import lmdb
 
 from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.errors import EpicInputError, OutOfSpaceError, StoreError
+from epicdata.frame_index import add_index, placeholders
 from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
 from epicdata.lmdb_env import open_shard_readonly
 from epicdata.metadata import ShardMeta, VideoMeta
@@ -109,9 +111,25 @@ class ShardWriter:
     def close(self) -> None:
         self._env.close()
 
-    def publish(self, store_root: Path, index: int) -> Path:
-        """Sync, copy compacted into ``<store>/shards/`` under a temp name, rename into place."""
+    def _reserve_index(self) -> None:
+        """Put the frame index's keys (zeros for now) before the compacted copy is made."""
         self.flush()
+        with self._env.begin(buffers=True) as txn:
+            blob = txn.get(SHARD_META_KEY)
+            if blob is None:
+                raise StoreError(f"{self.path}: no shard metadata written before publishing")
+            stored = {}
+            for video in ShardMeta.from_bytes(bytes(blob)).video_ids:
+                meta = txn.get(video_meta_key(video))
+                if meta is None:
+                    raise StoreError(f"{self.path}: {video}: no metadata written before publishing")
+                stored[video] = VideoMeta.from_bytes(bytes(meta)).stored_frames
+        self.put(placeholders(stored))
+
+    def publish(self, store_root: Path, index: int) -> Path:
+        """Sync, copy compacted into ``<store>/shards/`` under a temp name, write its frame
+        index into it, rename into place."""
+        self._reserve_index()
         final = shard_path(store_root, index)
         final.parent.mkdir(parents=True, exist_ok=True)
         temp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -136,6 +154,8 @@ class ShardWriter:
                     "`epic-check`",
                 )
             _check_copy(temp, expected_entries=self._env.stat()["entries"])
+            # The offsets the index records are the published file's: written into the copy.
+            add_index(temp)
             os.replace(temp, final)
         except BaseException as exc:
             temp.unlink(missing_ok=True)

@@ -208,6 +208,51 @@ def read_only() -> Callable[[Path, str], AbstractContextManager[None]]:
     return _read_only
 
 
+def _rewrite_as_format_1(shard: Path) -> None:
+    """Rewrite the shard file ``shard`` as the release of store format 1 wrote it: the same
+    keys and values without the frame index and the publish record, format version 1 in
+    its metadata, written in key order and copied compacted (tests/fixtures/store-format-1
+    is one such store, kept byte for byte)."""
+    import dataclasses
+
+    import lmdb
+
+    from epicdata.layout import PUBLISH_RECORD_KEY, SHARD_META_KEY
+    from epicdata.metadata import ShardMeta
+
+    env = lmdb.open(str(shard), subdir=False, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            items = dict(txn.cursor().iternext())
+    finally:
+        env.close()
+    items = {
+        key: value
+        for key, value in items.items()
+        if not key.startswith(b"__meta__/index/") and key != PUBLISH_RECORD_KEY
+    }
+    meta = ShardMeta.from_bytes(items[SHARD_META_KEY])
+    items[SHARD_META_KEY] = dataclasses.replace(meta, format_version=1).to_bytes()
+    written = shard.with_name(f".{shard.name}.format-1")
+    env = lmdb.open(str(written), subdir=False, map_size=4 * shard.stat().st_size + (1 << 20))
+    try:
+        with env.begin(write=True) as txn:
+            for key, value in sorted(items.items()):
+                txn.put(key, value)
+        shard.unlink()
+        env.copy(str(shard), compact=True)
+    finally:
+        env.close()
+        written.unlink()
+
+
+@pytest.fixture(scope="session")
+def as_format_1() -> Callable[[Path], None]:
+    """``as_format_1(shard_file)`` rewrites a shard in place as store format 1 wrote it (no
+    frame index: its reads look every frame up in the B-tree)."""
+    return _rewrite_as_format_1
+
+
 @pytest.fixture(scope="session")
 def _small_inputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """small_store's videos and annotations, encoded once per session: READ ONLY."""

@@ -6,7 +6,9 @@ killed epic-train with SIGBUS and no message, and a branch node's key size made 
 pass a shard that epic-train refused.)
 
 The three shards of the issue go through the CLIs (epic-check, epic-train with 0 and 2
-loader workers, epic-validate); a fuzz test then damages the shard over a thousand times
+loader workers, epic-validate; the emptied leaf of frames in a shard of store format 1,
+whose reads look frames up in the B-tree, and in one of format 2, whose reads take the
+frame index and return the right bytes while epic-check names the damage); a fuzz test then damages the shard over a thousand times
 (seeded) and asserts the property for each: if the check passes, every frame reads back
 byte for byte; a read that fails raises StoreIncompleteError (exit 5); nothing crashes.
 
@@ -30,6 +32,7 @@ import struct
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -439,18 +442,35 @@ def _missing_frames(text: str, vid: str, pattern: str) -> set[bytes]:
     return {frame_key(vid, int(n)) for n in re.findall(pattern.format(vid=vid), text)}
 
 
+def format_1_copy(
+    pristine: Pristine, folder: Path, as_format_1: Callable[[Path], None]
+) -> tuple[Path, bytes, Layout]:
+    """A copy of the store under ``folder`` as store format 1 wrote it (no frame index),
+    its shard's bytes and layout."""
+    store = folder / "store"
+    shutil.copytree(pristine.store, store)
+    as_format_1(shard_path(store, 0))
+    data = shard_path(store, 0).read_bytes()
+    return store, data, parse(data)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_check_and_train(
-    pristine: Pristine, tmp_path: Path, workers: int
+    pristine: Pristine, tmp_path: Path, workers: int, as_format_1: Callable[[Path], None]
 ) -> None:
     # Regression: the page reader raised IndexError (exit 1, "a bug") where LMDB finds
     # nothing. The leaf holds frames of the validation video, which training reads after
-    # its training steps, and epic-validate reads too.
+    # its training steps, and epic-validate reads too. In a shard of store format 1 reads
+    # look frames up in the B-tree: both say exit 5, naming a frame of the leaf.
     vid = pristine.validation_video
     numbers = pristine.frames[vid]
-    keys, edit = emptied_leaf(pristine, frame_key(vid, numbers[len(numbers) // 2]))
-    store = damaged_copy(pristine, tmp_path, edit)
+    store, data, layout = format_1_copy(pristine, tmp_path, as_format_1)
+    leaf = leaf_holding(data, layout, frame_key(vid, numbers[len(numbers) // 2]))
+    keys = {node_key(data, node) for node in layout.nodes[leaf]}
+    with shard_path(store, 0).open("r+b") as handle:
+        handle.seek(leaf * layout.psize + 12)
+        handle.write(struct.pack("<H", PAGE_HEADER))
     problems = check_problems(store)
     named = _missing_frames("\n".join(problems), vid, r"{vid} frame (\d+): key missing")
     assert named and named <= keys, problems
@@ -460,13 +480,42 @@ def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_check_and_train(
 
 
 @pytest.mark.slow
-def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_validate(
+def test_emptied_leaf_of_frames_with_the_frame_index_reads_right_and_check_names_it(
     pristine: Pristine, checkpoint: Path, tmp_path: Path
 ) -> None:
+    # Store format 2: reads find frames through the frame index, not the B-tree's leaves,
+    # and check each one's CRC-32: training and validation read the right bytes; epic-check
+    # names the keys the B-tree lost (exit 5: the shard is damaged, re-extract it).
     vid = pristine.validation_video
     numbers = pristine.frames[vid]
     keys, edit = emptied_leaf(pristine, frame_key(vid, numbers[len(numbers) // 2]))
     store = damaged_copy(pristine, tmp_path, edit)
+    problems = check_problems(store)
+    named = _missing_frames("\n".join(problems), vid, r"{vid} frame (\d+): key missing")
+    assert named and named <= keys, problems
+    trained = train(pristine, store, tmp_path / "run", 0)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    validated = validate(pristine, store, checkpoint, tmp_path / "out")
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    reader = FrameStore(store)
+    try:
+        assert read_frames_back(reader, {key: pristine.items[key] for key in keys})
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
+def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_validate(
+    pristine: Pristine, checkpoint: Path, tmp_path: Path, as_format_1: Callable[[Path], None]
+) -> None:
+    vid = pristine.validation_video
+    numbers = pristine.frames[vid]
+    store, data, layout = format_1_copy(pristine, tmp_path, as_format_1)
+    leaf = leaf_holding(data, layout, frame_key(vid, numbers[len(numbers) // 2]))
+    keys = {node_key(data, node) for node in layout.nodes[leaf]}
+    with shard_path(store, 0).open("r+b") as handle:
+        handle.seek(leaf * layout.psize + 12)
+        handle.write(struct.pack("<H", PAGE_HEADER))
     line = error_line(validate(pristine, store, checkpoint, tmp_path / "out"), "epic-validate")
     found = _missing_frames(line, vid, r"{vid}: frame (\d+) is listed as stored but its key")
     assert len(found) == 1 and found <= keys, line

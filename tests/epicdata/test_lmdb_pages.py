@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -31,6 +32,7 @@ from epicdata.lmdb_pages import (
 )
 from epicdata.ranges import frames_in_ranges
 from epicdata.store import FrameStore
+from preprocess.check import check_store
 
 
 def _write(path: Path, items: dict[bytes, bytes], **options: object) -> None:
@@ -222,7 +224,7 @@ def test_a_flipped_byte_in_a_tree_page_is_a_store_error_or_reads_right(
             for pages in reader._pages.values():  # a fresh reader of the damaged file
                 if pages is not None:
                     pages.close()
-            reader._pages, reader._checksums_at = {}, {}
+            reader._pages, reader._checksums_at, reader._where = {}, {}, {}
             try:
                 assert reader.read_frames(video, wanted[video]) == pristine[video], offset
                 outcomes["read right"] += 1
@@ -433,9 +435,14 @@ def test_what_lmdb_refuses_on_a_page_it_reads_is_damage_here_too(
     assert pages_say == lmdb_says
 
 
-def test_an_emptied_leaf_page_is_a_missing_key_not_an_index_error(store_root: Path) -> None:
+def test_an_emptied_leaf_page_is_a_missing_key_not_an_index_error(
+    store_root: Path, tmp_path: Path, as_format_1: Callable[[Path], None]
+) -> None:
     # Regression (issue 20): a leaf page whose mp_lower was set to 16 (no nodes) raised
     # IndexError in the page reader, an internal error (exit 1); LMDB finds nothing there.
+    unindexed = tmp_path / "format-1"
+    shutil.copytree(store_root, unindexed)
+    as_format_1(shard_path(unindexed, 0))
     path = shard_path(store_root, 0)
     psize = _psize(path)
     data = path.read_bytes()
@@ -447,13 +454,37 @@ def test_an_emptied_leaf_page_is_a_missing_key_not_an_index_error(store_root: Pa
     leaf = next(page for page, keys in keys_of.items() if keys[0].startswith(b"P"))
     video = keys_of[leaf][0].split(b"/")[0].decode()
     reader = FrameStore(store_root)
-    frames = frames_in_ranges(reader.video_meta(video).stored_ranges).tolist()
+    frames = [int(key.split(b"/")[1]) for key in keys_of[leaf]]
+    pristine = reader.read_frames(video, frames)
     reader.close()
     with path.open("r+b") as handle:
         handle.seek(leaf * psize + 12)
         handle.write(struct.pack("<H", PAGE_HEADER))
     assert _lmdb_answers(path, keys_of[leaf]) == [None] * len(keys_of[leaf])
+    pages = ShardPages.open(path)
+    assert [pages.locate(key) for key in keys_of[leaf]] == [None] * len(keys_of[leaf])
+    pages.close()
+    # The frame index still finds the frames, and their CRC says they are the same bytes;
+    # epic-check names the keys the B-tree lost (the shard is damaged all the same).
     reader = FrameStore(store_root)
+    assert reader.read_frames(video, frames) == pristine
+    reader.close()
+    report = check_store(store_root)
+    assert f"{video} frame {frames[0]}: key missing" in "\n".join(report.problems)
+    # A shard without an index (store format 1) looks the frames up: exit 5, naming one.
+    path = shard_path(unindexed, 0)
+    data = path.read_bytes()
+    (leaf,) = [
+        page
+        for page, flags in _headed_pages(data, psize).items()
+        if flags & P_LEAF
+        and not flags & P_BRANCH
+        and keys_of[leaf][0] in [_node_key(data, n) for n in _node_offsets(data, page, psize)]
+    ]
+    with path.open("r+b") as handle:
+        handle.seek(leaf * psize + 12)
+        handle.write(struct.pack("<H", PAGE_HEADER))
+    reader = FrameStore(unindexed)
     with pytest.raises(StoreIncompleteError) as caught:
         reader.read_frames(video, frames)
     reader.close()
@@ -468,6 +499,7 @@ _READ_ONE = """
 import sys
 from epicdata.errors import StoreIncompleteError
 from epicdata.store import FrameStore
+from preprocess.check import check_store
 store, video, frame = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for what in ("video_meta", "read_frames"):
     reader = FrameStore(store)

@@ -24,6 +24,7 @@ from epicdata.errors import (
     StoreError,
     StoreIncompleteError,
 )
+from epicdata.frame_index import add_index
 from epicdata.layout import MANIFEST_NAME, checksum_key, frame_key, shard_path
 from epicdata.lmdb_pages import ShardPages
 from epicdata.manifest import Manifest
@@ -194,8 +195,9 @@ def test_a_video_outside_the_plan_is_refused(store, tmp_path):
 def _change_frame_in_place(shard: Path, video: str, frame: int, *, crc: bool = True) -> bytes:
     """Change stored frame ``frame`` of ``video`` inside ``shard`` without moving a byte, as a
     tool editing the file in place would: one letter of the JPEG's comment ("Lavc" ->
-    "lavc": it decodes to the same picture), and (``crc``) its CRC-32 in the video's table,
-    so that the shard stays consistent. Returns the new JPEG bytes."""
+    "lavc": it decodes to the same picture), and (``crc``) its CRC-32 in the video's table
+    and its frame index (rewritten in place, same length), so that the shard stays
+    consistent. Returns the new JPEG bytes."""
     pages = ShardPages.open(shard)
     assert pages is not None
     at, size = pages.locate(frame_key(video, frame))
@@ -212,6 +214,10 @@ def _change_frame_in_place(shard: Path, video: str, frame: int, *, crc: bool = T
             os.pwrite(fd, frame_checksum(new).to_bytes(4, "little"), table_at + 4 * position)
     finally:
         os.close(fd)
+    if crc:
+        size = shard.stat().st_size
+        add_index(shard)
+        assert shard.stat().st_size == size
     return new
 
 

@@ -1,6 +1,7 @@
 """A store written by an earlier release still opens, checks and trains: stores cost many
-core-hours to extract, so format changes must read the old layout (fixture written by the
-store-format-1 release and kept byte for byte, tests/fixtures/store-format-1)."""
+core-hours to extract, so format changes must read the old layout (fixtures written by the
+release of each store format and kept byte for byte, tests/fixtures/store-format-N), and
+``epic-check --upgrade`` brings a format 1 store to today's reads in place."""
 
 from __future__ import annotations
 
@@ -20,35 +21,100 @@ from train.cli import train_main
 from train.config import TrainConfig
 from train.fit import fit
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-format-1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "store-format-1"
+#: Every store format a release has written.
+FORMATS = (1, 2)
+
+
+def _copy(fixture: Path, tmp_path: Path) -> Path:
+    """A copy (checks and readers must not need to write, but a test must not risk it)."""
+    store = tmp_path / "store"
+    shutil.copytree(fixture, store, ignore=shutil.ignore_patterns("annotations", "README.md"))
+    return store
 
 
 @pytest.fixture
 def old_store(tmp_path: Path) -> Path:
-    """A copy (checks and readers must not need to write, but a test must not risk it)."""
-    store = tmp_path / "store"
-    shutil.copytree(FIXTURE, store, ignore=shutil.ignore_patterns("annotations", "README.md"))
-    return store
+    return _copy(FIXTURE, tmp_path)
 
 
-def test_format_1_store_checks_clean(old_store: Path) -> None:
-    report = check_store(old_store, annotations_dir=FIXTURE / "annotations", deep=True)
-    assert report.ok, report.problems
-    assert sum(s.frames for s in report.shards) > 300
-
-
-def test_format_1_store_reads_every_sampled_frame(old_store: Path) -> None:
-    store = FrameStore(old_store)
-    annotations = AnnotationDir(FIXTURE / "annotations")
-    read = 0
+def _sampled_frames(store: FrameStore, annotations: AnnotationDir) -> dict[tuple[str, int], bytes]:
+    """Every frame the fixture's annotations sample (2 per segment), by (video, frame)."""
+    out = {}
     for split in ("train", "validation", "test"):
         table = annotations.table(split)
         for i in range(len(table)):
             frames = linspace_frames(int(table.start_frames[i]), int(table.stop_frames[i]), 2)
             jpegs = store.read_frames(table.video_ids[i], frames)
-            assert all(j[:2] == b"\xff\xd8" for j in jpegs)
-            read += len(jpegs)
-    assert read > 100
+            out.update(
+                ((table.video_ids[i], int(f)), j) for f, j in zip(frames, jpegs, strict=True)
+            )
+    return out
+
+
+@pytest.mark.parametrize("version", FORMATS)
+def test_every_format_checks_clean(tmp_path: Path, version: int) -> None:
+    fixture = FIXTURES / f"store-format-{version}"
+    report = check_store(
+        _copy(fixture, tmp_path), annotations_dir=fixture / "annotations", deep=True
+    )
+    assert report.ok, report.problems
+    assert sum(s.frames for s in report.shards) > 300
+    # Format 1 has no frame index: said, not a problem.
+    assert [s.indexed for s in report.shards] == [version >= 2]
+
+
+@pytest.mark.parametrize("version", FORMATS)
+def test_every_format_reads_every_sampled_frame(tmp_path: Path, version: int) -> None:
+    fixture = FIXTURES / f"store-format-{version}"
+    store = FrameStore(_copy(fixture, tmp_path))
+    frames = _sampled_frames(store, AnnotationDir(fixture / "annotations"))
+    assert len(frames) > 100 and all(j[:2] == b"\xff\xd8" for j in frames.values())
+
+
+def test_the_two_formats_hold_the_same_frames(tmp_path: Path) -> None:
+    # The same recipe, the same seeded inputs: only the index and the record differ.
+    annotations = AnnotationDir(FIXTURE / "annotations")
+    reads = [
+        _sampled_frames(
+            FrameStore(_copy(FIXTURES / f"store-format-{v}", tmp_path / str(v))), annotations
+        )
+        for v in FORMATS
+    ]
+    assert reads[0] == reads[1]
+
+
+def test_upgrade_adds_the_frame_index_in_place_and_moves_no_frame(
+    old_store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from epicdata.layout import frame_key, shard_path
+    from epicdata.lmdb_pages import ShardPages
+    from preprocess.cli import check
+
+    annotations = AnnotationDir(FIXTURE / "annotations")
+    caplog.set_level("WARNING", logger="epicdata.store")
+    before = _sampled_frames(FrameStore(old_store), annotations)
+    assert caplog.text.count("has no frame index (store format 1)") == 1  # once per store
+    pages = ShardPages.open(shard_path(old_store, 0))
+    where = {key: pages.locate(frame_key(*key)) for key in before}
+    pages.close()
+    result = CliRunner().invoke(check, ["--store", str(old_store)])
+    assert result.exit_code == 0, result.output
+    assert "have no frame index (store format 1)" in result.output and "--upgrade" in result.output
+    result = CliRunner().invoke(check, ["--store", str(old_store), "--upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "frame index written in place: shards 0" in result.output
+    report = check_store(old_store, annotations_dir=FIXTURE / "annotations", deep=True)
+    assert report.ok and [s.indexed for s in report.shards] == [True], report.problems
+    caplog.clear()
+    store = FrameStore(old_store)
+    assert store._frame_index(next(iter(before))[0]) is not None  # reads take the index
+    assert _sampled_frames(store, annotations) == before
+    assert "no frame index" not in caplog.text
+    # No frame moved: a reader that opened the file before the upgrade still reads right.
+    data = shard_path(old_store, 0).read_bytes()
+    assert all(data[at : at + size] == before[key] for key, (at, size) in where.items())
 
 
 @pytest.mark.slow

@@ -125,8 +125,8 @@ def _replace_in_shard(store: Path, old: bytes, new: bytes) -> None:
             "shard 0: shard metadata unreadable (shard metadata has unknown fields 'total_framez')",
         ),
         (
-            b'{"format_version": 1',
-            b'z"format_version": 1',
+            b'{"format_version": 2',
+            b'z"format_version": 2',
             "shard 0: shard metadata unreadable (Expecting value: line 1 column 1 (char 0))",
         ),
         (
