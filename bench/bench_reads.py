@@ -34,10 +34,11 @@ caches kept in a long-lived process is not what training gets):
   a third and fourth condition of each round, and its ratios are taken within the round.
 
 Then a per-frame breakdown of the store's reader in a warm fresh process, its phases
-timed separately with the store's own modules (building the keys, the B-tree lookup
-``ShardPages.locate_many``, the reads ``ShardPages.advise`` + ``read``, the CRC
-``checksums.frame_checksum``), against ``FrameStore.read_frames`` and one file per frame
-in other fresh processes: where the next optimisation should look.
+timed separately with the store's own modules (opening the shards, the clip's frame index
+entries, the reads ``ShardPages.read``, the CRC ``checksums.frame_checksum``; and, not
+summed, the B-tree lookups a store format 1 shard makes instead of the index), against
+``FrameStore.read_frames`` and one file per frame in other fresh processes: where the
+next optimisation should look.
 
 ``--quick``: a small store, a few pairs, the warm case and the breakdown only, nothing
 written to docs/benchmarks.md. A full run prints its tables, writes its section there
@@ -341,18 +342,25 @@ def run_readers(reader: str, root: Path, items: list, workers: int, cap: MemoryC
 # ----------------------------------------------------------------------------- breakdown
 
 
-PHASES = ("keys", "lookup", "read", "sums", "crc", "zlib")
+#: The phases of a clip read through the frame index, in the order ``read_frames`` runs
+#: them (summed), and for comparison (not summed) what a shard of store format 1 pays
+#: instead of the index (building the keys and the B-tree lookups), and zlib's own CRC-32.
+PHASES = ("index", "read", "crc")
+COMPARED = ("keys", "lookup", "zlib")
 
 
 def _breakdown_worker(spec: dict) -> None:
     """The store reader's phases per clip, each timed on its own with the store's modules,
-    in the order ``read_frames`` runs them; ``zlib`` (zlib's own CRC-32 of the same bytes,
-    not part of the store's work) is there for comparison."""
+    in the order ``read_frames`` runs them (a store that fits in memory: each shard
+    announced whole when opened, no frame alone), then the B-tree lookups a format 1 shard
+    makes instead of the index, and zlib's CRC-32 of the same bytes."""
+    import struct
     import zlib
 
     from epicdata.checksums import frame_checksum
-    from epicdata.layout import checksum_key, frame_key, shard_path
-    from epicdata.lmdb_pages import PageCache, ShardPages
+    from epicdata.frame_index import ENTRY, HEADER
+    from epicdata.layout import frame_index_key, frame_key, shard_path
+    from epicdata.lmdb_pages import PageCache, ShardPages, fadvise
     from epicdata.manifest import Manifest
 
     root = Path(spec["root"])
@@ -361,42 +369,50 @@ def _breakdown_worker(spec: dict) -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     ns = time.perf_counter_ns
-    cache, shards, sums_at = PageCache(), {}, {}
-    spent = dict.fromkeys(("open", *PHASES), 0)
+    cache, shards, where = PageCache(), {}, {}
+    spent = dict.fromkeys(("open", *PHASES, *COMPARED), 0)
+    entry = ENTRY.size
     for video, frames in items:
         index = video_shard[video]
+        t = ns()
         if index not in shards:
-            t = ns()
             shards[index] = ShardPages.open(shard_path(root, index), cache)
-            spent["open"] += ns() - t
             if shards[index] is None:
                 raise SystemExit(f"bench_reads: the page reader does not parse shard {index}")
+            fadvise(shards[index].fd, 0, 0, "WILLNEED")
         pages = shards[index]
+        if video not in where:
+            found = pages.locate(frame_index_key(video))
+            if found is None:
+                raise SystemExit(f"bench_reads: {video} has no frame index (epic-check --upgrade)")
+            where[video] = found[0] + HEADER.size
         t0 = ns()
-        keys = [frame_key(video, n) for n in frames]
+        spent["open"] += t0 - t
+        # keep=all: a frame's position among the stored frames is its number - 1.
+        low, high = frames[0] - 1, frames[-1] - 1
+        table = os.pread(pages.fd, (high - low + 1) * entry, where[video] + low * entry)
+        entries = [struct.unpack_from("<QII", table, (n - 1 - low) * entry) for n in frames]
         t1 = ns()
-        spans = pages.locate_many(keys)
+        blobs = [pages.read(offset, length) for offset, length, _ in entries]
         t2 = ns()
-        pages.advise(spans)
-        blobs = [pages.read(*span) for span in spans]
+        for blob, (_, _, crc) in zip(blobs, entries, strict=True):
+            if frame_checksum(blob) != crc:
+                raise SystemExit(f"bench_reads: {video}: checksum mismatch")
         t3 = ns()
-        # The checksums of the clip's span (keep=all: a frame's position is its number - 1).
-        if video not in sums_at:
-            sums_at[video] = pages.locate(checksum_key(video))
-        offset, _ = sums_at[video]
-        pages.read(offset + 4 * (frames[0] - 1), 4 * (frames[-1] - frames[0] + 1))
+        keys = [frame_key(video, n) for n in frames]
         t4 = ns()
-        for blob in blobs:
-            frame_checksum(blob)
+        pages.locate_many(keys)
         t5 = ns()
         for blob in blobs:
             zlib.crc32(blob)
         t6 = ns()
         for phase, took in zip(
-            PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True
+            (*PHASES, *COMPARED),
+            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5),
+            strict=True,
         ):
             spent[phase] += took
-    print(json.dumps({**spent, "shards": len(shards)}), flush=True)
+    print(json.dumps({**spent, "shards": len(shards), "videos": len(where)}), flush=True)
 
 
 def _breakdown_run(root: Path, items: list) -> dict:
@@ -425,9 +441,10 @@ def breakdown(built: dict, annotations: Path, runs: int) -> dict:
     phases: dict[str, list[float]] = {}
     for _ in range(runs):
         result = _breakdown_run(store, items)
-        for phase in PHASES:
+        for phase in (*PHASES, *COMPARED):
             phases.setdefault(phase, []).append(result[phase] / 1e3 / frames)
         phases.setdefault("open_ms", []).append(result["open"] / 1e6 / result["shards"])
+        phases.setdefault("open", []).append(result["open"] / 1e3 / frames)
         for reader, root in (("store", store), ("files", built["frames"])):
             rate = run_readers(reader, root, items, 1, None)["frames_per_s"]
             phases.setdefault(reader, []).append(1e6 / rate)
@@ -639,19 +656,20 @@ def report_body(
 
 def breakdown_text(parts: dict) -> str:
     """The breakdown's table: µs per frame of each phase, the whole read and files'."""
-    phases = sum(parts[p] for p in PHASES if p != "zlib")
+    phases = sum(parts[p] for p in ("open", *PHASES))
     rows = [
-        ["building the keys (`layout.frame_key`)", parts["keys"]],
-        ["lookup (`ShardPages.locate_many`)", parts["lookup"]],
-        ["read (`ShardPages.advise` + `read`, one pread a frame)", parts["read"]],
-        ["the clip's checksums (`ShardPages.read` of their span)", parts["sums"]],
-        ["CRC-32 (`checksums.frame_checksum`)", parts["crc"]],
+        ["opening shards, each video's index found (`ShardPages.open`, `locate`)", parts["open"]],
+        ["the clip's index entries (one `pread` of their span)", parts["index"]],
+        ["read (`ShardPages.read`, one pread a frame)", parts["read"]],
+        ["CRC-32 (`checksums.frame_checksum`) against the entry's", parts["crc"]],
         ["sum of the phases", phases],
         ["`FrameStore.read_frames`, whole (in a forked worker)", parts["store"]],
         ["rest of `read_frames` (its checks and bookkeeping)", parts["store"] - phases],
         ["one JPEG file per frame (open + read + close)", parts["files"]],
-        ["for comparison: zlib's `zlib.crc32` of the same frames", parts["zlib"]],
-    ]
+        ["not in the sum: the keys and B-tree lookups a format 1 shard makes instead",
+         parts["keys"] + parts["lookup"]],
+        ["not in the sum: zlib's `zlib.crc32` of the same frames", parts["zlib"]],
+    ]  # fmt: skip
     return "\n".join([
         "Where a warm fresh process's time goes, per frame (one epoch of clips on the keep=all "
         "store, 1 process, the median of "

@@ -123,6 +123,21 @@ def fadvise(fd: int, offset: int, length: int, advice: str) -> None:
         call(fd, offset, length, getattr(os, f"POSIX_FADV_{advice}"))
 
 
+_PROBE = bytearray(4096)
+
+
+def in_page_cache(fd: int, offset: int) -> bool:
+    """Whether the page at ``offset`` is in the page cache: a read that may not wait for the
+    disk (``preadv2`` with RWF_NOWAIT, Linux 4.14 on) got it. False where it cannot tell."""
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        return False
+    try:
+        return os.preadv(fd, [_PROBE], offset, flag) > 0
+    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a file system without it
+        return False
+
+
 class ShardPages:
     """Read-only, lookup-by-key access to one shard file through ``pread``. Not shared
     across processes: a forked child opens its own (the store does)."""
@@ -144,6 +159,8 @@ class ShardPages:
         self.file_pages = pages if file_pages is None else file_pages
         self._cache = cache
         self._id = next(_READERS)  # its pages' keys in the shared cache
+        #: The readahead windows already announced to the kernel (epicdata.store).
+        self.windows: set[int] = set()
 
     @classmethod
     def open(

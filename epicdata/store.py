@@ -49,6 +49,7 @@ from epicdata.lmdb_pages import (
     ShardPages,
     ShardTruncatedError,
     fadvise,
+    in_page_cache,
 )
 from epicdata.manifest import Manifest
 from epicdata.memory import memory_limit_bytes
@@ -105,8 +106,9 @@ class _StoredIndex:
 
 
 #: The kernel's readahead for the shards a FrameStore reads. Off, each frame's bytes are
-#: read alone (announced together per clip); on, a shard is announced whole when first
-#: opened, and the kernel reads it in large requests. On wins while the page cache can hold
+#: read alone (announced together per clip); on, the READAHEAD_WINDOW a frame lies in is
+#: announced the first time a read falls in it (unless the page cache holds it), and the
+#: kernel reads it in large requests. On wins while the page cache can hold
 #: the store and loses everything once it cannot: with the readers' memory capped as
 #: SLURM's cgroup caps a job's (page cache included) at 1/13 of a keep=all store, clip
 #: reads through py-lmdb's map ran at 0.02x of one file per frame with readahead on and at
@@ -115,6 +117,9 @@ class _StoredIndex:
 #: most this fraction of the memory the process may use (its cgroup's limit, SLURM's
 #: ``--mem``, or the machine's), off otherwise, and it logs the choice.
 READAHEAD_MEMORY_FRACTION = 0.5
+#: Bytes a read ahead covers (aligned): what a page fault of py-lmdb's map reads with
+#: readahead on, on a device whose ``read_ahead_kb`` is 8192.
+READAHEAD_WINDOW = 8 << 20
 #: A clip whose frames lie within this many times their own bytes of each other (whole
 #: segments, short clips) is announced to the kernel as one range rather than per frame.
 DENSE_SPAN = 2
@@ -234,7 +239,7 @@ class FrameStore:
             self.root,
             total / 1e9,
             memory / 1e9,
-            "reading each shard ahead whole (it fits in memory)"
+            "reading each shard ahead in 8 MiB windows (it fits in memory)"
             if fits
             else "reading each frame alone (the store does not fit in memory)",
         )
@@ -282,9 +287,6 @@ class FrameStore:
             ) from None
         if isinstance(opened, str):
             self._fell_back(path, opened)
-        elif self.readahead:
-            fadvise(opened.fd, 0, 0, "NORMAL")
-            fadvise(opened.fd, 0, 0, "WILLNEED")  # the whole file, read in the background
         pages = self._pages[index] = None if isinstance(opened, str) else opened
         return pages
 
@@ -613,12 +615,22 @@ class FrameStore:
                     f"the file's {end:,} bytes"
                 )
             first, last, total = min(first, offset), max(last, offset + length), total + length
-        if not self.readahead:
-            if last - first <= DENSE_SPAN * total + (64 << 10):
-                fadvise(fd, first, last - first, "WILLNEED")
-            else:
-                for offset, length, _ in entries:
-                    fadvise(fd, offset, length, "WILLNEED")
+        if self.readahead:
+            # The window a frame starts in, the first time a read of this process falls in
+            # it, unless the page cache holds it already: read ahead in large requests, as a
+            # memory map's page faults are (py-lmdb, readahead on).
+            windows = pages.windows
+            for offset, _, _ in entries:
+                window = offset // READAHEAD_WINDOW
+                if window not in windows:
+                    windows.add(window)
+                    if not in_page_cache(fd, offset):
+                        fadvise(fd, window * READAHEAD_WINDOW, READAHEAD_WINDOW, "WILLNEED")
+        elif last - first <= DENSE_SPAN * total + (64 << 10):
+            fadvise(fd, first, last - first, "WILLNEED")
+        else:
+            for offset, length, _ in entries:
+                fadvise(fd, offset, length, "WILLNEED")
         out = [pages.read(offset, length) for offset, length, _ in entries]
         if self.verify:
             for frame, blob, entry in zip(resolved, out, entries, strict=True):

@@ -306,30 +306,58 @@ def test_memory_limit_takes_the_least_of_every_cgroup_above_the_process(tmp_path
 
 
 @pytest.mark.parametrize("memory", [1 << 40, 1 << 20])
+@pytest.mark.parametrize("page_cache", ["cold", "warm"])
 def test_the_store_reads_ahead_only_when_it_fits_in_memory_and_says_so(
-    store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, memory: int
+    store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    memory: int,
+    page_cache: str,
 ) -> None:
     monkeypatch.setattr(store_module, "memory_limit_bytes", lambda: memory)
-    calls: list[tuple[int, int, str]] = []
+    monkeypatch.setattr(store_module, "in_page_cache", lambda fd, at: page_cache == "warm")
+    calls: list[tuple[int, int]] = []
     real = store_module.fadvise
-    monkeypatch.setattr(
-        store_module,
-        "fadvise",
-        lambda fd, at, n, advice: (calls.append((at, n, advice)), real(fd, at, n, advice)),
-    )
+
+    def fadvise(fd: int, at: int, length: int, advice: str) -> None:
+        if advice == "WILLNEED":
+            calls.append((at, length))
+        real(fd, at, length, advice)
+
+    monkeypatch.setattr(store_module, "fadvise", fadvise)
     caplog.set_level("INFO", logger="epicdata.store")
     pristine = _read_all(store)
     reader = FrameStore(store)
     fits = memory == 1 << 40
     assert reader.readahead is fits
-    assert ("reading each shard ahead whole" in caplog.text) is fits
+    assert ("reading each shard ahead" in caplog.text) is fits
     assert ("reading each frame alone" in caplog.text) is not fits
     calls.clear()
-    frames = [1, 40, 80, 120]
-    assert reader.read_frames("P01_01", frames) == [pristine["P01_01"][f - 1] for f in frames]
-    whole = [(0, 0, "WILLNEED")]
-    if fits:  # the shard announced whole when opened, no frame alone
-        assert whole == [c for c in calls if c[2] == "WILLNEED"]
-    else:  # each frame of the clip (spread over the video) announced alone
-        assert len([c for c in calls if c[2] == "WILLNEED" and c[1] > 0]) == len(frames)
+    frames = [1, 40, 80, 120]  # spread over the video: not one dense span
+    for _ in range(2):
+        assert reader.read_frames("P01_01", frames) == [pristine["P01_01"][f - 1] for f in frames]
+    window = store_module.READAHEAD_WINDOW
+    assert shard_path(store, 0).stat().st_size < window  # one window holds the shard
+    if fits:  # the window, once per process, unless the page cache holds it
+        assert calls == ([(0, window)] if page_cache == "cold" else [])
+    else:  # each frame of each clip announced alone
+        assert len(calls) == 2 * len(frames) and all(0 < n < window for _, n in calls)
     reader.close()
+
+
+def test_in_page_cache_says_yes_for_a_page_just_written_and_no_where_it_cannot_tell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from epicdata import lmdb_pages
+
+    path = tmp_path / "file"
+    path.write_bytes(os.urandom(1 << 16))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "RWF_NOWAIT"):  # Linux: the page just written is cached
+            assert lmdb_pages.in_page_cache(fd, 4096)
+        assert not lmdb_pages.in_page_cache(fd, 1 << 20)  # past the end: nothing read
+        monkeypatch.delattr(os, "RWF_NOWAIT", raising=False)  # macOS has no such read
+        assert not lmdb_pages.in_page_cache(fd, 4096)
+    finally:
+        os.close(fd)
