@@ -415,6 +415,25 @@ def _breakdown_worker(spec: dict) -> None:
     print(json.dumps({**spent, "shards": len(shards), "videos": len(where)}), flush=True)
 
 
+def require_frame_index(store: Path) -> None:
+    """Refuse a store of store format 1 (one an earlier run built and --reuse kept): its
+    reads would take the B-tree lookups, not what the current format measures."""
+    from epicdata.layout import PUBLISH_RECORD_KEY
+    from epicdata.lmdb_pages import ShardPages
+
+    for path in sorted((store / "shards").glob("*.lmdb")):
+        pages = ShardPages.open(path)
+        try:
+            if pages is None or pages.locate(PUBLISH_RECORD_KEY) is None:
+                raise SystemExit(
+                    f"bench_reads: {path} has no frame index (built by an earlier release): "
+                    f"delete {store} to rebuild it, or run `epic-check --store {store} --upgrade`"
+                )
+        finally:
+            if pages is not None:
+                pages.close()
+
+
 def _breakdown_run(root: Path, items: list) -> dict:
     proc = _start({"reader": "breakdown", "root": str(root), "items": items}, None)
     if proc.stdout.readline().strip() != "ready":
@@ -765,6 +784,8 @@ def main() -> None:
         raise SystemExit("bench_reads: run as root (cold cases drop the page cache, make a cgroup)")
     work = prepare_work(args).resolve()
     built = build(work, args.frames, args.video_seconds, args.shards)
+    for store in built["stores"].values():
+        require_frame_index(store)
     sizes = {k: tree_bytes(s / "shards")[0] for k, s in built["stores"].items()}
     folder_bytes, files = tree_bytes(built["frames"])
     facts = {
