@@ -159,8 +159,10 @@ class ShardPages:
         self.file_pages = pages if file_pages is None else file_pages
         self._cache = cache
         self._id = next(_READERS)  # its pages' keys in the shared cache
-        #: The readahead windows already announced to the kernel (epicdata.store).
+        #: The readahead windows already announced to the kernel, and the thread reading
+        #: the whole file ahead (epicdata.store, for a store that fits in memory).
         self.windows: set[int] = set()
+        self.read_ahead: object = None
 
     @classmethod
     def open(

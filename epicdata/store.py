@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,25 @@ DENSE_SPAN = 2
 #: reads its 8 entries one by one instead of the span between them).
 INDEX_SPAN_BYTES = 16 << 10
 _UNKNOWN = object()
+
+
+def _read_ahead_whole(pages: ShardPages) -> threading.Thread:
+    """Announce the whole shard file to the kernel, window after window, from a daemon
+    thread (``posix_fadvise`` takes at most the device's readahead window a call, and
+    blocks while it submits the reads); on a descriptor of its own, closed at the end."""
+    fd = os.dup(pages.fd)
+    size = pages.pages * pages.page_size
+
+    def run() -> None:
+        try:
+            for offset in range(0, size, READAHEAD_WINDOW):
+                fadvise(fd, offset, READAHEAD_WINDOW, "WILLNEED")
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=run, name=f"read-ahead {pages.path.name}", daemon=True)
+    thread.start()
+    return thread
 
 
 class FrameStore:
@@ -616,16 +636,23 @@ class FrameStore:
                 )
             first, last, total = min(first, offset), max(last, offset + length), total + length
         if self.readahead:
-            # The window a frame starts in, the first time a read of this process falls in
-            # it, unless the page cache holds it already: read ahead in large requests, as a
-            # memory map's page faults are (py-lmdb, readahead on).
+            # The store fits in memory. The first time a read of this process falls in a
+            # window that the page cache does not hold, the window is read ahead from the
+            # frame on (as a memory map's page faults read ahead: py-lmdb, readahead on),
+            # and the first such miss in a shard reads it ahead whole, in the background.
             windows = pages.windows
             for offset, _, _ in entries:
                 window = offset // READAHEAD_WINDOW
-                if window not in windows:
-                    windows.add(window)
-                    if not in_page_cache(fd, offset):
-                        fadvise(fd, window * READAHEAD_WINDOW, READAHEAD_WINDOW, "WILLNEED")
+                if window in windows:
+                    continue
+                windows.add(window)
+                if in_page_cache(fd, offset):
+                    continue
+                if pages.read_ahead is None:
+                    pages.read_ahead = _read_ahead_whole(pages)
+                start, end = window * READAHEAD_WINDOW, (window + 1) * READAHEAD_WINDOW
+                fadvise(fd, offset, end - offset, "WILLNEED")  # the kernel reads in this order
+                fadvise(fd, start, offset - start, "WILLNEED")
         elif last - first <= DENSE_SPAN * total + (64 << 10):
             fadvise(fd, first, last - first, "WILLNEED")
         else:

@@ -338,8 +338,16 @@ def test_the_store_reads_ahead_only_when_it_fits_in_memory_and_says_so(
         assert reader.read_frames("P01_01", frames) == [pristine["P01_01"][f - 1] for f in frames]
     window = store_module.READAHEAD_WINDOW
     assert shard_path(store, 0).stat().st_size < window  # one window holds the shard
-    if fits:  # the window, once per process, unless the page cache holds it
-        assert calls == ([(0, window)] if page_cache == "cold" else [])
+    pages = reader._pages[0]
+    if fits and page_cache == "cold":
+        # The window, from the first frame on, then the rest of it; and, on a thread of its
+        # own, the whole shard (one window here).
+        pages.read_ahead.join(10)
+        at = struct.unpack("<Q", os.pread(pages.fd, 8, reader._where["P01_01"][1]))[0]
+        assert sorted(calls) == sorted([(at, window - at), (0, at), (0, window)])
+        assert calls.index((at, window - at)) < calls.index((0, at))
+    elif fits:  # the page cache holds it: nothing announced, nothing read ahead
+        assert calls == [] and pages.read_ahead is None
     else:  # each frame of each clip announced alone
         assert len(calls) == 2 * len(frames) and all(0 < n < window for _, n in calls)
     reader.close()
