@@ -650,8 +650,8 @@ class FrameStore:
                     continue
                 if pages.read_ahead is None:
                     pages.read_ahead = _read_ahead_whole(pages)
-                start, end = window * READAHEAD_WINDOW, (window + 1) * READAHEAD_WINDOW
-                fadvise(fd, offset, end - offset, "WILLNEED")  # the kernel reads in this order
+                start, stop = window * READAHEAD_WINDOW, (window + 1) * READAHEAD_WINDOW
+                fadvise(fd, offset, stop - offset, "WILLNEED")  # the kernel reads in this order
                 fadvise(fd, start, offset - start, "WILLNEED")
         elif last - first <= DENSE_SPAN * total + (64 << 10):
             fadvise(fd, first, last - first, "WILLNEED")
@@ -662,7 +662,14 @@ class FrameStore:
         if self.verify:
             for frame, blob, entry in zip(resolved, out, entries, strict=True):
                 if crc32(blob) & 0xFFFFFFFF != entry[2]:
-                    raise self._checksum_mismatch(video_id, frame)
+                    raise self._damaged(
+                        self._shard_file(video_id),
+                        f"{video_id} frame {frame}: checksum mismatch (the stored JPEG, or "
+                        f"its frame index entry, is corrupt)",
+                        f"run `epic-check --store {self.root}`: it says which (an index is "
+                        f"rewritten with --upgrade, a JPEG re-extracted with "
+                        f"`epic-extract run --force`)",
+                    )
         return out
 
     def _damaged(self, shard: Path, what: str, fix: str) -> StoreIncompleteError:
