@@ -23,8 +23,12 @@ class ExitCode(IntEnum):
     #: The frame store is incomplete or damaged (epic-check found problems, or a reader
     #: met a missing shard or frame): resubmit the indices epic-check prints.
     STORE_INCOMPLETE = 5
-    #: A checkpoint was saved on SIGUSR1/SIGTERM: requeue the job (EX_TEMPFAIL, sysexits.h).
+    #: A checkpoint was saved on SIGUSR1 (epic-train: on SIGTERM too): requeue the job
+    #: (EX_TEMPFAIL, sysexits.h).
     REQUEUE = 75
+    #: A job told to stop (SIGTERM: scancel, a time limit or preemption without --signal)
+    #: saved last.pt and did not requeue itself (slurm/lib.sh): run it again to resume.
+    STOPPED = 76
     #: Interrupted by Ctrl-C (128 + SIGINT).
     INTERRUPTED = 130
 

@@ -427,7 +427,10 @@ def _record_failure(record: Path, exc: BaseException) -> None:
         where = f"job {env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '?')}"
     else:
         where = f"job {env['SLURM_JOB_ID']}" if env.get("SLURM_JOB_ID") else "outside SLURM"
-    what = " ".join(str(exc).split()) or type(exc).__name__
+    # One line: the error's lines joined with "; ", so a video's detail is not glued to the
+    # resubmit line's "--array N" that ends the first line.
+    lines = (" ".join(line.split()) for line in str(exc).splitlines())
+    what = "; ".join(line for line in lines if line) or type(exc).__name__
     with contextlib.suppress(OSError):  # a full disk must not hide the real error
         record.parent.mkdir(exist_ok=True)
         record.write_text(f"{datetime.now().isoformat(timespec='seconds')} {where}: {what}\n")

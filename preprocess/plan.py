@@ -182,6 +182,7 @@ def plan_store(
     num_frames: Sequence[int] = (8,),
     margin_frames: int = DEFAULT_MARGIN_FRAMES,
     allow_missing: bool = False,
+    write: bool = True,
 ) -> Manifest:
     """Plan a store and write ``<store_root>/manifest.json``; returns the manifest.
 
@@ -192,7 +193,8 @@ def plan_store(
     frames the deterministic samplers of the clip lengths ``num_frames`` read). Shards:
     ``shards`` of them, or enough for ``target_shard_frames`` frames each (default
     :data:`DEFAULT_TARGET_SHARD_FRAMES`). Missing, unreadable or too-short videos are all
-    reported in one :class:`EpicInputError` unless ``allow_missing`` drops them.
+    reported in one :class:`EpicInputError` unless ``allow_missing`` drops them. ``write``
+    False: return the plan and write nothing (``epic-slurm pipeline --dry-run``).
 
     ``frames_root``: EPIC's official RGB frames (``PXX/rgb_frames/PXX_YY.tar`` or the
     unpacked folders), copied into the shards as they are; frame counts are estimated from
@@ -241,7 +243,8 @@ def plan_store(
         videos_root=videos_root,
         frames_root=frames_root,
     )
-    _save_manifest(store_root, manifest, published=len(published))
+    if write:
+        _save_manifest(store_root, manifest, published=len(published))
     return manifest
 
 

@@ -20,16 +20,18 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from epicdata.console import EpicCommand, EpicGroup, example, run_header, start_command
 from epicdata.errors import EpicInputError
 from epicdata.layout import MANIFEST_NAME
-from epicdata.manifest import KEEP_MODES
+from epicdata.manifest import KEEP_MODES, Manifest
 from epicslurm import sweep as sweeps
-from epicslurm.pipeline import run_pipeline
-from epicslurm.site import JOBS, SITE_VARIABLE, load_site, site_example_text
+from epicslurm.pipeline import plan_differences, run_pipeline, train_options
+from epicslurm.site import JOBS, SITE_VARIABLE, load_site, require_paths, site_example_text
 from epicslurm.submit import Job, submit
 from preprocess.plan import plan_store, plan_summary
+from train.config import field_types
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,60 @@ _SITE = click.option(
     help="The site file (copied from slurm/sites/ and edited).",
 )
 _FILE = click.Path(dir_okay=False, path_type=Path)
+#: Data paths: the option, else the caller's environment variable, else (EPIC_STORE only)
+#: the site file. docs/cluster.md "Which value wins".
+_STORE = click.option(
+    "--store",
+    type=_DIR,
+    envvar="EPIC_STORE",
+    show_envvar=True,
+    show_default="the site's EPIC_STORE",
+    help="The frame store.",
+)
+#: What submit's options mean for each kind of job (the others are refused).
+KIND_OPTIONS = {
+    "extract": {"store", "array", "force"},
+    "check": {"store", "annotations"},
+    "train": {"store", "annotations", "run_dir"},
+    "train-multi": {"store", "annotations", "run_dir", "nodes", "gpus_per_node"},
+    "validate": {"store", "annotations", "checkpoint", "out", "split"},
+}
+#: Where the words after `--` go, per command or kind of job.
+AFTER_DASHES = {
+    "pipeline": "epic-train",
+    "extract": "epic-extract run",
+    "check": "epic-check",
+    "train": "epic-train",
+    "train-multi": "epic-train",
+    "validate": "epic-validate",
+}
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _refuse_own_options(ctx: click.Context, words: tuple[str, ...], target: str) -> None:
+    """An option of this epic-slurm command written after `--` would go to ``target``
+    (``--dry-run`` to epic-train, which would then run the chain for real): refuse it. An
+    epic-train option of the same name (``--num-frames``) goes through."""
+    trains = target == "epic-train"
+    passed = {"--" + k.replace("_", "-") for k in field_types()} if trains else set()
+    own = {
+        opt
+        for param in ctx.command.params
+        if isinstance(param, click.Option)
+        for opt in (*param.opts, *param.secondary_opts)
+        if opt.startswith("--") and opt not in passed
+    }
+    for word in words:
+        if word.split("=", 1)[0] in own:
+            raise EpicInputError(
+                f"{word.split('=', 1)[0]} is an option of epic-slurm {ctx.info_name}, but it "
+                f"comes after `--`, which passes it to {target}",
+                where=shlex.join(words),
+                fix=f"put it before `--` (epic-slurm's options before `--`, {target}'s after)",
+            )
 
 
 @click.group(
@@ -82,13 +138,47 @@ def _now() -> str:
 )
 @_SITE
 @click.argument("kind", type=click.Choice(sorted(set(JOBS) - {"sweep"})))  # sweep: its own command
-@click.option("--store", type=_DIR, show_default="the site's EPIC_STORE", help="The frame store.")
-@click.option("--annotations", type=_DIR, show_default="none", help="The annotations folder.")
-@click.option("--run-dir", type=_DIR, show_default="none", help="train*: the run folder.")
-@click.option("--checkpoint", type=_FILE, show_default="none", help="validate: the checkpoint.")
-@click.option("--out", type=_DIR, show_default="none", help="validate: the output folder.")
-@click.option("--split", show_default="validation", help="validate: validation or test.")
-@click.option("--array", show_default="none", help="Array indices, e.g. 0-199 or 3,7.")
+@_STORE
+@click.option(
+    "--annotations",
+    type=_DIR,
+    envvar="EPIC_ANNOTATIONS",
+    show_envvar=True,
+    show_default="none",
+    help="The annotations folder.",
+)
+@click.option(
+    "--run-dir",
+    type=_DIR,
+    envvar="EPIC_RUN_DIR",
+    show_envvar=True,
+    show_default="none",
+    help="train*: the run folder.",
+)
+@click.option(
+    "--checkpoint",
+    type=_FILE,
+    envvar="EPIC_CHECKPOINT",
+    show_envvar=True,
+    show_default="none",
+    help="validate: the checkpoint.",
+)
+@click.option(
+    "--out",
+    type=_DIR,
+    envvar="EPIC_OUT",
+    show_envvar=True,
+    show_default="none",
+    help="validate: the output folder.",
+)
+@click.option(
+    "--split",
+    envvar="EPIC_SPLIT",
+    show_envvar=True,
+    show_default="validation",
+    help="validate: validation or test.",
+)
+@click.option("--array", show_default="none", help="extract: array indices, e.g. 0-199 or 3,7.")
 @click.option("--force", is_flag=True, help="extract: redo shards already published.")
 @click.option(
     "--after-ok", multiple=True, show_default="none", help="Start after this job succeeded."
@@ -117,22 +207,22 @@ def submit_command(
     script_args: tuple[str, ...],
 ) -> None:
     """Submit one job (extract, check, train, train-multi, validate) with the site's
-    account, partition, resources and log path. Arguments after `--` go to the command."""
+    account, partition, resources and log path. Arguments after `--` go to the command.
+    Data paths: the option, else its EPIC_* variable, else (the store) the site file."""
     start_command()
+    ctx = click.get_current_context()
+    _refuse_options_of_other_kinds(ctx, kind)
+    _refuse_own_options(ctx, script_args, AFTER_DASHES[kind])
     the_site = load_site(site)
     store = store or (Path(the_site.get("EPIC_STORE")) if the_site.get("EPIC_STORE") else None)
+    paths = {"store": store, "annotations": annotations, "run_dir": run_dir}
+    paths |= {"checkpoint": checkpoint, "out": out}
     env = {
-        name: str(Path(value).resolve())
-        for name, value in (
-            ("EPIC_STORE", store),
-            ("EPIC_ANNOTATIONS", annotations),
-            ("EPIC_RUN_DIR", run_dir),
-            ("EPIC_CHECKPOINT", checkpoint),
-            ("EPIC_OUT", out),
-        )
-        if value is not None
+        f"EPIC_{name.upper()}": str(Path(value).resolve())
+        for name, value in paths.items()
+        if value is not None and name in KIND_OPTIONS[kind]
     }
-    if split:
+    if split and kind == "validate":
         env["EPIC_SPLIT"] = split
     if force:
         env["EPIC_FORCE"] = "1"
@@ -146,15 +236,30 @@ def submit_command(
         gpus_per_node=gpus_per_node,
         script_args=script_args,
     )
-    if kind in ("extract", "sweep") and array is None:
+    if kind == "extract" and array is None:
         raise EpicInputError(
             f"{kind} is an array job", where="--array", fix="give --array, e.g. 0-9"
         )
     if dry_run:
         click.echo(shlex.join(job.sbatch(the_site)))
         return
+    require_paths(the_site, Path(env["EPIC_STORE"]) if "EPIC_STORE" in env else None)
     job_id = submit(job, the_site)
     click.echo(f"{kind}: job {job_id}, log {job.log(the_site, job_id)}")
+
+
+def _refuse_options_of_other_kinds(ctx: click.Context, kind: str) -> None:
+    """``--array`` for a training, ``--checkpoint`` for an extraction: options the job would
+    ignore are refused, naming the kinds they are for."""
+    for name in sorted(set().union(*KIND_OPTIONS.values()) - KIND_OPTIONS[kind]):
+        if _given(ctx, name):
+            kinds = [k for k, names in KIND_OPTIONS.items() if name in names]
+            flag = "--" + name.replace("_", "-")
+            raise EpicInputError(
+                f"{flag} means nothing for a {kind} job",
+                where=f"epic-slurm submit {kind}",
+                fix=f"drop it ({flag} is for {', '.join(kinds)})",
+            )
 
 
 submit_command.name = "submit"
@@ -174,14 +279,36 @@ submit_command.name = "submit"
     show_default="none: the store is planned already",
     help="EPIC-KITCHENS videos (PXX/videos/PXX_YY.MP4), to plan the store.",
 )
-@click.option("--annotations", type=_DIR, required=True, help="The EPIC-100 annotations folder.")
-@click.option("--store", type=_DIR, show_default="the site's EPIC_STORE", help="The frame store.")
-@click.option("--run-dir", type=_DIR, required=True, help="The training run folder.")
 @click.option(
-    "--keep", type=click.Choice(KEEP_MODES), default="sampled", help="Planning: frames to keep."
+    "--annotations",
+    type=_DIR,
+    required=True,
+    envvar="EPIC_ANNOTATIONS",
+    show_envvar=True,
+    help="The EPIC-100 annotations folder.",
+)
+@_STORE
+@click.option(
+    "--run-dir",
+    type=_DIR,
+    required=True,
+    envvar="EPIC_RUN_DIR",
+    show_envvar=True,
+    help="The training run folder.",
 )
 @click.option(
-    "--num-frames", default="8", help="Planning: clip lengths the store serves (8 or 8,12,16)."
+    "--keep",
+    type=click.Choice(KEEP_MODES),
+    default="sampled",
+    help="Planning: frames to keep. Not epic-extract plan's segments: sampled keeps only the "
+    "frames this training reads (its --num-frames, linspace sampling), the smallest store; "
+    "other clip lengths or tsn sampling need another store.",
+)
+@click.option(
+    "--num-frames",
+    default="8",
+    show_default="8, or the training's --num-frames",
+    help="Planning: clip lengths the store serves (8 or 8,12,16).",
 )
 @click.option(
     "--shards",
@@ -189,7 +316,15 @@ submit_command.name = "submit"
     show_default="about 100,000 frames each",
     help="Planning: number of shards.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the sbatch commands, submit nothing.")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Planning: leave out videos that are missing, unreadable or too short (the plan "
+    "names them) instead of refusing.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the sbatch commands; submit and write nothing."
+)
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
 def pipeline(
     site: Path | None,
@@ -200,36 +335,44 @@ def pipeline(
     keep: str,
     num_frames: str,
     shards: int | None,
+    allow_missing: bool,
     dry_run: bool,
     train_args: tuple[str, ...],
 ) -> None:
     """Plan the store here if it has no plan, then submit what is missing of: extraction
-    array -> check (afterany) -> training (afterok) -> validation (afterok). Rerun after a
-    failure: it submits only what is missing. Arguments after `--` go to epic-train."""
+    array -> check (afterany) -> training (afterok) -> validation (afterok). Every job is
+    checked before the first is submitted. Rerun after a failure or a stop: it submits only
+    what is missing. Arguments after `--` go to epic-train."""
     start_command()
+    ctx = click.get_current_context()
+    _refuse_own_options(ctx, train_args, "epic-train")
     the_site = load_site(site)
     store = (store or Path(the_site.get("EPIC_STORE") or ".")).resolve()
     if not store.name or not the_site.get("EPIC_STORE") and store == Path(".").resolve():
         raise EpicInputError(
             "no store", where="--store", fix="give --store or EPIC_STORE in the site file"
         )
-    if not (store / MANIFEST_NAME).exists():
-        if videos is None:
+    planning = {
+        "keep": keep if _given(ctx, "keep") else None,
+        "num_frames": _clip_lengths(num_frames) if _given(ctx, "num_frames") else None,
+        "shards": shards,
+    }
+    if (store / MANIFEST_NAME).exists():
+        manifest = Manifest.load(store)
+        differences = plan_differences(manifest, **planning)
+        if differences:
             raise EpicInputError(
-                "the store has no plan yet",
-                where=str(store),
-                fix="give --videos (the pipeline then plans it here, which only probes videos)",
+                "the store is planned already and these options differ from its plan: "
+                + "; ".join(differences),
+                where=str(store / MANIFEST_NAME),
+                fix="drop them to use the store's plan (a plan is fixed once made), or give "
+                "a new --store to plan another",
             )
-        clip_lengths = tuple(int(n) for n in num_frames.split(",") if n.strip())
-        manifest = plan_store(
-            store_root=store,
-            annotations_dir=annotations,
-            videos_root=videos,
-            shards=shards,
-            keep=keep,
-            num_frames=clip_lengths,
-        )
-        click.echo(plan_summary(manifest, store, show_next=False))
+    else:
+        if not dry_run:
+            require_paths(the_site, store)
+        lengths = planning["num_frames"] or _training_clip_length(train_args)
+        manifest = _plan(store, videos, annotations, keep, lengths, shards, allow_missing, dry_run)
     jobs = run_pipeline(
         the_site,
         store=store,
@@ -237,12 +380,61 @@ def pipeline(
         run_dir=run_dir.resolve(),
         train_args=train_args,
         dry_run=dry_run,
+        manifest=manifest,
     )
     for job in jobs:
         if dry_run:
             click.echo(shlex.join(job.command))
         else:
             click.echo(f"{job.kind:<9} job {job.job_id:<10} log {job.log}")
+
+
+def _clip_lengths(text: str) -> tuple[int, ...]:
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words or not all(w.isdigit() and int(w) > 0 for w in words):
+        raise EpicInputError(
+            f"--num-frames {text!r}: expected clip lengths",
+            where="epic-slurm pipeline",
+            fix="give e.g. 8 or 8,12,16",
+        )
+    return tuple(int(w) for w in words)
+
+
+def _training_clip_length(train_args: tuple[str, ...]) -> tuple[int, ...]:
+    """The clip length the training asks for (``-- --num-frames 16``), default 8: what a
+    store planned here for it must serve."""
+    return (int(train_options(train_args).get("num_frames", 8)),)
+
+
+def _plan(
+    store: Path,
+    videos: Path | None,
+    annotations: Path,
+    keep: str,
+    clip_lengths: tuple[int, ...],
+    shards: int | None,
+    allow_missing: bool,
+    dry_run: bool,
+) -> Manifest:
+    """Plan the store (a dry run keeps the plan in memory and writes nothing)."""
+    if videos is None:
+        raise EpicInputError(
+            "the store has no plan yet",
+            where=str(store),
+            fix="give --videos (the pipeline then plans it here, which only probes videos)",
+        )
+    manifest = plan_store(
+        store_root=store,
+        annotations_dir=annotations,
+        videos_root=videos,
+        shards=shards,
+        keep=keep,
+        num_frames=clip_lengths,
+        allow_missing=allow_missing,
+        write=not dry_run,
+    )
+    click.echo(plan_summary(manifest, store, show_next=False))
+    return manifest
 
 
 @main.command(
@@ -260,8 +452,15 @@ def pipeline(
     required=True,
     help="The grid file: epic-train options -> lists of values (slurm/sweeps/*.yaml).",
 )
-@click.option("--store", type=_DIR, show_default="the site's EPIC_STORE", help="The frame store.")
-@click.option("--annotations", type=_DIR, required=True, help="The EPIC-100 annotations folder.")
+@_STORE
+@click.option(
+    "--annotations",
+    type=_DIR,
+    required=True,
+    envvar="EPIC_ANNOTATIONS",
+    show_envvar=True,
+    help="The EPIC-100 annotations folder.",
+)
 @click.option(
     "--runs-root",
     type=_DIR,
@@ -317,12 +516,24 @@ def sweep(
     show_default="RUNS_ROOT/sweep_summary.csv",
     help="Where to write the table as CSV.",
 )
-def summary(runs_root: Path, csv_path: Path | None) -> None:
+@click.option(
+    "--site",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=SITE_VARIABLE,
+    show_envvar=True,
+    show_default="none: squeue of the default cluster",
+    help="The site file: its EPIC_CLUSTERS for squeue.",
+)
+def summary(runs_root: Path, csv_path: Path | None, site: Path | None) -> None:
     """The table of a sweep's runs, best validation action top-1 first: verb, noun and
-    action top-1 of the best epoch, that epoch, epochs done, status (done, running: queued,
-    running or requeued, failed, pending: not started). Read from the run folders alone."""
-    rows = sweeps.summary(runs_root)
+    action top-1 of the best epoch, that epoch, epochs done, status (pending, running,
+    requeued, stopped, failed, done; unreadable: a run folder that cannot be read), from the
+    run folders and what squeue says is still queued."""
+    queue = sweeps.sweep_queue(runs_root.resolve(), load_site(site) if site else None)
+    rows = sweeps.summary(runs_root, queue)
     click.echo(sweeps.format_summary(rows))
+    if not queue.known:
+        click.echo(f"note: statuses from the run folders alone ({queue.note})")
     written = sweeps.write_csv(rows, csv_path or runs_root / sweeps.SUMMARY_CSV)
     click.echo(f"wrote {written}")
 

@@ -34,6 +34,12 @@ JOBS: dict[str, tuple[str, bool, str]] = {
     "sweep": ("sweep.sbatch", True, "TRAIN"),
 }
 REQUIRED = ("EPIC_PARTITION_CPU", "EPIC_PARTITION_GPU", "EPIC_VENV", "EPIC_LOGS")
+#: Site values that epic-slurm splits into sbatch words (shell quoting).
+SHELL_WORDS = ("EPIC_GPU_REQUEST", "EPIC_SBATCH_EXTRA")
+#: 1: a SIGTERM (scancel, preemption on a PreemptMode=CANCEL cluster, a time limit without
+#: the USR1 signal) requeues a training job like USR1 does; 0 or empty: it stops it (exit
+#: 76, resumable). slurm/lib.sh reads it on the node, from the site file.
+REQUEUE_ON_TERM = "EPIC_REQUEUE_ON_TERM"
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,77 @@ def load_site(given: str | Path | None = None) -> Site:
             where=str(path),
             fix=f"add them (see the examples in {SCRIPTS / 'sites'})",
         )
+    _check_values(path, values)
     return Site(path, values)
+
+
+def _check_values(path: Path, values: dict[str, str]) -> None:
+    """Refuse values that would only fail later, in the middle of a chain: sbatch words
+    that do not split (an unbalanced quote), a requeue switch that is neither 0 nor 1."""
+    for key in SHELL_WORDS:
+        try:
+            shlex.split(values.get(key, ""))
+        except ValueError as exc:
+            raise EpicInputError(
+                f"{key} does not split into sbatch options: {exc}",
+                where=f"{path}: {key}={values[key]}",
+                fix="balance its quotes, e.g. EPIC_SBATCH_EXTRA='--comment=\"a b\"' (the "
+                "value, once bash has read the file, is split as shell words)",
+            ) from None
+    if values.get(REQUEUE_ON_TERM, "") not in ("", "0", "1"):
+        raise EpicInputError(
+            f"{REQUEUE_ON_TERM} must be 0 or 1, not {values[REQUEUE_ON_TERM]!r}",
+            where=str(path),
+            fix=f"set {REQUEUE_ON_TERM}=1 to requeue training jobs on SIGTERM (scancel, "
+            "preemption), 0 or nothing to stop them (docs/cluster.md)",
+        )
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Why ``path`` cannot be (made and) written as a folder, or None when it can."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def path_problems(site: Site, store: Path | None = None) -> list[str]:
+    """What in the site's paths would fail in every job: a venv without ``bin/activate``
+    (each job sources it), a log folder that cannot be made (sbatch then fails without a
+    log), a store whose parent folder does not exist. One line each, with the fix."""
+    problems = []
+    venv = Path(site.get("EPIC_VENV"))
+    if not (venv / "bin" / "activate").is_file():
+        problems.append(
+            f"EPIC_VENV={venv}: no {venv / 'bin' / 'activate'}, which every job sources; "
+            f"make the venv (bash {SCRIPTS / 'install.sh'} {venv}) or correct EPIC_VENV"
+        )
+    why = _writable_folder(site.logs)
+    if why:
+        problems.append(f"EPIC_LOGS={site.logs}: {why}; choose a folder you can write")
+    if store is not None and not store.parent.is_dir():
+        problems.append(
+            f"store {store}: its parent folder {store.parent} does not exist; create it or "
+            "correct --store / EPIC_STORE"
+        )
+    return problems
+
+
+def require_paths(site: Site, store: Path | None = None) -> None:
+    """:func:`path_problems` as one error (exit 2) before anything is submitted."""
+    problems = path_problems(site, store)
+    if problems:
+        raise EpicInputError(
+            f"the site's paths would fail in every job ({len(problems)} problem"
+            f"{'s' if len(problems) > 1 else ''})",
+            where=str(site.path),
+            fix="fix them in the site file (or the option named), then submit again",
+            details="\n".join(f"  {p}" for p in problems),
+        )
 
 
 def site_example_text(name: str | None) -> str:

@@ -7,6 +7,7 @@ file on the node (modules, venv) and prints the job's header.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -120,13 +121,9 @@ def check_fits(job: Job, site: Site) -> None:
             )
 
 
-def submit(job: Job, site: Site) -> str:
-    """Submit ``job``; returns its job id. The log folder is made first (sbatch does not make
-    it, and a job whose log folder is missing fails without a word), and a job no node can
-    run is refused (:func:`check_fits`)."""
-    site.logs.mkdir(parents=True, exist_ok=True)
-    check_fits(job, site)
-    command = job.sbatch(site)
+def _sbatch(command: list[str], job: Job, site: Site) -> str:
+    """Run ``command`` (an sbatch line of ``job``); its stdout, or an error naming the job,
+    the site file and sbatch's own words."""
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
@@ -136,11 +133,45 @@ def submit(job: Job, site: Site) -> str:
             fix="run this on a login node of the cluster (or load the slurm module)",
         ) from None
     if result.returncode != 0:
+        test = " --test-only" if "--test-only" in command else ""
         raise EpicInputError(
-            f"sbatch refused the {job.kind} job",
+            f"sbatch{test} refused the {job.kind} job",
             where=str(site.path),
             fix="check the site file's account, partition and resources against "
             "`sinfo -s` and `sacctmgr show assoc user=$USER`",
             details=f"{shlex.join(command)}\n{result.stderr.strip()}",
         )
-    return result.stdout.strip().split(";")[0]  # "123" or "123;cluster"
+    return result.stdout
+
+
+def check_accepted(job: Job, site: Site) -> None:
+    """Ask SLURM whether it would take ``job`` (``sbatch --test-only``, submits nothing),
+    after the project's own check (:func:`check_fits`). The job's dependencies are left out:
+    the jobs they name do not exist yet."""
+    check_fits(job, site)
+    alone = dataclasses.replace(job, after_ok=(), after_any=())
+    command = alone.sbatch(site)
+    _sbatch([command[0], "--test-only", *command[1:]], job, site)
+
+
+def submit(job: Job, site: Site) -> str:
+    """Submit ``job``; returns its job id. The log folder is made first (sbatch does not make
+    it, and a job whose log folder is missing fails without a word), and a job no node can
+    run is refused (:func:`check_fits`)."""
+    site.logs.mkdir(parents=True, exist_ok=True)
+    check_fits(job, site)
+    out = _sbatch(job.sbatch(site), job, site)
+    return out.strip().split(";")[0]  # "123" or "123;cluster"
+
+
+def cancel(job_ids: Sequence[str], site: Site) -> str:
+    """``scancel`` the jobs (the ones this command submitted before a later one failed);
+    returns what went wrong, or "" when they were cancelled."""
+    command = ["scancel", *job_ids]
+    if site.get("EPIC_CLUSTERS"):
+        command.insert(1, f"--clusters={site.get('EPIC_CLUSTERS')}")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{shlex.join(command)}: {exc}"
+    return "" if result.returncode == 0 else f"{shlex.join(command)}: {result.stderr.strip()}"

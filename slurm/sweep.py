@@ -27,10 +27,20 @@ from typing import Any
 import yaml
 
 from epicdata.console import user_line
-from epicdata.errors import EpicInputError
+from epicdata.errors import EnvironmentProblem, EpicInputError
 from epicdata.manifest import Manifest
-from epicslurm.pipeline import FAILED_MARKER, array_spec, queued_jobs, run_status
-from epicslurm.site import Site
+from epicslurm.pipeline import (
+    FAILED_MARKER,
+    RunFolderUnreadable,
+    array_spec,
+    check_serves,
+    combined_status,
+    queued_jobs,
+    queued_tasks,
+    run_status,
+    summary_rows,
+)
+from epicslurm.site import Site, path_problems, require_paths
 from epicslurm.submit import Job, submit
 from preprocess.check import check_store
 from train.config import PATH_FIELDS, FieldType, TrainConfig, field_types
@@ -50,8 +60,8 @@ SHORT_NAMES = {"batch_size": "bs", "lr": "lr", "num_frames": "f"}
 ACTION_COLUMN = "val_all_action_accuracy_at_1"
 VERB_COLUMN = "val_all_verb_accuracy_at_1"
 NOUN_COLUMN = "val_all_noun_accuracy_at_1"
-#: run_status states as the summary names them ("started": queued, running or requeued).
-STATUS_NAMES = {"done": "done", "started": "running", "failed": "failed", "new": "pending"}
+#: The statuses of the summary, in the order its last line counts them.
+STATUSES = ("done", "running", "requeued", "stopped", "failed", "pending", "unreadable")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+=-]+")
 
@@ -391,36 +401,10 @@ def write_sweep(runs_root: str | Path, grid: Grid) -> Path:
 def check_store_serves(
     store: str | Path, clip_lengths: Iterable[int], samplings: Iterable[str] = ()
 ) -> None:
-    """Refuse a store that cannot serve every clip length (and sampling) of the grid: a
-    ``--keep sampled`` store holds only the frames of the clip lengths it was planned for
-    (manifest params ``num_frames``) and no random TSN offsets; ``all`` and ``segments``
-    serve any."""
+    """Refuse a store that cannot serve every clip length (and sampling) of the grid
+    (:func:`epicslurm.pipeline.check_serves`, the pipeline's check too)."""
     params = Manifest.load(store).params
-    if params.keep != "sampled":
-        return
-    planned = sorted(params.num_frames)
-    wanted = sorted(set(clip_lengths))
-    missing = [n for n in wanted if n not in planned]
-    lengths = ",".join(map(str, sorted(set(planned) | set(wanted))))
-    fix = (
-        f"plan and extract a store that serves them, into a new folder: `epic-extract plan "
-        f"--keep sampled --num-frames {lengths} ...` (or --keep segments), then pass it as "
-        f"--store"
-    )
-    if missing:
-        raise EpicInputError(
-            f"the store keeps sampled frames for clip lengths {','.join(map(str, planned))} "
-            f"only; the grid also needs {','.join(map(str, missing))}",
-            where=str(store),
-            fix=fix,
-        )
-    if "tsn" in set(samplings):
-        raise EpicInputError(
-            "the grid trains with sampling tsn (random frame offsets), which a --keep "
-            "sampled store cannot serve",
-            where=str(store),
-            fix="plan a store with --keep segments, or drop tsn from the grid",
-        )
+    check_serves(params, list(clip_lengths), list(samplings), where=store, asked="the grid")
 
 
 def sweep_key(runs_root: Path) -> str:
@@ -469,7 +453,10 @@ def run_sweep(
     if dry_run:
         _refuse_another_sweep(runs_root, grid.runs)
         path = sweep_file(runs_root)
+        for problem in path_problems(site, store):
+            log.warning("a real submission would be refused: %s", problem)
     else:
+        require_paths(site, store)
         # A second array while one is queued would train two tasks into each run folder.
         waiting = queued_jobs(key, site)
         if waiting:
@@ -480,7 +467,7 @@ def run_sweep(
                 "and it submits only the runs not done",
             )
         path = write_sweep(runs_root, grid)
-    todo = [r.index for r in grid.runs if run_status(runs_root / r.name).state != "done"]
+    todo = _runs_to_do(runs_root, grid.runs)
     log.info(
         "sweep %s: %d runs, %d done, %d to submit",
         grid.path,
@@ -502,6 +489,24 @@ def run_sweep(
     return submit(job, site), job.sbatch(site)
 
 
+def _runs_to_do(runs_root: Path, runs: Sequence[Run]) -> list[int]:
+    """The indices of the runs not done: new, failed, stopped (resumed from last.pt with
+    --resume auto) or with a run folder that cannot be read (named in the log)."""
+    todo = []
+    for run in runs:
+        try:
+            status = run_status(runs_root / run.name)
+        except RunFolderUnreadable as exc:
+            log.warning("run %s: %s; submitted again", run.name, exc.reason)
+            todo.append(run.index)
+            continue
+        if status.state in ("stopped", "requeued"):
+            log.info("run %s: %s (%s): resumes from last.pt", run.name, status.state, status.detail)
+        if status.state != "done":
+            todo.append(run.index)
+    return todo
+
+
 # ----------------------------------------------------------------------------- summary
 
 
@@ -511,7 +516,7 @@ class Row:
 
     index: int
     name: str
-    status: str  # done, running (queued, running or requeued), failed, pending
+    status: str  # one of STATUSES
     epochs_done: int
     epochs: int
     best_epoch: int | None = None
@@ -532,47 +537,70 @@ def _number(text: str | None) -> float | None:
 
 def _best_epoch(run_dir: Path) -> dict[str, str] | None:
     """The summary.csv row with the highest validation action top-1 (the first if tied)."""
-    path = run_dir / "summary.csv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if _number(r.get(ACTION_COLUMN)) is not None]
+    rows = [r for r in summary_rows(run_dir) if _number(r.get(ACTION_COLUMN)) is not None]
     return max(rows, key=lambda r: _number(r[ACTION_COLUMN]), default=None)
 
 
-def summary(runs_root: str | Path) -> list[Row]:
-    """Every run of ``RUNS/sweep.json`` from its folder, best action top-1 first (runs
-    without a validated epoch last, in index order)."""
-    runs_root = Path(runs_root)
-    rows = []
-    for run in read_sweep(sweep_file(runs_root)):
-        run_dir = runs_root / run.name
+@dataclass(frozen=True)
+class Queue:
+    """What squeue says of a sweep: {array task id: state} of its queued tasks, and whether
+    squeue answered at all (``note``: why not)."""
+
+    tasks: dict[int, str]
+    known: bool = True
+    note: str = ""
+
+
+def sweep_queue(runs_root: Path, site: Site | None) -> Queue:
+    """The queued tasks of the sweep of ``runs_root``; where squeue cannot answer (no SLURM
+    here, a controller down) the statuses come from the run folders alone."""
+    try:
+        return Queue(queued_tasks(sweep_key(runs_root), site))
+    except EnvironmentProblem as exc:
+        return Queue({}, known=False, note=str(exc).splitlines()[0])
+
+
+def _row(runs_root: Path, run: Run, queue: Queue) -> Row:
+    """The summary row of one run, ``unreadable`` with the reason when its folder is."""
+    run_dir = runs_root / run.name
+    epochs = int(run.options.get("epochs", _default("epochs")))
+    try:
         status = run_status(run_dir)
-        epochs = status.epochs or int(run.options.get("epochs", _default("epochs")))
         best = _best_epoch(run_dir)
-        scores = {}
-        if best is not None:
-            scores = {
-                "best_epoch": int(best["epoch"]),
-                "action": _number(best[ACTION_COLUMN]),
-                "verb": _number(best.get(VERB_COLUMN)),
-                "noun": _number(best.get(NOUN_COLUMN)),
-            }
-        detail = status.detail
-        if status.state == "failed" and not detail:
-            detail = f"{FAILED_MARKER} present"
-        rows.append(
-            Row(
-                run.index,
-                run.name,
-                STATUS_NAMES[status.state],
-                status.epochs_done,
-                epochs,
-                detail=detail,
-                options=run.options,
-                **scores,
-            )
+    except RunFolderUnreadable as exc:
+        return Row(
+            run.index, run.name, "unreadable", 0, epochs, detail=exc.reason, options=run.options
         )
+    state, detail = combined_status(status, queue.tasks.get(run.index), queue.known)
+    if state == "failed" and not detail:
+        detail = f"{FAILED_MARKER} present"
+    scores: dict[str, Any] = {}
+    if best is not None:
+        scores = {
+            "best_epoch": int(best["epoch"]),
+            "action": _number(best[ACTION_COLUMN]),
+            "verb": _number(best.get(VERB_COLUMN)),
+            "noun": _number(best.get(NOUN_COLUMN)),
+        }
+    return Row(
+        run.index,
+        run.name,
+        state,
+        status.epochs_done,
+        status.epochs or epochs,
+        detail=detail,
+        options=run.options,
+        **scores,
+    )
+
+
+def summary(runs_root: str | Path, queue: Queue | None = None) -> list[Row]:
+    """Every run of ``RUNS/sweep.json`` from its folder and ``queue`` (default: no task
+    queued, squeue not asked), best action top-1 first (runs without a validated epoch
+    last, in index order). A run folder that cannot be read is one ``unreadable`` row."""
+    runs_root = Path(runs_root)
+    queue = queue or Queue({}, known=False)
+    rows = [_row(runs_root, run, queue) for run in read_sweep(sweep_file(runs_root))]
     return sorted(rows, key=lambda r: (r.action is None, -(r.action or 0.0), r.index))
 
 
@@ -605,19 +633,22 @@ def format_summary(rows: Sequence[Row]) -> str:
             for i, (cell, width) in enumerate(zip(line, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
-    counts = {s: sum(r.status == s for r in rows) for s in ("done", "running", "failed", "pending")}
-    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
+    shown = {s: n for s, n in counts.items() if n or s in ("done", "running", "failed", "pending")}
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in shown.items()))
     return "\n".join(lines)
 
 
 def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     """The rows as CSV (written to a temp file and renamed), with one column per option."""
     path = Path(path)
-    option_keys = list(dict.fromkeys(k for r in rows for k in r.options))
-    columns = [
+    fixed = [
         "index", "name", "status", "epochs_done", "epochs", "best_epoch",
-        "val_action_top1", "val_verb_top1", "val_noun_top1", "detail", *option_keys,
+        "val_action_top1", "val_verb_top1", "val_noun_top1", "detail",
     ]  # fmt: skip
+    # An option named like a column (epochs, a fixed option) is that column already.
+    option_keys = [k for k in dict.fromkeys(k for r in rows for k in r.options) if k not in fixed]
+    columns = [*fixed, *option_keys]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)

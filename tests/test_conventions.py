@@ -145,6 +145,18 @@ def test_exit_code_table_in_the_docs_is_the_code() -> None:
     assert "docs/conventions.md" in readme
 
 
+def test_the_job_scripts_exit_codes_are_the_code_s() -> None:
+    # slurm/lib.sh decides requeue (75, after SIGUSR1) or stop (76, after SIGTERM) in bash.
+    lib = (ROOT / "slurm" / "lib.sh").read_text()
+    codes = dict(re.findall(r"^EPIC_EXIT_(\w+)=(\d+)$", lib, flags=re.MULTILINE))
+    assert codes == {"REQUEUE": str(ExitCode.REQUEUE.value), "STOPPED": str(ExitCode.STOPPED.value)}
+    table = (ROOT / "docs" / "conventions.md").read_text().split("## Exit codes", 1)[1]
+    row = next(line for line in table.splitlines() if line.startswith("| 75 |"))
+    assert "SIGUSR1" in row and "requeue" in row
+    row = next(line for line in table.splitlines() if line.startswith("| 76 |"))
+    assert "SIGTERM" in row and "did not requeue" in row and "job_end.json" in row
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_bad_usage_exits_2(name: str) -> None:
     result = invoke(name, "--no-such-option")

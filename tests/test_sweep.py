@@ -346,6 +346,8 @@ def test_a_submitted_sweep_writes_sweep_json_and_waits_for_a_queued_one(
     stores, tmp_path, monkeypatch
 ) -> None:
     site = load_site(_site(tmp_path))
+    (tmp_path / "venv" / "bin").mkdir(parents=True)  # the site's venv: checked before submitting
+    (tmp_path / "venv" / "bin" / "activate").write_text("")
     runs = tmp_path / "runs"
     args = _sweep_args(site.path, stores, runs)
     sent = []
@@ -420,7 +422,8 @@ def test_the_summary_sorts_runs_by_action_accuracy_and_writes_csv(tmp_path) -> N
     assert table[3]["val_action_top1"] == "" and table[3]["status"] == "pending"
 
 
-def test_epic_slurm_summary_prints_the_table_and_writes_the_csv(tmp_path) -> None:
+def test_epic_slurm_summary_prints_the_table_and_writes_the_csv(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sweep_module, "queued_tasks", lambda key, site: {})
     runs = tmp_path / "runs"
     write_sweep(runs, load_grid(_grid(tmp_path, "lr: [1e-4, 2e-4]\nfixed: {epochs: 2}\n")))
     _fake_run(runs / "lr2e-4", epochs=2, actions=[5.0, 7.5])

@@ -16,7 +16,8 @@ Score a checkpoint or predictions, or write a challenge submission::
                   --output-dir OUT --sls-pt 1 --sls-tl 3 --sls-td 3
 
 Exit codes: docs/conventions.md (``epic-train`` exits 75 after saving a checkpoint on
-SIGUSR1/SIGTERM: requeue me).
+SIGUSR1/SIGTERM; the slurm job scripts requeue the job after SIGUSR1 and stop it, exit 76,
+after SIGTERM).
 """
 
 from __future__ import annotations
@@ -205,8 +206,9 @@ def train_main(
 ) -> int:
     """Train the ResNet-18 action model on a frame store (defaults: the seed's recipe).
 
-    Exits 75 after saving last.pt on SIGUSR1/SIGTERM (requeue and run again with
-    --resume auto); other codes: docs/conventions.md.
+    Exits 75 after saving last.pt on SIGUSR1/SIGTERM (run again with --resume auto; the
+    slurm job scripts requeue after SIGUSR1, stop after SIGTERM); other codes:
+    docs/conventions.md.
     """
     ctx = click.get_current_context()
     info = distributed.discover(batch_shell="refuse")  # exit 2 at once, not a hang

@@ -99,7 +99,9 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
+        # SIGTERM wins over SIGUSR1, as in stop_source across ranks: on scancel the job's
+        # shell passes SIGUSR1 on after SLURM's SIGTERM, and the log must say SIGTERM.
+        self.signum = max(self.signum or 0, signum)
 
     def __call__(self) -> bool:
         return self.signum is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -66,11 +67,19 @@ def test_pipeline_runs_to_the_end_and_a_corrupt_video_costs_only_its_task(
     common = ["--annotations", mini_epic.annotations_dir, "--store", store, "--run-dir", run]
     train = ["--", *TRAIN, "--epochs", "2"]
 
-    # Plan on the "login node" (a dry run submits nothing), then break one video.
-    plan = _epic_slurm(slurm, site, "pipeline", "--videos", videos, *common, "--num-frames",
-                       "2", "--shards", "2", "--dry-run", *train)  # fmt: skip
+    # A dry run plans in memory and submits and writes nothing.
+    dry = _epic_slurm(slurm, site, "pipeline", "--videos", videos, *common, "--num-frames",
+                      "2", "--shards", "2", "--dry-run", *train)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("sbatch --parsable") == 4 and not slurm.queue()
+    assert not store.exists() and not run.exists()
+    # Plan on the "login node", then break one video.
+    plan = slurm.run(
+        [BIN / "epic-extract", "plan", "--videos", videos, "--annotations",
+         mini_epic.annotations_dir, "--store", store, "--keep", "sampled", "--num-frames", "2",
+         "--shards", "2"], check=False, timeout=300,
+    )  # fmt: skip
     assert plan.returncode == 0, plan.stderr
-    assert plan.stdout.count("sbatch --parsable") == 4 and not slurm.queue()
     manifest = Manifest.load(store)
     broken = manifest.shards[1].videos[0].video_id
     broken_path = next(videos.rglob(f"{broken}.MP4"))
@@ -170,6 +179,10 @@ def test_a_training_job_sent_usr1_mid_epoch_requeues_and_finishes(
     with open(run / "summary.csv", newline="") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2"]
     assert run_status(run).state == "done"
+    # The first run's end, kept by the second (which ended without a signal).
+    marker = json.loads((run / "job_end.json").read_text())
+    assert (marker["signal"], marker["job_id"], marker["requeued"]) == ("SIGUSR1", job_id, True)
+    assert (marker["array_task_id"], marker["checkpoint"]) == (None, True)
 
 
 def test_a_job_no_node_can_run_is_refused_instead_of_pending_for_ever(slurm, tmp_path):
@@ -179,6 +192,30 @@ def test_a_job_no_node_can_run_is_refused_instead_of_pending_for_ever(slurm, tmp
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"asks {slurm.cpus + 1} CPUs per node" in result.stderr
     assert "EPIC_CHECK_CPUS" in result.stderr and not slurm.queue()
+
+
+def test_a_chain_slurm_would_refuse_in_part_is_refused_whole_before_any_job_is_sent(
+    slurm, mini_epic: MiniEpic, tmp_path
+):
+    """A GPU request this node cannot meet: sbatch --test-only refuses the training job,
+    so the extraction and check jobs before it are never submitted (they were, issue 21)."""
+    from preprocess.plan import plan_store
+
+    site = _site(slurm, tmp_path)
+    site.write_text(site.read_text() + "EPIC_GPU_REQUEST='--gres=gpu:{n}'\n")
+    store = tmp_path / "store"
+    plan_store(
+        store_root=store, annotations_dir=mini_epic.annotations_dir,
+        videos_root=mini_epic.videos_dir, shards=1, keep="sampled", num_frames=(2,),
+    )  # fmt: skip
+    result = _epic_slurm(
+        slurm, site, "pipeline", "--annotations", mini_epic.annotations_dir, "--store", store,
+        "--run-dir", tmp_path / "run", "--", *TRAIN, "--epochs", "1",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "sbatch --test-only refused the train job" in result.stderr
+    assert "--gres=gpu:1" in result.stderr and not slurm.queue()
+    assert _jobs(result.stdout) == {}
 
 
 @pytest.mark.slow
