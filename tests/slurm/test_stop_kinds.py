@@ -369,7 +369,9 @@ def test_scancel_stops_a_training_job_and_its_printed_command_resumes_it(
     slurm, mini_epic: MiniEpic, store, tmp_path
 ):
     site, run = _site(slurm, tmp_path), tmp_path / "run"
-    options = ["--epochs", "1", "--limit-batches", "6"]
+    # SIGTERM: the step under way and the save must end within the fixture's KillWait (5 s),
+    # on a loaded machine too: small steps.
+    options = ["--batch-size", "2", "--epochs", "1", "--limit-batches", "12"]
     job_id, log = _submit_train(slurm, site, store, mini_epic, run, *options)
     _wait_for(slurm, job_id, log, "epoch 1/1 step 2/")
     slurm.run(["scancel", job_id])
@@ -407,10 +409,12 @@ def test_scancel_stops_a_pipelines_training_and_the_same_pipeline_resumes_it(
 ):
     from epicslurm.pipeline import run_status
 
+    # Batches of 2: a step (and so the save after it) must end well within the fixture's
+    # KillWait of 5 s on a loaded machine, or SIGKILL comes first and no last.pt is left.
     site, run = _site(slurm, tmp_path), tmp_path / "run"
     command = [BIN / "epic-slurm", "pipeline", "--site", site, "--store", store, "--annotations",
-               mini_epic.annotations_dir, "--run-dir", run, "--", *TRAIN, "--epochs", "1",
-               "--limit-batches", "6"]  # fmt: skip
+               mini_epic.annotations_dir, "--run-dir", run, "--", *TRAIN, "--batch-size", "2",
+               "--epochs", "1", "--limit-batches", "12"]  # fmt: skip
     first = slurm.run(command, check=False, timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     jobs = {kind: (job, Path(log)) for kind, job, log in JOB_LINE.findall(first.stdout)}
@@ -448,7 +452,9 @@ def test_scontrol_requeue_requeues_a_training_job_that_resumes_from_last_pt(
     slurm, mini_epic: MiniEpic, store, tmp_path
 ):
     site, run = _site(slurm, tmp_path), tmp_path / "run"
-    options = ["--epochs", "1", "--limit-batches", "6"]
+    # SIGTERM: the step under way and the save must end within the fixture's KillWait (5 s),
+    # on a loaded machine too: small steps.
+    options = ["--batch-size", "2", "--epochs", "1", "--limit-batches", "12"]
     job_id, log = _submit_train(slurm, site, store, mini_epic, run, *options)
     _wait_for(slurm, job_id, log, "epoch 1/1 step 2/")
     slurm.run(["scontrol", "requeue", job_id])

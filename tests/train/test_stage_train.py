@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from epicdata.annotations import AnnotationDir
 from epicdata.checksums import frame_checksum
 from epicdata.errors import ExitCode
+from epicdata.frame_index import add_index
 from epicdata.layout import checksum_key, frame_key, shard_path
 from epicdata.lmdb_pages import ShardPages
 from epicdata.manifest import Manifest
@@ -134,8 +135,9 @@ def test_a_failed_staging_stops_every_rank_instead_of_leaving_them_waiting(
 
 def _change_every_frame_in_place(store: Path, index: int, *, crc: bool) -> list[str]:
     """Change every JPEG of shard ``index`` without moving a byte: one letter of its comment
-    ("Lavc" -> "lavc": the same picture) and, with ``crc``, its CRC-32 in the video's table,
-    as a tool editing the shard in place would; without, the shard is damaged. Returns the
+    ("Lavc" -> "lavc": the same picture) and, with ``crc``, its CRC-32 in the video's table
+    and its frame index, as a tool editing the shard in place would; without, the shard is
+    damaged. Returns the
     videos of the shard."""
     path = shard_path(store, index)
     videos = [v for v, i in Manifest.load(store).video_to_shard().items() if i == index]
@@ -159,6 +161,8 @@ def _change_every_frame_in_place(store: Path, index: int, *, crc: bool) -> list[
     finally:
         os.close(fd)
         pages.close()
+    if crc:  # the frame index carries each frame's CRC-32 too: rewritten in place
+        add_index(path)
     return videos
 
 
