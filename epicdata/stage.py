@@ -48,6 +48,7 @@ from epicdata.errors import (
     StoreError,
     StoreIncompleteError,
 )
+from epicdata.frame_index import content_digest
 from epicdata.layout import (
     MANIFEST_NAME,
     SHARD_META_KEY,
@@ -263,12 +264,7 @@ def _metadata_digest(shard: Path, *, name: Path) -> str:
     finally:
         if isinstance(pages, ShardPages):
             pages.close()
-    digest = hashlib.sha256()
-    for key in [SHARD_META_KEY, *keys]:
-        for part in (key, values[key] or b""):
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(part)
-    return digest.hexdigest()
+    return content_digest(values, video_ids)
 
 
 def _stage_shard(source: Path, final: Path, stage_dir: str | Path) -> int:

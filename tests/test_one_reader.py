@@ -454,6 +454,21 @@ def format_1_copy(
     return store, data, parse(data)
 
 
+def format_1_emptied_leaf(
+    pristine: Pristine, folder: Path, as_format_1: Callable[[Path], None]
+) -> tuple[Path, set[bytes]]:
+    """A format 1 copy of the store whose leaf holding a middle frame of the validation
+    video is emptied, and the keys that leaf held."""
+    numbers = pristine.frames[pristine.validation_video]
+    store, data, layout = format_1_copy(pristine, folder, as_format_1)
+    key = frame_key(pristine.validation_video, numbers[len(numbers) // 2])
+    leaf = leaf_holding(data, layout, key)
+    with shard_path(store, 0).open("r+b") as handle:
+        handle.seek(leaf * layout.psize + 12)
+        handle.write(struct.pack("<H", PAGE_HEADER))
+    return store, {node_key(data, node) for node in layout.nodes[leaf]}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_check_and_train(
@@ -464,13 +479,7 @@ def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_check_and_train(
     # its training steps, and epic-validate reads too. In a shard of store format 1 reads
     # look frames up in the B-tree: both say exit 5, naming a frame of the leaf.
     vid = pristine.validation_video
-    numbers = pristine.frames[vid]
-    store, data, layout = format_1_copy(pristine, tmp_path, as_format_1)
-    leaf = leaf_holding(data, layout, frame_key(vid, numbers[len(numbers) // 2]))
-    keys = {node_key(data, node) for node in layout.nodes[leaf]}
-    with shard_path(store, 0).open("r+b") as handle:
-        handle.seek(leaf * layout.psize + 12)
-        handle.write(struct.pack("<H", PAGE_HEADER))
+    store, keys = format_1_emptied_leaf(pristine, tmp_path, as_format_1)
     problems = check_problems(store)
     named = _missing_frames("\n".join(problems), vid, r"{vid} frame (\d+): key missing")
     assert named and named <= keys, problems
@@ -509,13 +518,7 @@ def test_emptied_leaf_of_frames_is_exit_5_naming_its_frames_in_validate(
     pristine: Pristine, checkpoint: Path, tmp_path: Path, as_format_1: Callable[[Path], None]
 ) -> None:
     vid = pristine.validation_video
-    numbers = pristine.frames[vid]
-    store, data, layout = format_1_copy(pristine, tmp_path, as_format_1)
-    leaf = leaf_holding(data, layout, frame_key(vid, numbers[len(numbers) // 2]))
-    keys = {node_key(data, node) for node in layout.nodes[leaf]}
-    with shard_path(store, 0).open("r+b") as handle:
-        handle.seek(leaf * layout.psize + 12)
-        handle.write(struct.pack("<H", PAGE_HEADER))
+    store, keys = format_1_emptied_leaf(pristine, tmp_path, as_format_1)
     line = error_line(validate(pristine, store, checkpoint, tmp_path / "out"), "epic-validate")
     found = _missing_frames(line, vid, r"{vid}: frame (\d+) is listed as stored but its key")
     assert len(found) == 1 and found <= keys, line
