@@ -36,6 +36,7 @@ from epicslurm.site import Site, path_problems, require_paths
 from epicslurm.submit import Job, cancel, check_accepted, submit
 from preprocess.check import check_store
 from train.config import PATH_FIELDS, TrainConfig, field_types, load_yaml_defaults
+from train.recipes import resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def train_options(words: Sequence[str]) -> dict[str, Any]:
             ) from None
     values = from_file | given
     try:  # the values epic-train would refuse, refused before anything is submitted
-        TrainConfig(store="-", annotations="-", output_dir="-", **values)
+        TrainConfig(store="-", annotations="-", output_dir="-", **resolve_options(from_file, given))
     except EpicInputError as exc:
         raise EpicInputError(
             str(exc), where="epic-train options after --", fix="correct it"

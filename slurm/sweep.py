@@ -44,6 +44,7 @@ from epicslurm.site import Site, path_problems, require_paths
 from epicslurm.submit import Job, submit
 from preprocess.check import check_store
 from train.config import PATH_FIELDS, FieldType, TrainConfig, field_types
+from train.recipes import resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,8 @@ def _expand_runs(
         values = dict(zip(axes, combo, strict=True))
         run = Run(index, run_name(values), {**fixed, **values})
         try:
-            TrainConfig(store="-", annotations="-", output_dir="-", **run.options)
+            options = resolve_options({}, run.options)  # as epic-train resolves them
+            TrainConfig(store="-", annotations="-", output_dir="-", **options)
         except EpicInputError as exc:
             raise EpicInputError(
                 f"run {run.name}: {exc}", where=where, fix="correct the grid's values"

@@ -14,10 +14,14 @@ weights_only=True)`` reads it without running code::
                              epoch depends only on (seed, epoch))
     best_metric     float    best validation action top-1 so far (-1 before any)
     config          dict     TrainConfig.to_dict()
-    normalization   dict     {"mean": [3 floats], "std": [3 floats]} the model was trained with
+    input_spec      dict     train.input_spec.InputSpec.to_dict(): modality, channels, mean,
+                             std, frame size, crop, clip length, sampler the model was
+                             trained on (format 3; formats 1 and 2 hold ``normalization``
+                             {"mean", "std"} instead: :func:`checkpoint_input_spec` makes
+                             their spec from it and the config, with a warning)
     digest          str      SHA-256 of every value above (:func:`content_digest`), checked on
                              load: a flipped bit in a weight is found, not trained on
-                             (format 2; format-1 checkpoints have none and still load)
+                             (formats 2 and 3; format-1 checkpoints have none and still load)
 """
 
 from __future__ import annotations
@@ -36,11 +40,12 @@ import torch
 from torch import nn
 
 from epicdata.errors import EpicInputError, OutOfSpaceError
+from train.input_spec import InputSpec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 2
-#: Keys of every checkpoint, and those only format 2 adds.
+CHECKPOINT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 DIGEST_KEY = "digest"
 #: Present in a checkpoint taken mid-epoch: the RNG states and the epoch's sums so far.
 MID_EPOCH_KEYS = frozenset({"rng", "epoch_progress"})
@@ -55,9 +60,16 @@ CHECKPOINT_KEYS = frozenset(
         "step",
         "best_metric",
         "config",
-        "normalization",
+        "input_spec",
     }
 )
+#: The keys of each format version read (the current one is CHECKPOINT_KEYS + digest).
+_OLD_KEYS = (CHECKPOINT_KEYS - {"input_spec"}) | {"normalization"}
+VERSION_KEYS = {
+    1: _OLD_KEYS,
+    2: _OLD_KEYS | {DIGEST_KEY},
+    3: CHECKPOINT_KEYS | {DIGEST_KEY},
+}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -144,7 +156,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    state = {**state, "format_version": CHECKPOINT_VERSION}  # what is written is format 2
+    state = {**state, "format_version": CHECKPOINT_VERSION}  # what is written is format 3
     state[DIGEST_KEY] = content_digest(state)
     try:
         torch.save(state, tmp)
@@ -204,7 +216,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     version = state.get("format_version")
     if (
         DIGEST_KEY in state
-        and version in (None, CHECKPOINT_VERSION)
+        and version in (None, *READABLE_VERSIONS[1:])
         and content_digest(state) != state[DIGEST_KEY]
     ):
         raise CheckpointDamagedError(
@@ -225,13 +237,14 @@ def _check_format(state: dict[str, Any], path: Path, not_ours: str) -> None:
             fix=not_ours + "; a bare state dict is for --weights",
         )
     version = state["format_version"]
-    if version not in (1, CHECKPOINT_VERSION):
+    if version not in READABLE_VERSIONS:
         raise CheckpointReleaseError(
-            f"checkpoint format version {version!r}, this release reads 1 and {CHECKPOINT_VERSION}",
+            f"checkpoint format version {version!r}, this release reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}",
             where=path,
             fix="use the epic-kitchens-pipeline release that wrote it",
         )
-    expected = CHECKPOINT_KEYS | ({DIGEST_KEY} if version >= 2 else set())
+    expected = VERSION_KEYS[version]
     missing = sorted(expected - set(state))
     extra = sorted(set(state) - expected - MID_EPOCH_KEYS, key=str)
     if missing or extra:
@@ -240,6 +253,46 @@ def _check_format(state: dict[str, Any], path: Path, not_ours: str) -> None:
             where=path,
             fix="it was not written by this release of epic-train: use the release that wrote it",
         )
+
+
+def checkpoint_input_spec(state: dict[str, Any], path: str | Path) -> InputSpec:
+    """The :class:`InputSpec` of a loaded checkpoint. Formats 1 and 2 recorded only the
+    normalisation: their spec is the seed's RGB input with that normalisation and their
+    config's crop, clip length and sampling, the frame size unknown; said once per file."""
+    if "input_spec" in state:
+        try:
+            return InputSpec.from_dict(state["input_spec"])
+        except (EpicInputError, TypeError) as exc:
+            raise CheckpointReleaseError(
+                f"its input spec is not this release's ({exc})",
+                where=path,
+                fix="use the release of epic-train that wrote it",
+            ) from None
+    config = state["config"]
+    norm = state["normalization"]
+    spec = InputSpec(
+        modality="rgb",
+        channels="RGB",
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+        frame_size=0,
+        crop_size=int(config.get("crop_size", 224)),
+        clip_length=int(config.get("num_frames", 8)),
+        sampler=str(config.get("sampling", "linspace")),
+    )
+    if str(path) not in _WARNED_OLD:
+        _WARNED_OLD.add(str(path))
+        log.warning(
+            "%s: written by an earlier release (checkpoint format %s) without an input spec; "
+            "taking the old defaults: %s",
+            path,
+            state.get("format_version"),
+            spec.describe(),
+        )
+    return spec
+
+
+_WARNED_OLD: set[str] = set()
 
 
 def resume(
@@ -322,7 +375,7 @@ def training_state(
     step: int,
     best_metric: float,
     config: dict[str, Any],
-    normalization: dict[str, list[float]],
+    input_spec: dict[str, Any],
     mid_epoch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict (see the module docstring): everything resume needs.
@@ -337,7 +390,7 @@ def training_state(
         "step": step,
         "best_metric": best_metric,
         "config": config,
-        "normalization": normalization,
+        "input_spec": input_spec,
     }
 
 

@@ -45,6 +45,7 @@ from train.config import (
 from train.fit import fit
 from train.metrics import format_metrics_table
 from train.preview import write_preview
+from train.recipes import resolve_options
 from train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,14 @@ _annotations_option = click.option(
 )
 
 
+_accept_input_mismatch_option = click.option(
+    "--accept-input-mismatch",
+    is_flag=True,
+    help="Feed input that differs from what the weights were trained on (normalisation, "
+    "channels, clip length of a TSM, frame size), with a warning naming both values.",
+)
+
+
 def _store_option(*, required: bool) -> Callable[[click.Command], click.Command]:
     return click.option(
         "--store",
@@ -192,6 +201,7 @@ def _store_option(*, required: bool) -> Callable[[click.Command], click.Command]
     is_flag=True,
     help="On resume, apply options that differ from the checkpoint's (recorded in the run).",
 )
+@_accept_input_mismatch_option
 @_config_options
 def train_main(
     store: str,
@@ -201,10 +211,11 @@ def train_main(
     resume: str | None,
     dry_run: bool,
     allow_config_change: bool,
+    accept_input_mismatch: bool,
     preview: int | None,
     **options: object,
 ) -> int:
-    """Train the ResNet-18 action model on a frame store (defaults: the seed's recipe).
+    """Train an action model on a frame store (--recipe; default: the seed's ResNet-18).
 
     Exits 75 after saving last.pt on SIGUSR1/SIGTERM (run again with --resume auto; the
     slurm job scripts requeue after SIGUSR1, stop after SIGTERM); other codes:
@@ -213,21 +224,26 @@ def train_main(
     ctx = click.get_current_context()
     info = distributed.discover(batch_shell="refuse")  # exit 2 at once, not a hang
     start_command(is_main=info.is_main)
-    values = load_yaml_defaults(config_file) if config_file else {}
-    values.update(
-        {
-            k: v
-            for k, v in options.items()
-            if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
-        }
-    )
+    given = {
+        k: v
+        for k, v in options.items()
+        if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)
+    }
+    # The recipe's values, then --config's, then the command line's.
+    values = resolve_options(load_yaml_defaults(config_file) if config_file else {}, given)
     # Absolute paths in config.yaml and the checkpoints: a run folder makes sense anywhere.
     paths = {k: str(Path(v).resolve()) for k, v in (("store", store), ("annotations", annotations), ("output_dir", output_dir))}  # fmt: skip
     cfg = TrainConfig(**paths, **values)
     if preview is not None:
         click.echo(f"wrote {write_preview(cfg, preview)}")
         return 0
-    return fit(cfg, resume_from=resume, dry_run=dry_run, allow_config_change=allow_config_change)
+    return fit(
+        cfg,
+        resume_from=resume,
+        dry_run=dry_run,
+        allow_config_change=allow_config_change,
+        accept_input_mismatch=accept_input_mismatch,
+    )
 
 
 @click.command(
@@ -316,6 +332,7 @@ def train_main(
     show_default="none: required with --split test",
     help="Submission: training-data supervision level (0-5).",
 )
+@_accept_input_mismatch_option
 def validate_main(
     checkpoint: str | None,
     predictions: str | None,
@@ -331,6 +348,7 @@ def validate_main(
     sls_pt: int | None,
     sls_tl: int | None,
     sls_td: int | None,
+    accept_input_mismatch: bool,
 ) -> None:
     """Official EPIC-100 metrics of a checkpoint or a predictions file, or a test submission."""
     start_command(is_main=distributed.discover(batch_shell="single").is_main)
@@ -347,6 +365,7 @@ def validate_main(
         allow_partial=allow_partial,
         limit_batches=limit_batches,
         sls=(sls_pt, sls_tl, sls_td),
+        accept_input_mismatch=accept_input_mismatch,
     )
     if result is not None and result.metrics is not None:
         click.echo(

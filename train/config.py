@@ -27,7 +27,14 @@ import yaml
 
 from epicdata.errors import EpicInputError
 
-SCHEDULERS = ("plateau", "cosine")
+SCHEDULERS = ("plateau", "cosine", "step")
+OPTIMIZERS = ("adamw", "sgd")
+HEAD_LOSSES = ("sum", "mean")
+TRAIN_CROPS = ("seed", "multiscale")
+ARCHS = ("resnet18", "resnet50")  # as train.model.ARCHS
+TEMPORALS = ("avg", "tsm")  # as train.model.TEMPORALS
+NORM_NAMES = ("imagenet", "epic-c1")  # as train.input_spec.NORMS
+RECIPE_NAMES = ("seed-r18", "tsn-r50", "tsm-r50")  # as train.recipes.RECIPES
 SAMPLINGS = ("linspace", "tsn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DECODERS = ("torchvision", "pil", "nvjpeg")  # as epicdata.dataset.DECODERS
@@ -75,19 +82,50 @@ class TrainConfig:
     store: str
     annotations: str
     output_dir: str
+    recipe: str = _option(
+        "seed-r18",
+        "Preset of the options below (docs/training.md): seed-r18 (the seed's ResNet-18), "
+        "tsn-r50, tsm-r50 (C1's TSN and TSM); --config and command-line options override it.",
+        RECIPE_NAMES,
+    )
+    arch: str = _option("resnet18", "Backbone (torchvision ResNet).", ARCHS)
+    temporal: str = _option(
+        "avg",
+        "avg: average the frames' features (TSN); tsm: temporal shift in every residual "
+        "block (TSM; the clip length is then fixed by the model).",
+        TEMPORALS,
+    )
+    partial_bn: bool = _option(
+        False, "Partial BatchNorm (TSN/C1): every BN but the first frozen, in eval mode."
+    )
     epochs: int = _option(30, "Epochs to train.", minimum=1)
     batch_size: int = _option(
         32, "Clips per batch per process (global batch: x world size).", minimum=1
     )
-    lr: float = _option(1e-4, "AdamW learning rate.")
-    weight_decay: float = _option(1e-4, "AdamW weight decay.")
+    optimizer: str = _option("adamw", "adamw (seed) or sgd (with --momentum; C1).", OPTIMIZERS)
+    lr: float = _option(1e-4, "Learning rate.")
+    momentum: float = _option(0.9, "SGD momentum (--optimizer sgd).")
+    weight_decay: float = _option(1e-4, "Weight decay (AdamW's decoupled; SGD's L2).")
+    grad_clip: float | None = _option(
+        None, "Clip the gradients' global L2 norm to this (C1: 20); none: no clipping."
+    )
+    head_loss: str = _option(
+        "sum",
+        "sum: verb + noun cross-entropy (seed); mean: their mean (C1).",
+        HEAD_LOSSES,
+    )
     scheduler: str = _option(
         "plateau",
-        "plateau: ReduceLROnPlateau(max) on val action top-1 (seed); cosine: per epoch.",
+        "plateau: ReduceLROnPlateau(max) on val action top-1 (seed); cosine: per epoch; "
+        "step: MultiStepLR at --lr-steps (C1).",
         SCHEDULERS,
     )
     plateau_factor: float = _option(0.5, "ReduceLROnPlateau factor.")
     plateau_patience: int = _option(3, "ReduceLROnPlateau patience in epochs.", minimum=0)
+    lr_steps: str = _option(
+        "20,40", "Epochs at which --scheduler step multiplies the lr by --lr-gamma."
+    )
+    lr_gamma: float = _option(0.1, "--scheduler step's factor.")
     dropout: float = _option(0.3, "Dropout before the heads.")
     num_frames: int = _option(8, "Frames per clip.", minimum=1)
     sampling: str = _option(
@@ -96,8 +134,26 @@ class TrainConfig:
         SAMPLINGS,
     )
     crop_size: int = _option(224, "Crop side in pixels (small values for CPU demos).", minimum=1)
+    train_crop: str = _option(
+        "seed",
+        "seed: RandomResizedCrop(scale 0.85-1) + flip; multiscale: TSN's multi-scale crop "
+        "(scales 1, .875, .75, .66 of the short side, 13 fixed places) + flip (C1).",
+        TRAIN_CROPS,
+    )
+    photometric: bool = _option(
+        True, "The seed's ColorJitter and RandomErasing in training (C1 has neither)."
+    )
+    norm: str = _option(
+        "imagenet",
+        "Normalisation: imagenet (mean and std); epic-c1: the ImageNet mean as std too, as "
+        "the C1 model-zoo checkpoints were trained.",
+        NORM_NAMES,
+    )
     weights: str = _option(
-        "imagenet", "imagenet (torchvision cache in $TORCH_HOME), none, or a state-dict file."
+        "imagenet",
+        "imagenet (torchvision V1 weights in $TORCH_HOME), kinetics (the TSM authors' "
+        "Kinetics ResNet-50 TSM, there too), none, or a file: a torchvision state dict, an "
+        "epic-train checkpoint, a TSM or C1 model-zoo checkpoint.",
     )
     workers: int = _option(
         default_workers(),
@@ -158,6 +214,32 @@ class TrainConfig:
                 raise EpicInputError(f"config {f.name}={value}: must be >= {minimum}")
         if not 0.0 <= self.dropout < 1.0:
             raise EpicInputError(f"config dropout={self.dropout}: must be in [0, 1)")
+        self.milestones()  # refuses a malformed --lr-steps now, not at the first epoch
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise EpicInputError(f"config grad_clip={self.grad_clip}: must be > 0 (or none)")
+
+    def milestones(self) -> list[int]:
+        """``lr_steps`` as increasing epoch numbers (``"20,40"`` -> [20, 40])."""
+        try:
+            steps = [int(part) for part in self.lr_steps.split(",")]
+        except ValueError:
+            steps = []
+        if not steps or any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[0] < 1:
+            raise EpicInputError(
+                f"config lr_steps={self.lr_steps!r}: expected increasing epoch numbers >= 1 "
+                "separated by commas, e.g. 20,40"
+            )
+        return steps
+
+    def model_options(self) -> dict[str, Any]:
+        """The keyword arguments of train.model.ActionModel / build_model."""
+        return {
+            "arch": self.arch,
+            "temporal": self.temporal,
+            "num_frames": self.num_frames,
+            "partial_bn": self.partial_bn,
+            "dropout": self.dropout,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (str, int, float, bool, None): safe for ``weights_only`` checkpoints."""

@@ -109,15 +109,17 @@ def build_train_data(
     info: DistInfo,
     pin_memory: bool,
     limit_batches: int | None,
+    train_crop: str = "seed",
 ) -> TrainData:
-    """The shuffled, augmented training clips of ``table``, sharded over the ranks."""
+    """The shuffled, augmented training clips of ``table``, sharded over the ranks;
+    ``train_crop``: train.transforms.TrainClipTransform's ``crop``."""
     dataset = EpicActionDataset(
         store,
         table,
         num_frames=num_frames,
         sampling=sampling,
         training=True,
-        transform=TrainClipTransform(crop_size),
+        transform=TrainClipTransform(crop_size, crop=train_crop),
         decoder=decoder,
         seed=seed,
     )

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 #: step would stall the queue for. SLURM signals minutes before the limit, so a few steps
 #: of delay cost nothing.
 STOP_SYNC_STEPS = 20
+#: ``--head-loss``: the factor of verb + noun cross-entropy (C1 averages the two tasks).
+HEAD_LOSS_WEIGHTS = {"sum": 1.0, "mean": 0.5}
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,25 @@ class EpochMeter:
         )
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.cuda.amp.GradScaler,
+    clip: tuple[list[torch.Tensor], float | None],
+) -> None:
+    """Backward, clip (``clip``: the parameters and the largest global L2 norm of their
+    gradients, or None), step and zero the gradients."""
+    scaler.scale(loss).backward()
+    params, max_norm = clip
+    if max_norm is not None:
+        scaler.unscale_(optimizer)  # the norm of the true gradients, as C1 (fp32) clips
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -184,14 +205,19 @@ def train_one_epoch(
     first_step: int = 0,
     carry: dict | None = None,
     load_clips: ClipLoader | None = None,
+    grad_clip: float | None = None,
+    head_loss: str = "sum",
 ) -> EpochStats:
     """Train for at most ``max_steps`` batches; returns early (``interrupted``) when any rank
     has a pending stop request, with every rank at the same step. After a mid-epoch resume,
     ``first_step`` is the step the epoch resumes at and ``carry`` its sums so far
     (:meth:`EpochStats.carry`), so that the epoch's record covers all of its batches.
     ``load_clips``: a batch -> its uint8 clips on ``device`` (train.data.clip_loader; default:
-    the workers' decoded clips, copied)."""
+    the workers' decoded clips, copied). ``grad_clip``: the gradients' global L2 norm is
+    clipped to it (after unscaling fp16's); ``head_loss``: a key of HEAD_LOSS_WEIGHTS."""
     load_clips = load_clips or frames_to(device)
+    weight = HEAD_LOSS_WEIGHTS[head_loss]
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     meter = EpochMeter(device, info, carry)
     interrupted = False
@@ -204,11 +230,10 @@ def train_one_epoch(
         clips_in = augment(frames, train=True, generator=generator)  # (B, T, C, H, W) float
         with precision.autocast():
             verb_logits, noun_logits = model(clips_in)  # (B, 97), (B, 300)
-            loss = F.cross_entropy(verb_logits, verbs) + F.cross_entropy(noun_logits, nouns)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            loss = weight * (
+                F.cross_entropy(verb_logits, verbs) + F.cross_entropy(noun_logits, nouns)
+            )
+        optimizer_step(loss, optimizer=optimizer, scaler=scaler, clip=(params, grad_clip))
 
         meter.add(loss.detach(), verb_logits, noun_logits, verbs, nouns)
         progress.update()
@@ -260,6 +285,7 @@ def evaluate(
     info: DistInfo,
     max_steps: int | None = None,
     load_clips: ClipLoader | None = None,
+    head_loss: str = "sum",
 ) -> Predictions | None:
     """Logits for every segment of ``loader`` (sharded across ranks without padding), gathered
     on rank 0 in split order; None on other ranks.
@@ -291,7 +317,7 @@ def evaluate(
             loss = F.cross_entropy(verb_logits, verbs, reduction="sum") + F.cross_entropy(
                 noun_logits, nouns, reduction="sum"
             )
-            loss_sum += loss.double()
+            loss_sum += HEAD_LOSS_WEIGHTS[head_loss] * loss.double()
         # Kept on the device until the end: a copy to the host per batch waits for the GPU.
         indices.append(batch["index"].numpy())
         verb_out.append(verb_logits)

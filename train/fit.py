@@ -15,10 +15,12 @@ Run folder (only rank 0 writes)::
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -26,7 +28,6 @@ from torch.utils.data import DataLoader
 
 from epicdata.annotations import AnnotationDir, SegmentTable
 from epicdata.console import add_log_file, preflight_output
-from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.dataset import EpicActionDataset, check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError, ExitCode
 from epicdata.stage import stage_store, staged_root
@@ -60,11 +61,14 @@ from train.device import (
 )
 from train.distributed import DistInfo
 from train.engine import EpochStats, evaluate, train_one_epoch
+from train.input_spec import InputSpec, run_input_spec
 from train.metrics import compute_metrics
 from train.model import ActionModel, build_model, compile_failures_named, compile_model
 from train.nvjpeg import check_nvjpeg
+from train.recipes import RECIPES, check_store_serves
 from train.runlog import RunLog
 from train.transforms import DeviceAugment
+from train.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,6 @@ FREE_ON_RESUME = (
     "annotations",
     "output_dir",
 )
-NORMALIZATION = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 class StopFlag:
@@ -130,21 +133,44 @@ def stop_source(stop: StopFlag, info: DistInfo, device: torch.device) -> str:
 
 
 def build_optimizer(
-    model: torch.nn.Module, *, lr: float, weight_decay: float
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    kind: str = "adamw",
+    momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """AdamW; the fused CUDA kernel on a GPU, which also takes fp16's GradScaler step
+    """AdamW (the seed's) or SGD with momentum (C1's), over the parameters that train
+    (partial BatchNorm's frozen ones are left out, as C1's optimiser policies leave them).
+    AdamW takes the fused CUDA kernel on a GPU, which also takes fp16's GradScaler step
     without the host sync (an ``.item()`` on the inf check) of the other implementations."""
-    on_cuda = next(model.parameters()).is_cuda
+    params = [p for p in model.parameters() if p.requires_grad]
+    on_cuda = params[0].is_cuda
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=weight_decay, fused=True if on_cuda else None
+        params, lr=lr, weight_decay=weight_decay, fused=True if on_cuda else None
     )
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, kind: str, epochs: int, factor: float, patience: int
+    optimizer: torch.optim.Optimizer,
+    *,
+    kind: str,
+    epochs: int,
+    factor: float,
+    patience: int,
+    milestones: list[int] | None = None,
+    gamma: float = 0.1,
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """plateau (on validation action top-1), cosine over ``epochs``, or step: the lr times
+    ``gamma`` at each epoch of ``milestones`` (C1's MultiStepLR, stepped per epoch)."""
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if kind == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=milestones or [], gamma=gamma
+        )
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=factor, patience=patience
     )
@@ -187,6 +213,7 @@ class _Run:
     scheduler: object
     scaler: object
     augment: DeviceAugment
+    input_spec: InputSpec
     generator: torch.Generator
     run_dir: Path
     runlog: RunLog | None  # rank 0 of a run that writes
@@ -210,7 +237,7 @@ class _Run:
             step=step,
             best_metric=self.best,
             config=self.cfg.to_dict(),
-            normalization=NORMALIZATION,
+            input_spec=self.input_spec.to_dict(),
         )
 
 
@@ -220,9 +247,11 @@ def fit(
     resume_from: str | None = None,
     dry_run: bool = False,
     allow_config_change: bool = False,
+    accept_input_mismatch: bool = False,
 ) -> int:
     """Train per ``cfg``; returns the process exit code (0, or EXIT_REQUEUE after a signal).
-    ``allow_config_change``: apply options that differ from the resumed checkpoint's."""
+    ``allow_config_change``: apply options that differ from the resumed checkpoint's.
+    ``accept_input_mismatch``: load ``--weights`` trained on other input, with a warning."""
     stop = StopFlag()
     root = logging.getLogger()
     handlers = list(root.handlers)
@@ -233,6 +262,7 @@ def fit(
             resume_from=resume_from,
             dry_run=dry_run,
             allow_config_change=allow_config_change,
+            accept_input_mismatch=accept_input_mismatch,
         )
     finally:
         stop.restore()
@@ -249,9 +279,14 @@ def _fit(
     resume_from: str | None,
     dry_run: bool,
     allow_config_change: bool,
+    accept_input_mismatch: bool,
 ) -> int:
     run = _setup(
-        cfg, resume_from=resume_from, dry_run=dry_run, allow_config_change=allow_config_change
+        cfg,
+        resume_from=resume_from,
+        dry_run=dry_run,
+        allow_config_change=allow_config_change,
+        accept_input_mismatch=accept_input_mismatch,
     )
     for epoch in range(run.start_epoch, 1 if dry_run else cfg.epochs):
         step0 = run.start_step if epoch == run.start_epoch else 0
@@ -301,7 +336,12 @@ def _fit(
 
 
 def _setup(
-    cfg: TrainConfig, *, resume_from: str | None, dry_run: bool, allow_config_change: bool
+    cfg: TrainConfig,
+    *,
+    resume_from: str | None,
+    dry_run: bool,
+    allow_config_change: bool,
+    accept_input_mismatch: bool = False,
 ) -> _Run:
     """Device and ranks, the run folder's preflight, data, model and optimiser, resume."""
     device, info = init_device(cfg.device, decoder=cfg.decoder, deterministic=cfg.deterministic)
@@ -310,7 +350,7 @@ def _setup(
     writes = info.is_main and not dry_run
     if writes:
         need = run_folder_bytes(
-            ActionModel(dropout=cfg.dropout),
+            ActionModel(**cfg.model_options()),
             epochs=cfg.epochs,
             checkpoint_every=cfg.checkpoint_every,
         )
@@ -320,18 +360,14 @@ def _setup(
 
     torch.manual_seed(cfg.seed)  # the same random init on every rank and every run
     # Resuming, the checkpoint replaces the weights: nothing to load (or to log as loaded).
-    weights = None if checkpoint_path is not None else cfg.weights
-    model = build_model(
-        weights=weights, dropout=cfg.dropout, device=device, channels_last=device.type == "cuda"
+    model, input_spec = _model_and_input(
+        cfg,
+        device=device,
+        frame_size=data.store.manifest.params.short_side,
+        weights=cfg.weights if checkpoint_path is None else None,
+        accept_input_mismatch=accept_input_mismatch,
     )
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = build_scheduler(
-        optimizer,
-        kind=cfg.scheduler,
-        epochs=cfg.epochs,
-        factor=cfg.plateau_factor,
-        patience=cfg.plateau_patience,
-    )
+    optimizer, scheduler = _optimization(cfg, model)
     precision = resolve_precision(cfg.amp, device)
     run = _Run(
         cfg=cfg,
@@ -345,7 +381,10 @@ def _setup(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
-        augment=DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device),
+        augment=DeviceAugment(input_spec.mean, input_spec.std, photometric=cfg.photometric).to(
+            device
+        ),
+        input_spec=input_spec,
         generator=torch.Generator(),
         run_dir=run_dir,
         runlog=None,
@@ -362,6 +401,50 @@ def _setup(
         run.runlog = RunLog(run_dir, upto_epoch=run.start_epoch)
     _log_start(run)
     return run
+
+
+def _optimization(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and the learning-rate schedule of ``cfg``."""
+    optimizer = build_optimizer(
+        model,
+        kind=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        kind=cfg.scheduler,
+        epochs=cfg.epochs,
+        factor=cfg.plateau_factor,
+        patience=cfg.plateau_patience,
+        milestones=cfg.milestones(),
+        gamma=cfg.lr_gamma,
+    )
+    return optimizer, scheduler
+
+
+def _model_and_input(
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    frame_size: int,
+    weights: str | None,
+    accept_input_mismatch: bool,
+) -> tuple[torch.nn.Module, InputSpec]:
+    """The model, initialised from ``weights`` (None: a checkpoint replaces them), and the
+    input this run feeds it, which the weights' own input spec is checked against."""
+    model = build_model(**cfg.model_options(), device=device, channels_last=device.type == "cuda")
+    input_spec = run_input_spec(
+        norm=cfg.norm,
+        frame_size=frame_size,
+        crop_size=cfg.crop_size,
+        clip_length=cfg.num_frames,
+        sampler=cfg.sampling,
+    )
+    if weights is not None:
+        load_weights(model, weights, fed=input_spec, accept_mismatch=accept_input_mismatch)
+    return model, input_spec
 
 
 def init_device(name: str, *, decoder: str, deterministic: bool) -> tuple[torch.device, DistInfo]:
@@ -412,9 +495,22 @@ def _build_data(
         pin_memory=device.type == "cuda",
     )
     train = build_train_data(
-        store, train_table, seed=cfg.seed, limit_batches=limit_batches, **clips
+        store,
+        train_table,
+        seed=cfg.seed,
+        limit_batches=limit_batches,
+        train_crop=cfg.train_crop,
+        **clips,
     )
     val_set, val_loader = build_eval_data(store, val_table, **clips)
+    params = store.manifest.params
+    check_store_serves(
+        recipe=cfg.recipe,
+        sampling=cfg.sampling,
+        keep=params.keep,
+        clip_lengths=tuple(params.num_frames),
+        num_frames=cfg.num_frames,
+    )
     # Every frame the samplers can ask for, from the metadata: a missing one fails here,
     # not as a worker traceback mid-epoch.
     check_readable(train.dataset)
@@ -444,6 +540,20 @@ def wrap_model(
 
 def _log_start(run: _Run) -> None:
     cfg, precision = run.cfg, run.precision
+    recipe = RECIPES[cfg.recipe]
+    log.info(
+        "recipe %s (%s; expected: %s): %s %s%s, %s lr %g, %s schedule, %d frames",
+        recipe.name,
+        recipe.summary,
+        recipe.expected,
+        cfg.arch,
+        cfg.temporal,
+        ", partial BN" if cfg.partial_bn else "",
+        cfg.optimizer,
+        cfg.lr,
+        cfg.scheduler,
+        cfg.num_frames,
+    )
     log.info(
         "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s, "
         "decoder %s%s",
@@ -511,7 +621,8 @@ def _resume(run: _Run, path: Path, *, auto: bool) -> None:
     # A checkpoint from before a field existed (compile) ran with its default.
     saved = {f.name: f.default for f in fields(TrainConfig)} | state["config"]
     changed = {k: (saved.get(k), v) for k, v in run.cfg.to_dict().items() if saved.get(k) != v}
-    free = set(FREE_ON_RESUME) | ({"epochs"} if run.cfg.scheduler == "plateau" else set())
+    # More epochs keep the schedule where it does not depend on the epoch count.
+    free = set(FREE_ON_RESUME) | ({"epochs"} if run.cfg.scheduler != "cosine" else set())
     binding = {k: v for k, v in changed.items() if k not in free}
     if binding and not run.allow_config_change:
         raise EpicInputError(
@@ -544,6 +655,10 @@ def _apply_changes(run: _Run) -> None:
         group["initial_lr"] = cfg.lr
     if cfg.scheduler == "plateau":
         run.scheduler.factor, run.scheduler.patience = cfg.plateau_factor, cfg.plateau_patience
+    elif cfg.scheduler == "step":
+        run.scheduler.base_lrs = [cfg.lr] * len(run.optimizer.param_groups)
+        run.scheduler.milestones = collections.Counter(cfg.milestones())
+        run.scheduler.gamma = cfg.lr_gamma
     else:
         run.scheduler.base_lrs = [cfg.lr] * len(run.optimizer.param_groups)
         run.scheduler.T_max = cfg.epochs
@@ -581,6 +696,8 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
             first_step=step0,
             carry=mid["epoch_progress"] if mid is not None else None,
             load_clips=run.data.train_clips,
+            grad_clip=cfg.grad_clip,
+            head_loss=cfg.head_loss,
         )
 
 
@@ -602,6 +719,7 @@ def _validate_epoch(run: _Run) -> tuple[dict[str, float], float]:
             info=run.info,
             max_steps=run.limit_batches,
             load_clips=run.data.val_clips,
+            head_loss=run.cfg.head_loss,
         )
     metrics: dict[str, float] = {}
     metric = torch.tensor([0.0], device=run.device)

@@ -1,18 +1,20 @@
-"""The seed's model: ImageNet ResNet-18 per frame, temporal average pooling, dropout, verb
-and noun heads; and its weights (``imagenet`` from the torchvision cache, ``none``, or a file).
+"""The action models: a torchvision ResNet per frame (ResNet-18 or -50), optionally with
+the temporal shift of TSM, averaged over the clip, dropout, verb and noun heads.
 
-Compute nodes have no internet, so ``imagenet`` never downloads: it reads the file
-torchvision caches under ``$TORCH_HOME`` and, when it is missing, fails with the command
-that fetches it on a login node.
+Three recipes build on it (train.recipes): the seed's ResNet-18 with average pooling,
+and C1's TSN and TSM ResNet-50s. The temporal shift is ``ops/temporal_shift.py`` of
+github mit-han-lab/temporal-shift-module (the "blockres" place, ``n_div`` 8): it wraps
+``conv1`` of every residual block, so that parameter names read
+``backbone.layerN.i.conv1.net.weight`` like the authors' ``base_model.layerN.i.conv1.net``.
+
+Weights (``imagenet``, ``kinetics``, ``none`` or a file) are loaded by train.weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torchvision
@@ -23,104 +25,135 @@ from epicdata.errors import EnvironmentProblem, EpicInputError
 
 log = logging.getLogger(__name__)
 
-FETCH_IMAGENET_COMMAND = (
-    "python -c \"import torchvision; torchvision.models.resnet18(weights='IMAGENET1K_V1')\""
-)
+ARCHS = ("resnet18", "resnet50")
+TEMPORALS = ("avg", "tsm")
+#: TSM's ``n_div``: 1/8 of the channels move forward in time, 1/8 backward (C1 shift_div).
+SHIFT_DIV = 8
+
+
+def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = SHIFT_DIV) -> torch.Tensor:
+    """(N*T, C, H, W) -> (N*T, C, H, W): TSM's shift, as ``TemporalShift.shift`` (not in
+    place). Channels ``[0, C//fold_div)`` at time t take time t+1's values, the next
+    ``C//fold_div`` take time t-1's, the rest stay; zeros where a clip ends."""
+    nt, c, h, w = x.shape
+    x = x.view(nt // n_segment, n_segment, c, h, w)  # (N, T, C, H, W)
+    fold = c // fold_div
+    out = torch.zeros_like(x)
+    out[:, :-1, :fold] = x[:, 1:, :fold]  # from the future
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # from the past
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
+    return out.view(nt, c, h, w)
+
+
+class TemporalShift(nn.Module):
+    """``net`` (a block's conv1) applied after :func:`temporal_shift` over ``n_segment``
+    frames; ``net`` keeps its name so that checkpoints read ``conv1.net.weight``."""
+
+    def __init__(self, net: nn.Module, n_segment: int, fold_div: int = SHIFT_DIV) -> None:
+        super().__init__()
+        self.net = net
+        self.n_segment = n_segment
+        self.fold_div = fold_div
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(temporal_shift(x, self.n_segment, self.fold_div))
+
+
+def add_temporal_shift(resnet: torchvision.models.ResNet, n_segment: int) -> None:
+    """Wrap ``conv1`` of every block of layer1-4 in :class:`TemporalShift` ("blockres";
+    ResNets of up to 50 layers shift in every block, as ``n_round`` 1 does)."""
+    for stage in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        for block in stage:
+            block.conv1 = TemporalShift(block.conv1, n_segment)
 
 
 class ActionModel(nn.Module):
-    """(B, T, C, H, W) normalised clips -> (verb logits (B, 97), noun logits (B, 300))."""
+    """(B, T, C, H, W) normalised clips -> (verb logits (B, 97), noun logits (B, 300)).
+
+    ``temporal`` "tsm" fixes the clip length to ``num_frames`` (the shift mixes
+    neighbouring frames of a clip of exactly T). ``partial_bn``: every BatchNorm but the
+    first stays in eval mode with its weight and bias frozen, as TSN and C1 train
+    (``TSN.train``): batches of a few clips would give noisy statistics."""
 
     def __init__(
         self,
         *,
+        arch: str = "resnet18",
+        temporal: str = "avg",
+        num_frames: int = 8,
+        partial_bn: bool = False,
+        dropout: float = 0.3,
         num_verbs: int = NUM_VERB_CLASSES,
         num_nouns: int = NUM_NOUN_CLASSES,
-        dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        self.backbone = torchvision.models.resnet18(weights=None)
-        feature_dim = self.backbone.fc.in_features
+        if arch not in ARCHS:
+            raise EpicInputError(f"--arch {arch}: unknown; one of {', '.join(ARCHS)}")
+        if temporal not in TEMPORALS:
+            raise EpicInputError(f"--temporal {temporal}: unknown; one of {', '.join(TEMPORALS)}")
+        self.arch, self.temporal, self.num_frames = arch, temporal, num_frames
+        self.backbone = getattr(torchvision.models, arch)(weights=None)
+        self.feature_dim = self.backbone.fc.in_features  # 512 (ResNet-18), 2048 (ResNet-50)
         self.backbone.fc = nn.Identity()
+        if temporal == "tsm":
+            add_temporal_shift(self.backbone, num_frames)
         self.dropout = nn.Dropout(dropout)
-        self.verb_head = nn.Linear(feature_dim, num_verbs)
-        self.noun_head = nn.Linear(feature_dim, num_nouns)
+        self.verb_head = nn.Linear(self.feature_dim, num_verbs)
+        self.noun_head = nn.Linear(self.feature_dim, num_nouns)
+        bns = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.frozen_bns = bns[1:] if partial_bn else []
+        for bn in self.frozen_bns:
+            bn.weight.requires_grad_(False)
+            bn.bias.requires_grad_(False)
+
+    @property
+    def partial_bn(self) -> bool:
+        return bool(self.frozen_bns)
+
+    def train(self, mode: bool = True) -> ActionModel:
+        super().train(mode)
+        for bn in self.frozen_bns:  # running statistics stay those it was loaded with
+            bn.eval()
+        return self
 
     def forward(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(self.features(clips))
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) clips -> (B, 512) temporally averaged frame features."""
+        """(B, T, C, H, W) clips -> (B, D) temporally averaged frame features (D 512/2048)."""
         b, t = clips.shape[:2]
-        features = self.backbone(clips.flatten(0, 1))  # (B*T, 512)
-        return features.view(b, t, -1).mean(1)  # (B, 512)
+        if self.temporal == "tsm" and t != self.num_frames:
+            raise EpicInputError(
+                f"the TSM model shifts over clips of {self.num_frames} frames; got {t}",
+                fix=f"feed clips of {self.num_frames} frames (--num-frames {self.num_frames})",
+            )
+        features = self.backbone(clips.flatten(0, 1))  # (B*T, D)
+        return features.view(b, t, -1).mean(1)  # (B, D)
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 512) features -> (verb logits (B, 97), noun logits (B, 300))."""
+        """(B, D) features -> (verb logits (B, 97), noun logits (B, 300))."""
         features = self.dropout(features)
         return self.verb_head(features), self.noun_head(features)
 
 
-def imagenet_weights_path() -> Path:
-    """Where torchvision caches the ResNet-18 ImageNet weights (under ``$TORCH_HOME``)."""
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def load_backbone_weights(model: ActionModel, weights: str) -> None:
-    """``weights``: ``imagenet`` (torchvision cache), ``none`` (random init, said aloud), or a
-    file holding a torchvision ResNet-18 state dict or a checkpoint of this trainer."""
-    if weights == "none":
-        log.info("weights: none (random initialisation, as asked)")
-        return
-    if weights == "imagenet":
-        path = imagenet_weights_path()
-        if not path.is_file():
-            raise EpicInputError(
-                f"--weights imagenet: {path} is missing and compute nodes cannot download it. "
-                f"On a login node, with the same TORCH_HOME "
-                f"(now {os.environ.get('TORCH_HOME', 'unset: ~/.cache/torch')}), run:\n"
-                f"  {FETCH_IMAGENET_COMMAND}\n"
-                f"or pass --weights PATH to a ResNet-18 state dict."
-            )
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise EpicInputError(
-                f"--weights {weights}: no such file (expected imagenet, none or a file)"
-            )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file: say which and why
-        raise EpicInputError(f"--weights {path}: cannot load it ({exc})") from None
-    if isinstance(state, dict) and "model" in state and "format_version" in state:
-        _load_strict(model, state["model"], path)
-        log.info("weights: whole model from checkpoint %s", path)
-        return
-    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    _load_strict(model.backbone, backbone, path)
-    log.info("weights: ResNet-18 backbone from %s", path)
-
-
-def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise EpicInputError(
-            f"--weights {path}: does not match the ResNet-18 model ({first}); "
-            "pass a torchvision resnet18 state dict or a checkpoint of epic-train"
-        ) from None
-
-
 def build_model(
-    *, weights: str | None, dropout: float, device: torch.device, channels_last: bool
+    *,
+    arch: str,
+    temporal: str,
+    num_frames: int,
+    partial_bn: bool,
+    dropout: float,
+    device: torch.device,
+    channels_last: bool,
 ) -> ActionModel:
-    """``weights`` None: a checkpoint is about to replace them (resume): nothing is loaded."""
-    model = ActionModel(dropout=dropout)
-    if weights is not None:
-        load_backbone_weights(model, weights)
-    model = model.to(device)
+    """The model on ``device``, randomly initialised (train.weights loads weights)."""
+    model = ActionModel(
+        arch=arch,
+        temporal=temporal,
+        num_frames=num_frames,
+        partial_bn=partial_bn,
+        dropout=dropout,
+    ).to(device)
     if channels_last:
         # cuDNN's fastest convolutions on tensor cores want NHWC.
         model = model.to(memory_format=torch.channels_last)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from epicdata.annotations import AnnotationDir
-from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.dataset import EpicActionDataset
 from epicdata.store import FrameStore
 from train.config import TrainConfig
+from train.input_spec import NORMS
 from train.transforms import DeviceAugment, TrainClipTransform
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,12 @@ def preview_rows(cfg: TrainConfig, count: int) -> list[dict]:
     )
     stored = EpicActionDataset(store, table, transform=None, **options)
     cropped = EpicActionDataset(
-        store, table, transform=TrainClipTransform(cfg.crop_size), **options
+        store, table, transform=TrainClipTransform(cfg.crop_size, crop=cfg.train_crop), **options
     )
-    augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    norm_mean, norm_std = NORMS[cfg.norm]
+    augment = DeviceAugment(norm_mean, norm_std, photometric=cfg.photometric)
+    mean = torch.tensor(norm_mean).view(1, 3, 1, 1)
+    std = torch.tensor(norm_std).view(1, 3, 1, 1)
     verbs, nouns = annotations.verb_classes(), annotations.noun_classes()
     picks = np.random.default_rng(cfg.seed).permutation(len(table))[:count]
     rows = []

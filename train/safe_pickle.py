@@ -17,6 +17,14 @@ numpy arrays, dtypes and scalars (under numpy 1's ``numpy.core`` and numpy 2's
 tensors, parameters and dtypes. The module is its own ``pickle_module`` for ``torch.load``
 (it has ``Unpickler`` and ``load``), which works from torch 2.1 on, where
 ``add_safe_globals`` does not exist yet.
+
+A lenient mode (``load_file(path, lenient=True)``, for ``epic-train --weights``) reads the
+C1 model-zoo checkpoints: PyTorch Lightning files that pickle their Hydra config
+(``omegaconf.DictConfig``) and callback states beside the weights. Globals of
+:data:`INERT_MODULES` become :class:`InertStub` classes made here, which store what the
+pickle gives them as plain data and run nothing (the module is never imported); a few
+inert builtins and containers are allowed as themselves (:data:`LENIENT_GLOBALS`); every
+other global is still refused. The strict mode is unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import collections
 import functools
 import pickle
 import sys
+import types
 import zipfile
 from pathlib import Path
 from typing import IO, Any
@@ -112,25 +121,26 @@ def load(file: IO[bytes], **kwargs: Any) -> Any:
     return Unpickler(file, **kwargs).load()
 
 
-def load_file(path: str | Path) -> Any:
+def load_file(path: str | Path, *, lenient: bool = False) -> Any:
     """The object in ``path``: a plain pickle, a ``torch.save`` zip or a legacy
     ``torch.save`` file, told apart by their first bytes, never by the suffix.
 
-    Raises :class:`RefusedGlobal` for a global outside :func:`allowed_globals`, and
-    whatever unpickling or ``torch.load`` raises for a damaged file.
+    ``lenient``: through :class:`LenientUnpickler` (framework objects become inert stubs).
+    Raises :class:`RefusedGlobal` for a global outside the allowed ones, and whatever
+    unpickling or ``torch.load`` raises for a damaged file.
     """
     path = Path(path)
+    pickle_module = LENIENT if lenient else sys.modules[__name__]
     with path.open("rb") as handle:
         head = handle.read(len(ZIP_MAGIC))
         if head != ZIP_MAGIC:
             handle.seek(0)
-            data = load(handle)
+            data = pickle_module.load(handle)
             if not _is_legacy_magic(data):
                 return data
     if head == ZIP_MAGIC:
         _require_torch_save_zip(path)
-    this_module = sys.modules[__name__]
-    return torch.load(path, map_location="cpu", pickle_module=this_module, weights_only=False)
+    return torch.load(path, map_location="cpu", pickle_module=pickle_module, weights_only=False)
 
 
 def _is_legacy_magic(data: Any) -> bool:
@@ -152,3 +162,107 @@ def _require_torch_save_zip(path: Path) -> None:
         raise pickle.UnpicklingError(
             "a zip file that is not a torch.save file (a TorchScript archive or another zip)"
         )
+
+
+# ----------------------------------------------------------------------------- lenient mode
+
+#: Top-level packages whose globals a lenient load turns into :class:`InertStub` classes:
+#: the framework objects a Lightning checkpoint pickles beside its ``state_dict``, none of
+#: which a weights loader needs. ``omegaconf``: the Hydra config (``DictConfig``, its nodes
+#: and metadata) C1 saves as ``hyper_parameters``; ``pytorch_lightning``, ``lightning``
+#: (its name from 2.0), ``lightning_fabric``, ``lightning_utilities``: ``AttributeDict``
+#: hyper-parameters, callback states, trainer enums; ``typing``: ``typing.Any``, omegaconf's
+#: ``ref_type``/``key_type``; ``pathlib``: paths in callback states and configs;
+#: ``argparse``: the ``Namespace`` of argparse-driven hyper-parameters. ``enum`` is not
+#: needed (an enum member pickles under its own class's module, one of these). Modules
+#: that reach the system (``os``, ``subprocess``, ``builtins.eval``) are refused even so.
+INERT_MODULES = frozenset(
+    {
+        "omegaconf",
+        "pytorch_lightning",
+        "lightning",
+        "lightning_fabric",
+        "lightning_utilities",
+        "typing",
+        "pathlib",
+        "argparse",
+    }
+)
+
+#: Real objects a lenient load resolves besides :func:`allowed_globals`: types as values
+#: (omegaconf's ``object_type`` is ``dict``), ``collections.Counter`` (MultiStepLR's
+#: milestones in ``lr_schedulers``) and ``collections.defaultdict`` (omegaconf 2.0's
+#: resolver cache). Calling any of them builds an empty container or a number, nothing more.
+LENIENT_GLOBALS: dict[tuple[str, str], Any] = {
+    **{("builtins", t.__name__): t for t in (dict, list, tuple, str, int, float, bool)},
+    ("collections", "Counter"): collections.Counter,
+    ("collections", "defaultdict"): collections.defaultdict,
+}
+
+
+class InertStub:
+    """Stands for a class or function of :data:`INERT_MODULES`. Calling it (``REDUCE``),
+    ``NEWOBJ``, ``BUILD``, ``SETITEMS`` and ``APPENDS`` only store their arguments:
+    ``args``, ``kwargs``, ``state``, ``items``, ``elements``."""
+
+    stub_of = ""  # "module.name" of the global it stands for
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertStub:
+        obj = super().__new__(cls)
+        obj.args, obj.kwargs = args, kwargs
+        obj.state, obj.items, obj.elements = None, {}, []
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.elements.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.elements.extend(values)
+
+    def __repr__(self) -> str:
+        return f"<inert stub of {self.stub_of}>"
+
+
+@functools.cache
+def inert_class(module: str, name: str) -> type[InertStub]:
+    """A new :class:`InertStub` subclass named after ``module.name`` (never imported)."""
+    return type(
+        name.rpartition(".")[2] or "stub",
+        (InertStub,),
+        {"__module__": module, "__qualname__": name, "stub_of": f"{module}.{name}"},
+    )
+
+
+class LenientUnpickler(Unpickler):
+    """:class:`Unpickler` that also resolves :data:`LENIENT_GLOBALS` and turns globals of
+    :data:`INERT_MODULES` into :func:`inert_class` stubs; any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except RefusedGlobal as refused:
+            if type(module) is not str or type(name) is not str:
+                raise
+            key = (refused.module, refused.name)  # after the Python 2 name mapping
+            if key in LENIENT_GLOBALS:
+                return LENIENT_GLOBALS[key]
+            if key[0].split(".")[0] in INERT_MODULES:
+                return inert_class(*key)
+            raise
+
+
+def _lenient_load(file: IO[bytes], **kwargs: Any) -> Any:
+    return LenientUnpickler(file, **kwargs).load()
+
+
+#: The ``pickle_module`` of a lenient :func:`load_file` (``torch.load`` uses its
+#: ``Unpickler``, ``load`` and ``__name__``).
+LENIENT = types.SimpleNamespace(
+    __name__=f"{__name__}.lenient", Unpickler=LenientUnpickler, load=_lenient_load
+)

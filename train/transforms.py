@@ -25,6 +25,10 @@ CONTRAST = 0.2
 ERASE_P = 0.1
 ERASE_SCALE = (0.02, 0.1)
 ERASE_RATIO = (0.3, 3.3)
+#: TSN's GroupMultiScaleCrop (C1 src/transforms.py): crop sides as fractions of the short
+#: side, width and height at most one scale apart, at one of 13 fixed places.
+MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
+MULTISCALE_MAX_DISTORT = 1
 #: Evaluation resizes the short side to crop_size * 256/224 first (256 -> 224 for the
 #: seed, the identity for 256-px frames), so train and eval see objects at one scale.
 EVAL_RESIZE_RATIO = 256 / 224
@@ -66,6 +70,39 @@ def draw_crop_flip(height: int, width: int, rng: np.random.Generator) -> CropFli
     return CropFlip((height - h) // 2, (width - w) // 2, h, w, bool(rng.random() < 0.5))
 
 
+def multiscale_crop_sizes(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    """The (crop width, crop height) pairs GroupMultiScaleCrop chooses among (a side within
+    3 px of ``size`` snaps to it)."""
+    base = min(height, width)
+    sides = [int(base * scale) for scale in MULTISCALE_SCALES]
+    sides = [size if abs(side - size) < 3 else side for side in sides]
+    return [
+        (w, h)
+        for i, h in enumerate(sides)
+        for j, w in enumerate(sides)
+        if abs(i - j) <= MULTISCALE_MAX_DISTORT
+    ]
+
+
+def multiscale_offsets(height: int, width: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
+    """The 13 (left, top) places of ``fill_fix_offset(more_fix_crop=True)``: corners,
+    centre, edge centres and quarter points."""
+    w, h = (width - crop_w) // 4, (height - crop_h) // 4
+    quarters = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0)]
+    quarters += [(1, 1), (3, 1), (1, 3), (3, 3)]
+    return [(i * w, j * h) for i, j in quarters]
+
+
+def draw_multiscale_crop(height: int, width: int, size: int, rng: np.random.Generator) -> CropFlip:
+    """GroupMultiScaleCrop + GroupRandomHorizontalFlip, drawn once per clip: a uniform
+    crop size pair, a uniform fixed place, a flip with p=0.5."""
+    pairs = multiscale_crop_sizes(height, width, size)
+    crop_w, crop_h = pairs[int(rng.integers(len(pairs)))]
+    places = multiscale_offsets(height, width, crop_w, crop_h)
+    left, top = places[int(rng.integers(len(places)))]
+    return CropFlip(top, left, crop_h, crop_w, bool(rng.random() < 0.5))
+
+
 def apply_crop_flip(frames: torch.Tensor, crop: CropFlip, size: int) -> torch.Tensor:
     """(N, C, H, W) uint8 -> (N, C, size, size) uint8, the same crop and flip on every frame,
     on any device (a CUDA tensor is resized in float and rounded back: decoder rounding)."""
@@ -76,16 +113,22 @@ def apply_crop_flip(frames: torch.Tensor, crop: CropFlip, size: int) -> torch.Te
 
 
 class TrainClipTransform:
-    """Training transform: random resized crop + flip, drawn once per clip.
+    """Training transform: random resized crop (``crop`` "seed") or TSN's multi-scale crop
+    ("multiscale"), + flip, drawn once per clip.
 
     In two halves, so that both decoders crop alike: :meth:`draw` (the loader worker, from
     the clip's generator and the stored frame size) and :meth:`apply` (the worker on the
     CPU, or the main process on the GPU with ``--decoder nvjpeg``)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, crop: str = "seed") -> None:
+        if crop not in ("seed", "multiscale"):
+            raise ValueError(f"unknown training crop {crop!r}")
         self.size = size
+        self.crop = crop
 
     def draw(self, height: int, width: int, rng: np.random.Generator) -> CropFlip:
+        if self.crop == "multiscale":
+            return draw_multiscale_crop(height, width, self.size, rng)
         return draw_crop_flip(height, width, rng)
 
     def apply(self, frames: torch.Tensor, crop: CropFlip) -> torch.Tensor:
@@ -129,11 +172,15 @@ class DeviceAugment(torch.nn.Module):
     The random parameters of a batch come from ``generator`` (CPU, so a run draws the same
     on any device) as one (7, B) tensor, moved with one non-blocking copy from pinned
     memory: a step never waits for the GPU's queued work (one blocking copy per parameter
-    did, 7 times a step).
+    did, 7 times a step). ``photometric`` False (the C1 recipes): normalisation only,
+    in training too, and nothing is drawn.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], *, photometric: bool = True
+    ) -> None:
         super().__init__()
+        self.photometric = photometric
         self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 1, 3, 1, 1), persistent=False)
 
@@ -141,6 +188,7 @@ class DeviceAugment(torch.nn.Module):
         self, clips: torch.Tensor, *, train: bool, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         x = clips.float().div_(255)  # (B, T, C, H, W) in [0, 1]
+        train = train and self.photometric
         if train:
             draws = self.draw(len(x), x.device, generator)
             x = self._jitter(x, draws)

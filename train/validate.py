@@ -8,6 +8,7 @@ evaluator's input format), ``metrics.json`` (labelled splits: official key names
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
-from train.checkpoint import load_checkpoint
+from train.checkpoint import checkpoint_input_spec, load_checkpoint
 from train.config import TrainConfig
 from train.data import build_eval_data, clip_loader, metric_sets
 from train.device import check_workers, resolve_device, resolve_precision
 from train.engine import evaluate
+from train.input_spec import STRICT_FIELDS, InputSpec, check_input, norm_name
 from train.metrics import compute_metrics
 from train.model import ActionModel
 from train.nvjpeg import check_nvjpeg
@@ -40,6 +42,7 @@ from train.submission import (
     write_submission_zip,
 )
 from train.transforms import DeviceAugment
+from train.weights import is_published_checkpoint, model_for_file, read_file
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +57,25 @@ def predict(
     workers: int,
     device_name: str,
     limit_batches: int | None = None,
+    accept_input_mismatch: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     """Logits of a checkpoint's model for every segment of ``split`` (rank 0; None elsewhere).
 
-    The clip length, sampling, crop size and normalisation come from the checkpoint.
+    The model, clip length, sampling, crop size and normalisation come from the checkpoint
+    (its input spec); a store whose frames differ from those it was trained on (modality,
+    frame size) is refused unless ``accept_input_mismatch``.
     """
-    state = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(state["config"])
+    model, cfg, spec = _model_of(Path(checkpoint), store=store)
+    frame_store = FrameStore(store)
+    _check_store_input(spec, frame_store, source=checkpoint, accept=accept_input_mismatch)
     device = resolve_device(device_name, distributed.discover(), work="scoring")
     info = distributed.init(device.type, batch_shell="single")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nothing lands on cuda:0 by default
-    model = ActionModel(dropout=cfg.dropout)
-    model.load_state_dict(state["model"], strict=True)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    norm = state["normalization"]
-    augment = DeviceAugment(norm["mean"], norm["std"]).to(device)
+    augment = DeviceAugment(spec.mean, spec.std).to(device)
     table = annotations.table(split)
     decoder = cfg.decoder
     if decoder == "nvjpeg" and device.type == "cuda":
@@ -86,7 +90,7 @@ def predict(
             device,
         )
     dataset, loader = build_eval_data(
-        FrameStore(store),
+        frame_store,
         table,
         num_frames=cfg.num_frames,
         sampling=cfg.sampling,
@@ -109,12 +113,56 @@ def predict(
             info=info,
             max_steps=limit_batches,
             load_clips=clip_loader(dataset, device),
+            head_loss=cfg.head_loss,
         )
     distributed.shutdown()
     if preds is None:
         return None
     ids = [table.narration_ids[i] for i in preds.indices]
     return preds.verb_logits, preds.noun_logits, ids
+
+
+def _check_store_input(spec: InputSpec, store: FrameStore, *, source: object, accept: bool) -> None:
+    """Refuse scoring a model on frames other than those it was trained on (their size)."""
+    fed = dataclasses.replace(spec, frame_size=store.manifest.params.short_side)
+    check_input(
+        spec,
+        fed,
+        names=(*STRICT_FIELDS, "frame_size"),
+        source=f"checkpoint {source} on store {store.root}",
+        accept=accept,
+        fix="score it on a store extracted like the one it was trained on "
+        "(epic-extract plan --short-side)",
+    )
+
+
+def _model_of(path: Path, *, store: str | Path) -> tuple[ActionModel, TrainConfig, InputSpec]:
+    """The model to score, the config its clips are made with and the input it was trained
+    on: from an epic-train checkpoint, or from a published one (a C1 model-zoo file),
+    whose clips are made as its layout's spec says."""
+    try:
+        data = read_file(path)
+    except EpicInputError:  # load_checkpoint says what is wrong, as for any checkpoint
+        data = None
+    if not is_published_checkpoint(data):
+        state = load_checkpoint(path)  # digest, version and keys checked
+        cfg = TrainConfig.from_dict(state["config"])
+        model = ActionModel(**cfg.model_options())
+        model.load_state_dict(state["model"], strict=True)
+        return model, cfg, checkpoint_input_spec(state, path)
+    model, spec, _ = model_for_file(path, data)
+    cfg = TrainConfig(
+        store=str(store),
+        annotations="-",
+        output_dir="-",
+        arch=model.arch,
+        temporal=model.temporal,
+        num_frames=model.num_frames,
+        crop_size=spec.crop_size,
+        sampling=spec.sampler or "tsn",
+        norm=norm_name(spec.mean, spec.std) or "imagenet",
+    )
+    return model, cfg, spec
 
 
 def _sls_missing() -> EpicInputError:
@@ -187,6 +235,7 @@ def validate(
     allow_partial: bool = False,
     limit_batches: int | None = None,
     sls: tuple[int | None, int | None, int | None] = (None, None, None),
+    accept_input_mismatch: bool = False,
 ) -> ValidationResult | None:
     """Run a checkpoint over ``split`` (or read ``predictions``) and score or submit it.
     Returns None on ranks other than 0."""
@@ -223,6 +272,7 @@ def validate(
             workers=workers,
             device_name=device_name,
             limit_batches=limit_batches,
+            accept_input_mismatch=accept_input_mismatch,
         )
         if out is None:  # not rank 0
             return None

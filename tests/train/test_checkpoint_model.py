@@ -10,7 +10,14 @@ from train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, resume, save_c
 from train.config import TrainConfig
 from train.device import make_scaler
 from train.fit import build_optimizer, build_scheduler
-from train.model import FETCH_IMAGENET_COMMAND, ActionModel, build_model, load_backbone_weights
+from train.input_spec import run_input_spec
+from train.model import ActionModel
+from train.weights import FETCH_COMMANDS, imagenet_weights_path, load_weights
+
+#: What a seed-r18 run feeds, for ``load_weights``.
+FED = run_input_spec(
+    norm="imagenet", frame_size=256, crop_size=224, clip_length=8, sampler="linspace"
+)
 
 
 def _parts(scheduler: str = "plateau"):
@@ -33,7 +40,20 @@ def _state(model, optimizer, scheduler, scaler) -> dict:
         "step": 0,
         "best_metric": 12.5,
         "config": cfg.to_dict(),
-        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "input_spec": run_input_spec(
+            norm="imagenet", frame_size=256, crop_size=224, clip_length=8, sampler="linspace"
+        ).to_dict(),
+    }
+
+
+def _as_format(state: dict, version: int) -> dict:
+    """``state`` as releases before format 3 wrote it: a normalization record, no spec."""
+    old = {k: v for k, v in state.items() if k != "input_spec"}
+    spec = state.get("input_spec") or {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    return {
+        **old,
+        "format_version": version,
+        "normalization": {k: spec[k] for k in ("mean", "std")},
     }
 
 
@@ -52,7 +72,7 @@ def test_checkpoint_is_plain_data_and_resume_restores_everything(tmp_path):
     path = save_checkpoint(_state(model, optimizer, scheduler, scaler), tmp_path / "last.pt")
     assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed into place
     state = torch.load(path, weights_only=True)  # plain data: no pickled code
-    assert state["config"]["batch_size"] == 32 and state["normalization"]["std"][0] == 0.229
+    assert state["config"]["batch_size"] == 32 and state["input_spec"]["std"][0] == 0.229
 
     fresh, fresh_opt, fresh_sched, fresh_scaler = _parts()
     restored = resume(
@@ -79,7 +99,7 @@ def test_resume_refuses_leftover_or_missing_keys(tmp_path):
             scaler=scaler,
         )
     missing = {k: v for k, v in state.items() if k != "scaler"}
-    torch.save({**missing, "format_version": 1}, tmp_path / "missing.pt")
+    torch.save(_as_format(missing, 1), tmp_path / "missing.pt")
     with pytest.raises(EpicInputError, match="missing keys \\['scaler'\\]"):
         load_checkpoint(tmp_path / "missing.pt")
     _, _, cosine, _ = _parts("cosine")
@@ -97,20 +117,16 @@ def test_resume_refuses_leftover_or_missing_keys(tmp_path):
 def test_imagenet_weights_missing_names_the_login_node_command(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     with pytest.raises(EpicInputError) as excinfo:
-        build_model(
-            weights="imagenet", dropout=0.3, device=torch.device("cpu"), channels_last=False
-        )
+        load_weights(ActionModel(), "imagenet", fed=FED, accept_mismatch=False)
     message = str(excinfo.value)
-    assert FETCH_IMAGENET_COMMAND in message and str(tmp_path / "torch-home") in message
+    assert FETCH_COMMANDS["resnet18"] in message and str(tmp_path / "torch-home") in message
 
 
 def test_imagenet_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    from train.model import imagenet_weights_path
-
     torch.manual_seed(1)
     reference = ActionModel().backbone
-    path = imagenet_weights_path()
+    path = imagenet_weights_path("resnet18")
     path.parent.mkdir(parents=True)
     # A torchvision-format state dict, fc included (the loader drops it).
     state = {
@@ -120,16 +136,23 @@ def test_imagenet_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch):
     }
     torch.save(state, path)
     model = ActionModel()
-    load_backbone_weights(model, "imagenet")
+    load_weights(model, "imagenet", fed=FED, accept_mismatch=False)
     assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
 
 
 def test_weights_file_that_does_not_fit_is_a_clear_error(tmp_path):
+    def load(name: str) -> None:
+        load_weights(ActionModel(), str(tmp_path / name), fed=FED, accept_mismatch=False)
+
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(EpicInputError, match="does not match the ResNet-18"):
-        load_backbone_weights(ActionModel(), str(tmp_path / "bad.pth"))
+    with pytest.raises(EpicInputError, match="not a layout it reads"):
+        load("bad.pth")
+    resnet_keys = {"conv1.weight": torch.zeros(1), "layer1.0.conv1.weight": torch.zeros(1)}
+    torch.save(resnet_keys, tmp_path / "bad_shapes.pth")
+    with pytest.raises(EpicInputError, match="does not match the resnet18 --temporal avg model"):
+        load("bad_shapes.pth")
     with pytest.raises(EpicInputError, match="no such file"):
-        load_backbone_weights(ActionModel(), str(tmp_path / "absent.pth"))
+        load("absent.pth")
 
 
 def test_every_config_field_carries_its_cli_help_type_and_bounds() -> None:
@@ -174,12 +197,34 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_leaves_no_te
 
 def test_format_1_checkpoints_without_a_digest_still_load(tmp_path):
     model, optimizer, scheduler, scaler = _parts()
-    state = {**_state(model, optimizer, scheduler, scaler), "format_version": 1}
-    torch.save(state, tmp_path / "v1.pt")
+    state = _state(model, optimizer, scheduler, scaler)
+    torch.save(_as_format(state, 1), tmp_path / "v1.pt")
     assert load_checkpoint(tmp_path / "v1.pt")["epoch"] == 2
-    saved = torch.load(save_checkpoint(state, tmp_path / "v2.pt"), weights_only=True)
-    assert saved["format_version"] == 2 and len(saved["digest"]) == 64
-    assert load_checkpoint(tmp_path / "v2.pt")["epoch"] == 2
+    saved = torch.load(save_checkpoint(state, tmp_path / "v3.pt"), weights_only=True)
+    assert saved["format_version"] == CHECKPOINT_VERSION == 3 and len(saved["digest"]) == 64
+    assert load_checkpoint(tmp_path / "v3.pt")["epoch"] == 2
+
+
+def test_older_checkpoints_load_with_the_old_input_defaults_and_one_warning(tmp_path, caplog):
+    from train.checkpoint import checkpoint_input_spec, content_digest
+
+    state = _state(*_parts())
+    v2 = _as_format(state, 2)
+    torch.save({**v2, "digest": content_digest(v2)}, tmp_path / "v2.pt")
+    loaded = load_checkpoint(tmp_path / "v2.pt")  # the digest of format 2 is still checked
+    with caplog.at_level("WARNING"):
+        spec = checkpoint_input_spec(loaded, tmp_path / "v2.pt")
+        again = checkpoint_input_spec(loaded, tmp_path / "v2.pt")
+    assert spec == again
+    assert spec.std == (0.229, 0.224, 0.225) and spec.mean == (0.485, 0.456, 0.406)
+    assert (spec.modality, spec.channels, spec.frame_size) == ("rgb", "RGB", 0)
+    assert (spec.crop_size, spec.clip_length, spec.sampler) == (224, 8, "linspace")
+    warnings = [r for r in caplog.records if "without an input spec" in r.getMessage()]
+    assert len(warnings) == 1 and "v2.pt" in warnings[0].getMessage()
+    flipped = {**v2, "digest": content_digest(v2)[::-1]}
+    torch.save(flipped, tmp_path / "v2-damaged.pt")
+    with pytest.raises(EpicInputError, match="does not match its digest"):
+        load_checkpoint(tmp_path / "v2-damaged.pt")
 
 
 def test_evaluation_logits_are_float32_even_under_bf16_autocast():
@@ -253,7 +298,7 @@ def test_without_a_digest_a_failed_check_is_damage_under_resume_auto_only(tmp_pa
     from train.checkpoint import CheckpointDamagedError, CheckpointReleaseError
 
     state = _state(*_parts())
-    torch.save({**state, "format_version": 1}, tmp_path / "v1.pt")
+    torch.save(_as_format(state, 1), tmp_path / "v1.pt")
     _rename_key(tmp_path / "v1.pt", b"model", b"motel")
     save_checkpoint(state, tmp_path / "v2.pt")
     _rename_key(tmp_path / "v2.pt", b"digest", b"digesu")
@@ -276,14 +321,14 @@ def test_a_checkpoint_of_another_release_says_so_by_path_and_is_damage_under_aut
     from train.checkpoint import CheckpointDamagedError, CheckpointReleaseError
 
     state = _state(*_parts())
-    torch.save({**state, "format_version": 3, "digest": "0" * 64}, tmp_path / "v3.pt")
-    with pytest.raises(CheckpointReleaseError, match="format version 3, this release reads 1"):
-        _resume_into_fresh(tmp_path / "v3.pt", auto=False)
+    torch.save({**state, "format_version": 4, "digest": "0" * 64}, tmp_path / "v4.pt")
+    with pytest.raises(CheckpointReleaseError, match="format version 4, this release reads 1, 2, 3"):
+        _resume_into_fresh(tmp_path / "v4.pt", auto=False)
     other_model = {**state, "model": torch.nn.Linear(2, 2).state_dict()}  # other shapes
     save_checkpoint(other_model, tmp_path / "linear.pt")
     with pytest.raises(CheckpointReleaseError, match="model state does not match this model"):
         _resume_into_fresh(tmp_path / "linear.pt", auto=False)
-    for name in ("v3.pt", "linear.pt"):
+    for name in ("v4.pt", "linear.pt"):
         with pytest.raises(CheckpointDamagedError, match="^checkpoint damaged: "):
             _resume_into_fresh(tmp_path / name, auto=True)
     # The scheduler's kind is this run's option, not the checkpoint's damage.

@@ -23,7 +23,8 @@ from train.cli import train_main
 from train.config import TrainConfig
 from train.data import build_loader, clip_loader
 from train.device import make_scaler
-from train.fit import NORMALIZATION, build_optimizer, build_scheduler
+from train.fit import build_optimizer, build_scheduler
+from train.input_spec import run_input_spec
 from train.model import ActionModel, compile_failures_named, compile_model
 from train.nvjpeg import NvjpegClips, check_nvjpeg, collate_jpeg_clips, crop_clips, unpack_jpegs
 from train.transforms import EvalClipTransform, TrainClipTransform
@@ -215,7 +216,9 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig)
         step=0,
         best_metric=0.0,
         config=cfg.to_dict(),
-        normalization=NORMALIZATION,
+        input_spec=run_input_spec(
+            norm="imagenet", frame_size=256, crop_size=224, clip_length=8, sampler="linspace"
+        ).to_dict(),
     )
 
 
