@@ -444,6 +444,12 @@ def _model_and_input(
     )
     if weights is not None:
         load_weights(model, weights, fed=input_spec, accept_mismatch=accept_input_mismatch)
+    if weights == "none" and cfg.partial_bn:
+        log.warning(
+            "--partial-bn with --weights none: the frozen BatchNorms keep their initial "
+            "statistics (mean 0, variance 1), which fit no trained layer; the loss starts "
+            "high. Partial BN is meant for pretrained weights (or pass --no-partial-bn)"
+        )
     return model, input_spec
 
 
