@@ -17,7 +17,10 @@ docs/benchmarks.md)::
 4. a short real run (unless ``--skip-run``): the mini-EPIC extracted, 2 epochs of
    ``epic-train --device cuda --amp auto`` with loader workers, then ``epic-validate`` of
    ``last.pt`` in a new process, which must give the metrics the run logged;
-5. throughput (unless ``--skip-pipeline``), on a synthetic EPIC-like store of
+5. the recipes (seed-r18, tsn-r50, tsm-r50): each one's training step at its settings on
+   synthetic clips on the device, ``--batch-size`` clips: clips/s and the projected
+   EPIC-100 epoch (:func:`recipe_rows`; about 10-30 s each on an H100, estimated);
+6. throughput (unless ``--skip-pipeline``), on a synthetic EPIC-like store of
    ``--store-frames`` 456x256 JPEGs (ffmpeg gradients + grain, extracted by the real
    ``epic-extract`` at its JPEG quality; the mean frame size is reported): the training
    step on clips already on the device (the compute bound), with ``--compile`` too; the
@@ -59,6 +62,7 @@ from epicdata.annotations import AnnotationDir
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.store import FrameStore
+from train.config import TrainConfig
 from train.data import build_train_data, clip_loader
 from train.device import (
     BF16_MIN_CAPABILITY,
@@ -70,8 +74,10 @@ from train.device import (
 from train.distributed import DistInfo
 from train.engine import STOP_SYNC_STEPS, EpochStats, evaluate, train_one_epoch
 from train.fit import build_optimizer
+from train.input_spec import NORMS
 from train.model import build_model, compile_model
 from train.nvjpeg import check_nvjpeg, collate_jpeg_clips
+from train.recipes import RECIPES, resolve_options
 from train.transforms import DeviceAugment
 
 Row = tuple[str, str, str]  # check, result, verdict
@@ -239,7 +245,7 @@ def _loop_rows(
     """The syncs of ``args.steps`` training steps and evaluation steps at ``dtype``."""
     precision = Precision(device.type, dtype or torch.bfloat16, enabled=dtype is not None)
     torch.manual_seed(0)
-    model = build_model(weights="none", dropout=0.5, device=device, channels_last=True)
+    model = build_model(**_seed_model(dropout=0.5), device=device, channels_last=True)
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=1e-4)
     scaler = make_scaler(dtype == torch.float16)
     augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD).to(device)
@@ -292,6 +298,71 @@ def _loop_rows(
         )
     )
     return rows
+
+
+def _seed_model(dropout: float) -> dict:
+    """build_model's options for the seed's ResNet-18 (random weights: nothing to fetch)."""
+    return {"arch": "resnet18", "temporal": "avg", "num_frames": 8, "partial_bn": False} | {
+        "dropout": dropout
+    }
+
+
+def recipe_rows(args: argparse.Namespace) -> list[Row]:
+    """Each recipe's training step at its own settings (model, optimiser, gradient clipping,
+    head loss, photometric augmentation, 8 frames) on synthetic clips already on the
+    device, ``--batch-size`` clips per step for all three (comparable; the C1 recipes'
+    own batches are per 4 GPUs): clips/s and the projected EPIC-100 epoch. About 10-30 s
+    per recipe on one H100 (estimated: not yet run on one)."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    rows: list[Row] = []
+    for name in RECIPES:
+        options = resolve_options({}, {"recipe": name, "weights": "none"})
+        options |= {"batch_size": args.batch_size, "crop_size": args.crop_size}
+        if name == "seed-r18":
+            options["num_frames"] = args.num_frames
+        cfg = TrainConfig(store="-", annotations="-", output_dir="-", **options)
+        started = time.perf_counter()
+        rate = _recipe_rate(cfg, device, steps=args.steps)
+        seconds = time.perf_counter() - started
+        shape = f"{cfg.batch_size} x {cfg.num_frames} frames x {cfg.crop_size} px"
+        result = f"{rate:.0f} clips/s ({shape}); {_projection(rate, cfg.epochs)}; {seconds:.0f} s"
+        rows.append((f"recipe {name}: train step (synthetic, on the device)", result, "info"))
+    return rows
+
+
+def _recipe_rate(cfg: TrainConfig, device: torch.device, *, steps: int) -> float:
+    """Clips/s of ``steps`` training steps of ``cfg``'s recipe after 3 warm-up steps."""
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    model = build_model(**cfg.model_options(), device=device, channels_last=cuda)
+    optimizer = build_optimizer(model, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = (
+        resolve_precision(cfg.amp, device) if cuda else Precision("cpu", torch.bfloat16, False)
+    )
+    mean, std = NORMS[cfg.norm]
+
+    def run(count: int) -> EpochStats:
+        return train_one_epoch(
+            model,
+            _Batches(count, cfg.batch_size, cfg.num_frames, cfg.crop_size, cuda, device),
+            optimizer=optimizer,
+            scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
+            augment=DeviceAugment(mean, std, photometric=cfg.photometric).to(device),
+            generator=torch.Generator().manual_seed(0),
+            precision=precision,
+            device=device,
+            info=DistInfo(),
+            max_steps=count,
+            stop_requested=lambda: False,
+            log_every=0,
+            grad_clip=cfg.grad_clip,
+            head_loss=cfg.head_loss,
+        )
+
+    run(3)  # warm-up: cuDNN autotuning, the allocator
+    stats = run(steps)
+    return stats.clips / stats.seconds
 
 
 def _where(lines: collections.Counter) -> str:
@@ -493,7 +564,7 @@ class _Trainer:
         self.precision = (
             resolve_precision("auto", device) if cuda else Precision("cpu", torch.bfloat16, False)
         )
-        self.model = build_model(weights="none", dropout=0.3, device=device, channels_last=cuda)
+        self.model = build_model(**_seed_model(dropout=0.3), device=device, channels_last=cuda)
         self.optimizer = build_optimizer(self.model, lr=1e-4, weight_decay=1e-4)
         self.step_model = compile_model(self.model) if compiled else self.model
         self.scaler = make_scaler(self.precision.enabled and self.precision.dtype == torch.float16)
@@ -530,9 +601,9 @@ def _rate(
     return clips / seconds, measured.wait / seconds, utilisation.text()
 
 
-def _projection(rate: float) -> str:
+def _projection(rate: float, epochs: int = EPOCHS) -> str:
     epoch = EPIC_TRAIN_CLIPS / rate
-    return f"EPIC-100 epoch {epoch / 60:.1f} min, {EPOCHS} epochs {EPOCHS * epoch / 3600:.1f} h"
+    return f"EPIC-100 epoch {epoch / 60:.1f} min, {epochs} epochs {epochs * epoch / 3600:.1f} h"
 
 
 def throughput(args: argparse.Namespace) -> list[Row]:
@@ -691,6 +762,8 @@ def main() -> int:
     rows += host_syncs(args)
     if not args.skip_run:
         rows += real_run(args)
+    _say(f"the recipes' training steps, {args.steps} steps each")
+    rows += recipe_rows(args)
     if not args.skip_pipeline:
         _say("throughput: the step on clips already on the device")
         rows += throughput(args)
