@@ -107,6 +107,7 @@ def test_a_recipe_the_store_cannot_serve_is_refused_before_any_step(tmp_path):
     assert "clips of 2 frames" in _error_line(seed.output)
 
 
+@pytest.mark.slow
 def test_an_unknown_recipe_or_bad_steps_exit_2_naming_the_choices(mini_store, tmp_path):
     result = _train(mini_store.store, mini_store.annotations, tmp_path / "r", "--recipe", "x")
     assert result.exit_code == ExitCode.BAD_INPUT
@@ -118,6 +119,7 @@ def test_an_unknown_recipe_or_bad_steps_exit_2_naming_the_choices(mini_store, tm
         assert "lr_steps" in _error_line(result.output) and "20,40" in result.output
 
 
+@pytest.mark.slow
 def test_tsm_r50_without_the_kinetics_file_names_it_and_the_login_node_command(
     mini_store, tmp_path, monkeypatch
 ):

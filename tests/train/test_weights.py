@@ -446,6 +446,7 @@ def test_unreadable_or_absent_files_are_named(tmp_path):
         _load(ActionModel(), tmp_path / "list.pth")
 
 
+@pytest.mark.slow  # a Python subprocess that imports torch: about 2 s
 def test_the_kinetics_fetch_command_fills_the_path_the_loader_reads(tmp_path, monkeypatch):
     # Run as written, but from a local file:// copy instead of the authors' server.
     import subprocess
