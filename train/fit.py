@@ -509,14 +509,7 @@ def _build_data(
         **clips,
     )
     val_set, val_loader = build_eval_data(store, val_table, **clips)
-    params = store.manifest.params
-    check_store_serves(
-        recipe=cfg.recipe,
-        sampling=cfg.sampling,
-        keep=params.keep,
-        clip_lengths=tuple(params.num_frames),
-        num_frames=cfg.num_frames,
-    )
+    check_store_serves(recipe=cfg.recipe, sampling=cfg.sampling, keep=store.manifest.params.keep)
     # Every frame the samplers can ask for, from the metadata: a missing one fails here,
     # not as a worker traceback mid-epoch.
     check_readable(train.dataset)

@@ -91,24 +91,17 @@ def resolve_options(
     return {**RECIPES[name].options, **file_values, **command_line, "recipe": name}
 
 
-def check_store_serves(
-    *, recipe: str, sampling: str, keep: str, clip_lengths: tuple[int, ...], num_frames: int
-) -> None:
+def check_store_serves(*, recipe: str, sampling: str, keep: str) -> None:
     """Refuse (exit 2) a store that cannot serve the run, before any data is read: a
-    ``--keep sampled`` store holds only the deterministic clips' frames, so TSN's random
-    training offsets (and clip lengths it was not planned for) cannot be read from it."""
-    random_offsets = sampling == "tsn"
-    if keep != "sampled":
-        return
-    if random_offsets or num_frames not in clip_lengths:
-        why = (
-            "TSN sampling picks a random frame of each part of a segment in training"
-            if random_offsets
-            else f"it keeps the frames of clips of {','.join(map(str, clip_lengths))} frames"
-        )
+    ``--keep sampled`` store holds only the deterministic clips' frames, and TSN's random
+    training offsets may ask for any frame of a segment. (Clip lengths a sampled store
+    was not planned for are refused by epicdata.dataset.check_readable, segment by
+    segment.)"""
+    if keep == "sampled" and sampling == "tsn":
         raise EpicInputError(
             f"the store keeps only sampled frames (--keep sampled) and cannot serve this run "
-            f"(recipe {recipe}, {num_frames} frames, {sampling} sampling): {why}",
+            f"(recipe {recipe}, tsn sampling): TSN sampling's random offsets may pick any "
+            "frame of a segment in training",
             fix="extract a store with --keep segments (or all) for this recipe, or train "
             "with --sampling linspace and a clip length the store was planned for",
         )

@@ -104,7 +104,7 @@ def test_a_recipe_the_store_cannot_serve_is_refused_before_any_step(tmp_path):
     assert "TSN sampling" in line and not (tmp_path / "run" / "last.pt").exists()
     seed = _train(store, annotations, tmp_path / "seed", "--num-frames", "4", *SMALL)
     assert seed.exit_code == ExitCode.BAD_INPUT, seed.output
-    assert "clips of 2 frames" in _error_line(seed.output)
+    assert "ask for frames the store does not hold" in _error_line(seed.output)
 
 
 @pytest.mark.slow
