@@ -187,7 +187,7 @@ def test_bad_input_exits_2_with_one_error_line(planned: dict[str, Path], tmp_pat
         ),
         "epic-validate": (
             ["--annotations", planned["annotations"], "--output-dir", tmp_path / "v"],
-            ["--checkpoint and --predictions"],
+            ["--checkpoint, --predictions and --fuse"],
         ),
         "epic-slurm submit": (["--site", tmp_path / "none.env", "check"], ["none.env"]),
         "epic-slurm pipeline": (

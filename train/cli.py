@@ -12,6 +12,8 @@ Score a checkpoint or predictions, or write a challenge submission::
     epic-validate --checkpoint RUN/best.pt --store STORE --annotations ANN \\
                   --split validation --output-dir OUT
     epic-validate --predictions preds.pkl --annotations ANN --split validation --output-dir OUT
+    epic-validate --fuse rgb/predictions.pkl flow/predictions.pkl [--fuse-weights 1,1.5] \\
+                  --annotations ANN --split validation --output-dir FUSED
     epic-validate --checkpoint RUN/best.pt --store STORE --annotations ANN --split test \\
                   --output-dir OUT --sls-pt 1 --sls-tl 3 --sls-td 3
 
@@ -333,6 +335,21 @@ def train_main(
     help="Submission: training-data supervision level (0-5).",
 )
 @_accept_input_mismatch_option
+@click.option(
+    "--fuse",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    show_default="none",
+    help="Fuse predictions files (streams, or runs of an ensemble) and score the fusion: "
+    "--fuse A.pkl B.pkl. Scores are averaged before the softmax, rows in A's order.",
+)
+@click.option(
+    "--fuse-weights",
+    default=None,
+    show_default="1 for each file",
+    help="One weight per --fuse file, e.g. 1,1.5: sum(w_i * s_i) / sum(w_i).",
+)
+@click.argument("more_fused", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 def validate_main(
     checkpoint: str | None,
     predictions: str | None,
@@ -349,9 +366,14 @@ def validate_main(
     sls_tl: int | None,
     sls_td: int | None,
     accept_input_mismatch: bool,
+    fuse: tuple[str, ...],
+    fuse_weights: str | None,
+    more_fused: tuple[str, ...],
 ) -> None:
     """Official EPIC-100 metrics of a checkpoint or a predictions file, or a test submission."""
     start_command(is_main=distributed.discover(batch_shell="single").is_main)
+    if more_fused and not fuse:
+        raise click.UsageError(f"unexpected argument {more_fused[0]} (files to fuse follow --fuse)")
     result = validate(
         annotations=annotations,
         split=split,
@@ -366,6 +388,8 @@ def validate_main(
         limit_batches=limit_batches,
         sls=(sls_pt, sls_tl, sls_td),
         accept_input_mismatch=accept_input_mismatch,
+        fuse=[*fuse, *more_fused],
+        fuse_weights=fuse_weights,
     )
     if result is not None and result.metrics is not None:
         click.echo(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from train.config import TrainConfig
 from train.data import build_eval_data, clip_loader, metric_sets
 from train.device import check_workers, resolve_device, resolve_precision
 from train.engine import evaluate
+from train.fusion import fuse_predictions, parse_fuse_weights
 from train.input_spec import STRICT_FIELDS, InputSpec, check_input, norm_name
 from train.metrics import compute_metrics
 from train.model import ActionModel
@@ -221,6 +223,18 @@ class ValidationResult:
     source: str
 
 
+def _fused(
+    paths: Sequence[str | Path], weights: list[float], output_dir: Path
+) -> tuple[tuple[np.ndarray, np.ndarray, list[str]], str]:
+    """The fusion of ``paths`` written to OUT/predictions.pkl and read back (it is scored
+    as written), and its description."""
+    verb, noun, ids = fuse_predictions(paths, weights)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_predictions(output_dir / "predictions.pkl", verb, noun, ids)
+    parts = ", ".join(f"{p} (weight {w:g})" for p, w in zip(paths, weights, strict=True))
+    return load_predictions(output_dir / "predictions.pkl"), f"fusion of {parts}"
+
+
 def validate(
     *,
     annotations: str | Path,
@@ -236,15 +250,18 @@ def validate(
     limit_batches: int | None = None,
     sls: tuple[int | None, int | None, int | None] = (None, None, None),
     accept_input_mismatch: bool = False,
+    fuse: Sequence[str | Path] = (),
+    fuse_weights: str | None = None,
 ) -> ValidationResult | None:
-    """Run a checkpoint over ``split`` (or read ``predictions``) and score or submit it.
-    Returns None on ranks other than 0."""
-    if (checkpoint is None) == (predictions is None):
+    """Run a checkpoint over ``split`` (or read ``predictions``, or fuse the files of
+    ``fuse``: train.fusion) and score or submit it. Returns None on ranks other than 0."""
+    if sum(x is not None for x in (checkpoint, predictions, fuse or None)) != 1:
         raise EpicInputError(
-            "nothing to score",
+            "nothing to score" if not (checkpoint or predictions or fuse) else "two inputs",
             where="epic-validate",
-            fix="pass exactly one of --checkpoint and --predictions",
+            fix="pass exactly one of --checkpoint, --predictions and --fuse",
         )
+    weights = parse_fuse_weights(fuse_weights, len(fuse)) if fuse else []
     annotation_dir = AnnotationDir(annotations)
     output_dir = Path(output_dir)
     table = annotation_dir.table(split)
@@ -281,6 +298,8 @@ def validate(
         # A run over part of the split (--limit-batches) is partial by request.
         allow_partial = allow_partial or limit_batches is not None
         source = f"checkpoint {checkpoint}"
+    elif fuse:
+        out, source = _fused(fuse, weights, output_dir)
     else:
         out = load_predictions(predictions)
         source = f"--predictions {predictions}"
