@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from epicdata.constants import EPIC55_FRAME_RATE, EXTENSION_FRAME_RATE
 
@@ -86,3 +87,50 @@ def frame_time_seconds(frame: int, rate: int) -> float:
 def expected_frame_count(duration_seconds: float, rate: int) -> int:
     """Frames a decoder re-timing a ``duration_seconds`` video to R emits (about ceil)."""
     return math.ceil(round(duration_seconds * rate, 6))
+
+
+# ----------------------------------------------------------------------------- optical flow
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """How EPIC's TV-L1 flow of a video was computed: every ``stride``-th RGB frame, between
+    frames ``dilation`` apart, each component clipped to [-bound, +bound] pixels and mapped
+    linearly to 0..255 (127.5: no motion). The same grey level means another motion where
+    the bound differs, so the parameters are recorded per video, not only the stride."""
+
+    stride: int
+    dilation: int
+    bound: float
+
+
+#: ``PXX_YY`` (recorded 2018): "stride = 2, dilation = 3, bound = 25 and size = 256"
+#: (github epic-kitchens/epic-kitchens-55-annotations README, commit 63fa7d78).
+EPIC55_FLOW = FlowParams(stride=2, dilation=3, bound=25.0)
+#: ``PXX_1YY`` (2020): stride 1 (C1 ``src/convert_rgb_to_flow_frame_idxs.py``, STRIDES[2020]:
+#: "almost a 1-to-1 correspondence (bar the last frame)", i.e. dilation 1). Dilation 1 and
+#: bound 8 are the parameters the erratum flow of P01_109 and P27_103 was regenerated with
+#: (``furnari-flow -s 1 -d 1 -b 8``, epic-kitchens-100-annotations README, commit
+#: ea8b4045), the only ones published for the 2020 videos; override them where yours differ.
+EXTENSION_FLOW = FlowParams(stride=1, dilation=1, bound=8.0)
+
+
+def flow_params_for(video_id: str, override: FlowParams | None = None) -> FlowParams:
+    """The flow parameters of ``video_id``'s group (or ``override`` when given)."""
+    if override is not None:
+        return override
+    return EXTENSION_FLOW if is_extension_video(video_id) else EPIC55_FLOW
+
+
+def flow_index(rgb_frame: int, stride: int) -> int:
+    """The flow frame of RGB frame ``rgb_frame`` (both 1-based): ``(rgb - 1) // stride + 1``,
+    C1's ``convert_rgb_frame_to_flow_frame_idx``. Works elementwise on numpy arrays too."""
+    return (rgb_frame - 1) // stride + 1
+
+
+def flow_frame_count(rgb_frames: int, stride: int, dilation: int) -> int:
+    """Flow frames computed from ``rgb_frames`` RGB frames: ``ceil((n - dilation) /
+    stride)``, as epic-kitchens-55-lib ``epic_kitchens/time.py:flow_frame_count`` (in
+    integers: the same value for every n, without its float rounding). Zero or less for a
+    video of at most ``dilation`` frames, as there."""
+    return -(-(rgb_frames - dilation) // stride)
