@@ -32,6 +32,7 @@ from epicslurm.site import JOBS, SITE_VARIABLE, load_site, require_paths, site_e
 from epicslurm.submit import Job, submit
 from preprocess.plan import plan_store, plan_summary
 from train.config import field_types
+from train.recipes import resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,7 @@ def pipeline(
         if not dry_run:
             require_paths(the_site, store)
         lengths = planning["num_frames"] or _training_clip_length(train_args)
+        keep = _keep_for(keep, _given(ctx, "keep"), train_args)
         manifest = _plan(store, videos, annotations, keep, lengths, shards, allow_missing, dry_run)
     jobs = run_pipeline(
         the_site,
@@ -401,9 +403,19 @@ def _clip_lengths(text: str) -> tuple[int, ...]:
 
 
 def _training_clip_length(train_args: tuple[str, ...]) -> tuple[int, ...]:
-    """The clip length the training asks for (``-- --num-frames 16``), default 8: what a
-    store planned here for it must serve."""
-    return (int(train_options(train_args).get("num_frames", 8)),)
+    """The clip length the training asks for (``-- --num-frames 16``, or its recipe's),
+    default 8: what a store planned here for it must serve."""
+    return (int(resolve_options({}, train_options(train_args)).get("num_frames", 8)),)
+
+
+def _keep_for(keep: str, given: bool, train_args: tuple[str, ...]) -> str:
+    """``--keep`` as given, else sampled, or segments where the training samples with TSN's
+    random offsets (``-- --sampling tsn``, or a recipe that does), which a sampled store
+    cannot serve."""
+    if given or resolve_options({}, train_options(train_args)).get("sampling") != "tsn":
+        return keep
+    log.info("planning --keep segments: the training samples with tsn (random offsets)")
+    return "segments"
 
 
 def _plan(

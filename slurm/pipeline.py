@@ -396,8 +396,10 @@ def config_changes(
         return {}, set()
     from train.fit import FREE_ON_RESUME  # torch: only when something differs
 
-    scheduler = requested.get("scheduler", saved.get("scheduler", _default("scheduler")))
-    free = set(FREE_ON_RESUME) | ({"epochs"} if scheduler == "plateau" else set())
+    recipe = resolve_options({}, {"recipe": saved.get("recipe", "seed-r18")} | requested)
+    scheduler = recipe.get("scheduler", saved.get("scheduler", _default("scheduler")))
+    # As train.fit._resume: more epochs keep a schedule that does not depend on them.
+    free = set(FREE_ON_RESUME) | ({"epochs"} if scheduler != "cosine" else set())
     return changes, set(changes) - free
 
 
@@ -601,7 +603,7 @@ def run_pipeline(
                 "the store is not planned", where=str(store), fix="give --videos to plan it"
             )
         manifest = Manifest.load(store)
-    requested = train_options(train_args)
+    requested = resolve_options({}, train_options(train_args))  # the recipe's values too
     check_serves(
         manifest.params,
         [requested.get("num_frames", _default("num_frames"))],

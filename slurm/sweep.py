@@ -78,6 +78,10 @@ class Run:
     name: str
     options: dict[str, Any]
 
+    def resolved(self) -> dict[str, Any]:
+        """Its options with its recipe's beneath them, as epic-train resolves them."""
+        return resolve_options({}, self.options)
+
     def train_args(self) -> list[str]:
         """The epic-train options as command-line words (``--lr=0.0001``, ``--deterministic``):
         one word each, so a value starting with ``-`` cannot be taken for an option."""
@@ -106,11 +110,13 @@ class Grid:
 
     @property
     def clip_lengths(self) -> list[int]:
-        return sorted({int(r.options.get("num_frames", _default("num_frames"))) for r in self.runs})
+        return sorted(
+            {int(r.resolved().get("num_frames", _default("num_frames"))) for r in self.runs}
+        )
 
     @property
     def samplings(self) -> list[str]:
-        return sorted({str(r.options.get("sampling", _default("sampling"))) for r in self.runs})
+        return sorted({str(r.resolved().get("sampling", _default("sampling"))) for r in self.runs})
 
 
 def _default(name: str) -> Any:
@@ -263,8 +269,7 @@ def _expand_runs(
         values = dict(zip(axes, combo, strict=True))
         run = Run(index, run_name(values), {**fixed, **values})
         try:
-            options = resolve_options({}, run.options)  # as epic-train resolves them
-            TrainConfig(store="-", annotations="-", output_dir="-", **options)
+            TrainConfig(store="-", annotations="-", output_dir="-", **run.resolved())
         except EpicInputError as exc:
             raise EpicInputError(
                 f"run {run.name}: {exc}", where=where, fix="correct the grid's values"
@@ -565,7 +570,7 @@ def sweep_queue(runs_root: Path, site: Site | None) -> Queue:
 def _row(runs_root: Path, run: Run, queue: Queue) -> Row:
     """The summary row of one run, ``unreadable`` with the reason when its folder is."""
     run_dir = runs_root / run.name
-    epochs = int(run.options.get("epochs", _default("epochs")))
+    epochs = int(run.resolved().get("epochs", _default("epochs")))
     try:
         status = run_status(run_dir)
         best = _best_epoch(run_dir)

@@ -135,6 +135,17 @@ def test_tsm_r50_without_the_kinetics_file_names_it_and_the_login_node_command(
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_the_pipeline_plans_a_store_that_serves_the_recipe():
+    from slurm.cli import _keep_for, _training_clip_length
+
+    assert _keep_for("sampled", False, ("--recipe", "tsn-r50")) == "segments"
+    assert _keep_for("sampled", False, ("--sampling", "tsn")) == "segments"
+    assert _keep_for("sampled", False, ("--recipe", "seed-r18")) == "sampled"
+    assert _keep_for("sampled", True, ("--recipe", "tsm-r50")) == "sampled"  # as asked
+    assert _training_clip_length(("--recipe", "tsm-r50")) == (8,)
+    assert _training_clip_length(("--recipe", "tsm-r50", "--num-frames", "16")) == (16,)
+
+
 def test_the_sweep_and_the_pipeline_check_options_through_the_recipe(tmp_path):
     from slurm.pipeline import train_options
     from slurm.sweep import load_grid
@@ -145,6 +156,11 @@ def test_the_sweep_and_the_pipeline_check_options_through_the_recipe(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("recipe: [seed-r18, tsm-r50]\nlr: [0.01]\n")
     assert {run.options["recipe"] for run in load_grid(grid).runs} == {"seed-r18", "tsm-r50"}
+    loaded = load_grid(grid)
+    # The store check and the run status read the recipe's values: tsm-r50 samples with
+    # tsn (a --keep sampled store cannot serve it) and trains 80 epochs.
+    assert loaded.samplings == ["linspace", "tsn"] and loaded.clip_lengths == [8]
+    assert {run.resolved().get("epochs", 30) for run in loaded.runs} == {30, 80}
     grid.write_text("fixed:\n  recipe: tsn-r50\n  lr_steps: '40,20'\nlr: [0.01]\n")
     with pytest.raises(EpicInputError, match="lr_steps"):
         load_grid(grid)
