@@ -1,6 +1,7 @@
 """The checks only a GPU can run, in one script for the first session with a GPU machine.
 
-Usage (one run, under about 5 minutes on one H200 with 16 cores; writes the gpu section of
+Usage (one run, about 5-6 minutes on one H200 with 16 cores, the recipes' part included
+(estimated: not yet run on a GPU); writes the gpu section of
 docs/benchmarks.md)::
 
     python -m bench.gpu_suite [--steps 40] [--batch-size 32] [--num-frames 8] [--skip-run]
@@ -326,7 +327,7 @@ def recipe_rows(args: argparse.Namespace) -> list[Row]:
         rate = _recipe_rate(cfg, device, steps=args.steps)
         seconds = time.perf_counter() - started
         shape = f"{cfg.batch_size} x {cfg.num_frames} frames x {cfg.crop_size} px"
-        result = f"{rate:.0f} clips/s ({shape}); {_projection(rate, cfg.epochs)}; {seconds:.0f} s"
+        result = f"{rate:.3g} clips/s ({shape}); {_projection(rate, cfg.epochs)}; {seconds:.0f} s"
         rows.append((f"recipe {name}: train step (synthetic, on the device)", result, "info"))
     return rows
 
