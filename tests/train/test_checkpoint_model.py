@@ -322,7 +322,9 @@ def test_a_checkpoint_of_another_release_says_so_by_path_and_is_damage_under_aut
 
     state = _state(*_parts())
     torch.save({**state, "format_version": 4, "digest": "0" * 64}, tmp_path / "v4.pt")
-    with pytest.raises(CheckpointReleaseError, match="format version 4, this release reads 1, 2, 3"):
+    with pytest.raises(
+        CheckpointReleaseError, match="format version 4, this release reads 1, 2, 3"
+    ):
         _resume_into_fresh(tmp_path / "v4.pt", auto=False)
     other_model = {**state, "model": torch.nn.Linear(2, 2).state_dict()}  # other shapes
     save_checkpoint(other_model, tmp_path / "linear.pt")
