@@ -24,3 +24,14 @@ def test_a_sweeps_store_check_and_run_status_see_the_recipes_values(tmp_path):
     # tsm-r50 samples with tsn (a --keep sampled store cannot serve it) and trains 80 epochs.
     assert loaded.samplings == ["linspace", "tsn"] and loaded.clip_lengths == [8]
     assert {run.resolved().get("epochs", 30) for run in loaded.runs} == {30, 80}
+
+
+def test_the_seed_recipe_is_the_configs_defaults_so_earlier_runs_resume_as_they_were():
+    # Checkpoints of earlier releases have no recipe fields: they resume with the defaults,
+    # which must be the seed's recipe exactly.
+    from train.config import TrainConfig
+    from train.recipes import RECIPES, resolve_options
+
+    paths = {"store": "s", "annotations": "a", "output_dir": "o"}
+    assert RECIPES["seed-r18"].options == {}
+    assert TrainConfig(**paths) == TrainConfig(**paths, **resolve_options({}, {}))
