@@ -123,7 +123,10 @@ def test_other_keys_are_named_key_value_and_flags_become_switches(tmp_path: Path
         ("deterministic: [1]\n", ["deterministic", "expected true or false (bool), got 1"]),
         ("lr: [.inf]\n", ["lr", "expected a number (float), got inf"]),
         ("batch_size: [0, 16]\n", ["run bs0", "batch_size=0", ">= 1"]),
-        ("scheduler: [plateau, linear]\n", ["scheduler", "one of plateau, cosine, step, got 'linear'"]),
+        (
+            "scheduler: [plateau, linear]\n",
+            ["scheduler", "one of plateau, cosine, step, got 'linear'"],
+        ),
         ("store: [/a, /b]\n", ["'store'"]),
         ("lr: [1e-4, 0.0001]\n", ["lr repeats a value"]),
         ("fixed:\n  lr: 1e-4\nlr: [2e-4]\n", ["lr is given twice"]),
