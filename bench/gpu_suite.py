@@ -74,7 +74,7 @@ from train.device import (
 )
 from train.distributed import DistInfo
 from train.engine import STOP_SYNC_STEPS, EpochStats, evaluate, train_one_epoch
-from train.fit import build_optimizer
+from train.fit import build_optimizer, optimization
 from train.input_spec import NORMS
 from train.model import build_model, compile_model
 from train.nvjpeg import check_nvjpeg, collate_jpeg_clips
@@ -337,7 +337,7 @@ def _recipe_rate(cfg: TrainConfig, device: torch.device, *, steps: int) -> float
     torch.manual_seed(0)
     cuda = device.type == "cuda"
     model = build_model(**cfg.model_options(), device=device, channels_last=cuda)
-    optimizer = build_optimizer(model, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer, _ = optimization(cfg, model)
     precision = (
         resolve_precision(cfg.amp, device) if cuda else Precision("cpu", torch.bfloat16, False)
     )

@@ -35,7 +35,7 @@ from epicdata.ranges import array_spec
 from epicslurm.site import Site, path_problems, require_paths
 from epicslurm.submit import Job, cancel, check_accepted, submit
 from preprocess.check import check_store
-from train.config import PATH_FIELDS, TrainConfig, field_types, load_yaml_defaults
+from train.config import PATH_FIELDS, TrainConfig, field_types, free_on_resume, load_yaml_defaults
 from train.recipes import resolve_options
 
 log = logging.getLogger(__name__)
@@ -394,13 +394,16 @@ def config_changes(
             changes[key] = (old, new)
     if not changes:
         return {}, set()
-    from train.fit import FREE_ON_RESUME  # torch: only when something differs
+    return changes, set(changes) - free_on_resume(_scheduler_asked(saved, requested))
 
-    recipe = resolve_options({}, {"recipe": saved.get("recipe", "seed-r18")} | requested)
-    scheduler = recipe.get("scheduler", saved.get("scheduler", _default("scheduler")))
-    # As train.fit._resume: more epochs keep a schedule that does not depend on them.
-    free = set(FREE_ON_RESUME) | ({"epochs"} if scheduler != "cosine" else set())
-    return changes, set(changes) - free
+
+def _scheduler_asked(saved: dict[str, Any], requested: dict[str, Any]) -> str:
+    """The scheduler of the options asked for: given, else their recipe's, else the run's."""
+    if "scheduler" in requested:
+        return requested["scheduler"]
+    if "recipe" in requested:
+        return resolve_options({}, requested).get("scheduler", _default("scheduler"))
+    return saved.get("scheduler", _default("scheduler"))
 
 
 def _train_decision(

@@ -207,6 +207,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             where=f"{path}: torch.load says {first}",
             fix=not_ours,
         ) from None
+    return check_checkpoint(state, path)
+
+
+def check_checkpoint(state: Any, path: str | Path) -> dict[str, Any]:
+    """:func:`load_checkpoint`'s checks of ``state``, already read from ``path`` with
+    ``weights_only=True`` (a caller that has read the file to tell its layout)."""
+    path = Path(path)
+    not_ours = "pass a checkpoint written by epic-train (RUN/best.pt, RUN/last.pt)"
     if not isinstance(state, dict):
         raise CheckpointReleaseError(
             "not an epic-train checkpoint",

@@ -261,7 +261,7 @@ def train_main(
     envvar="EPIC_CHECKPOINT",
     show_envvar=True,
     show_default="none: give it or --predictions",
-    help="Checkpoint to run (e.g. RUN/best.pt).",
+    help="Checkpoint to run (e.g. RUN/best.pt, or a C1 model-zoo .ckpt).",
 )
 @click.option(
     "--predictions",
@@ -349,7 +349,9 @@ def train_main(
     show_default="1 for each file",
     help="One weight per --fuse file, e.g. 1,1.5: sum(w_i * s_i) / sum(w_i).",
 )
-@click.argument("more_fused", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.argument(
+    "more_fused", nargs=-1, type=click.Path(exists=True, dir_okay=False), metavar="[FUSE_FILE]..."
+)
 def validate_main(
     checkpoint: str | None,
     predictions: str | None,
@@ -370,7 +372,8 @@ def validate_main(
     fuse_weights: str | None,
     more_fused: tuple[str, ...],
 ) -> None:
-    """Official EPIC-100 metrics of a checkpoint or a predictions file, or a test submission."""
+    """Official EPIC-100 metrics of a checkpoint (epic-train's or a C1 model-zoo file), a
+    predictions file or a fusion of several (--fuse A.pkl B.pkl), or a test submission."""
     start_command(is_main=distributed.discover(batch_shell="single").is_main)
     if more_fused and not fuse:
         raise click.UsageError(f"unexpected argument {more_fused[0]} (files to fuse follow --fuse)")

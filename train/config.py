@@ -26,15 +26,17 @@ from typing import Any
 import yaml
 
 from epicdata.errors import EpicInputError
+from train.input_spec import NORMS
+from train.recipes import RECIPES
 
 SCHEDULERS = ("plateau", "cosine", "step")
 OPTIMIZERS = ("adamw", "sgd")
 HEAD_LOSSES = ("sum", "mean")
 TRAIN_CROPS = ("seed", "multiscale")
-ARCHS = ("resnet18", "resnet50")  # as train.model.ARCHS
-TEMPORALS = ("avg", "tsm")  # as train.model.TEMPORALS
-NORM_NAMES = ("imagenet", "epic-c1")  # as train.input_spec.NORMS
-RECIPE_NAMES = ("seed-r18", "tsn-r50", "tsm-r50")  # as train.recipes.RECIPES
+ARCHS = ("resnet18", "resnet50")
+TEMPORALS = ("avg", "tsm")
+NORM_NAMES = tuple(NORMS)
+RECIPE_NAMES = tuple(RECIPES)
 SAMPLINGS = ("linspace", "tsn")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DECODERS = ("torchvision", "pil", "nvjpeg")  # as epicdata.dataset.DECODERS
@@ -43,6 +45,25 @@ PATH_FIELDS = ("store", "annotations", "output_dir")
 #: Text a bool field takes, as click's BOOL reads it (YAML's own true/false arrive as bools).
 _TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+#: Options that may change on resume without changing the result (docs/training.md).
+FREE_ON_RESUME = (
+    "workers",
+    "stage_dir",
+    "log_every",
+    "checkpoint_every",
+    "device",
+    "store",
+    "annotations",
+    "output_dir",
+)
+
+
+def free_on_resume(scheduler: str) -> frozenset[str]:
+    """The options a resumed run of ``scheduler`` may change freely: FREE_ON_RESUME, and
+    more epochs unless the schedule depends on their count (cosine's period)."""
+    return frozenset(FREE_ON_RESUME) | (frozenset() if scheduler == "cosine" else {"epochs"})
 
 
 #: Loader workers per process by default (the seed's), where the process has the CPUs.

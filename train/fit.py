@@ -43,7 +43,7 @@ from train.checkpoint import (
     save_epoch,
     training_state,
 )
-from train.config import TrainConfig
+from train.config import TrainConfig, free_on_resume
 from train.data import (
     ClipLoader,
     TrainData,
@@ -76,18 +76,6 @@ log = logging.getLogger(__name__)
 EXIT_REQUEUE = int(ExitCode.REQUEUE)
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 SELECTION_METRIC = "all_action_accuracy_at_1"
-#: Options that may change on resume without changing the result (docs/training.md); more
-#: epochs too, with the plateau scheduler (cosine's period is the epoch count).
-FREE_ON_RESUME = (
-    "workers",
-    "stage_dir",
-    "log_every",
-    "checkpoint_every",
-    "device",
-    "store",
-    "annotations",
-    "output_dir",
-)
 
 
 class StopFlag:
@@ -367,7 +355,7 @@ def _setup(
         weights=cfg.weights if checkpoint_path is None else None,
         accept_input_mismatch=accept_input_mismatch,
     )
-    optimizer, scheduler = _optimization(cfg, model)
+    optimizer, scheduler = optimization(cfg, model)
     precision = resolve_precision(cfg.amp, device)
     run = _Run(
         cfg=cfg,
@@ -403,8 +391,9 @@ def _setup(
     return run
 
 
-def _optimization(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser and the learning-rate schedule of ``cfg``."""
+def optimization(cfg: TrainConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and the learning-rate schedule of ``cfg`` (the run's, and the GPU
+    suite's recipe rows)."""
     optimizer = build_optimizer(
         model,
         kind=cfg.optimizer,
@@ -620,8 +609,7 @@ def _resume(run: _Run, path: Path, *, auto: bool) -> None:
     # A checkpoint from before a field existed (compile) ran with its default.
     saved = {f.name: f.default for f in fields(TrainConfig)} | state["config"]
     changed = {k: (saved.get(k), v) for k, v in run.cfg.to_dict().items() if saved.get(k) != v}
-    # More epochs keep the schedule where it does not depend on the epoch count.
-    free = set(FREE_ON_RESUME) | ({"epochs"} if run.cfg.scheduler != "cosine" else set())
+    free = free_on_resume(run.cfg.scheduler)
     binding = {k: v for k, v in changed.items() if k not in free}
     if binding and not run.allow_config_change:
         raise EpicInputError(

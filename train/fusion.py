@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from epicdata.errors import EpicInputError
-from train.submission import load_predictions
+from train.submission import load_predictions, require_finite
 
 
 def parse_fuse_weights(text: str | None, count: int) -> list[float]:
@@ -42,14 +42,17 @@ def fuse_predictions(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(verb (N, 97), noun (N, 300) float64 fused scores, the first file's narration ids).
 
-    Refuses (exit 2) fewer than two files, or a file whose narration ids are not the first
-    file's (named: how many differ and one of them)."""
+    Refuses (exit 2) fewer than two files, a file with a score that is not finite, or a
+    file whose narration ids are not the first file's (named: how many differ and one)."""
     if len(paths) < 2:
         raise EpicInputError(
             f"--fuse needs two or more predictions files, got {len(paths)}",
             fix="pass --fuse A.pkl B.pkl (the streams or runs to fuse)",
         )
     loaded = [load_predictions(path) for path in paths]
+    for path, (verb_i, noun_i, ids) in zip(paths, loaded, strict=True):
+        # Named here, by the file it is in: NaN would spread to every fused row it meets.
+        require_finite(verb_i, noun_i, ids, source=f"--fuse {path}")
     first_ids = loaded[0][2]
     row_of = {nid: i for i, nid in enumerate(first_ids)}
     verb = np.zeros(loaded[0][0].shape, dtype=np.float64)

@@ -22,11 +22,10 @@ from torch import nn
 
 from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.errors import EnvironmentProblem, EpicInputError
+from train.config import ARCHS, TEMPORALS
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("resnet18", "resnet50")
-TEMPORALS = ("avg", "tsm")
 #: TSM's ``n_div``: 1/8 of the channels move forward in time, 1/8 backward (C1 shift_div).
 SHIFT_DIV = 8
 

@@ -25,7 +25,7 @@ from epicdata.dataset import check_readable, worker_deaths_named
 from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train import distributed
-from train.checkpoint import checkpoint_input_spec, load_checkpoint
+from train.checkpoint import check_checkpoint, checkpoint_input_spec, load_checkpoint
 from train.config import TrainConfig
 from train.data import build_eval_data, clip_loader, metric_sets
 from train.device import check_workers, resolve_device, resolve_precision
@@ -147,7 +147,8 @@ def _model_of(path: Path, *, store: str | Path) -> tuple[ActionModel, TrainConfi
     except EpicInputError:  # load_checkpoint says what is wrong, as for any checkpoint
         data = None
     if not is_published_checkpoint(data):
-        state = load_checkpoint(path)  # digest, version and keys checked
+        # Digest, version and keys checked; what could not be read is reread for its message.
+        state = load_checkpoint(path) if data is None else check_checkpoint(data, path)
         cfg = TrainConfig.from_dict(state["config"])
         model = ActionModel(**cfg.model_options())
         model.load_state_dict(state["model"], strict=True)

@@ -214,14 +214,16 @@ def _unreadable(path: Path, exc: Exception) -> EpicInputError:
 
 
 def read_weights(
-    path: Path, model: ActionModel
+    path: Path, model: ActionModel, data: Any = None
 ) -> tuple[str, dict[str, torch.Tensor], list[str], InputSpec]:
-    """(layout, the file's tensors under the model's key names, skipped keys, input spec)."""
-    data = read_file(path)
+    """(layout, the file's tensors under the model's key names, skipped keys, input spec).
+    ``data``: the file's content when the caller has read it (:func:`read_file`)."""
+    if data is None:
+        data = read_file(path)
     if isinstance(data, dict) and "format_version" in data and "model" in data:
-        from train.checkpoint import checkpoint_input_spec, load_checkpoint
+        from train.checkpoint import check_checkpoint, checkpoint_input_spec
 
-        state = load_checkpoint(path)  # its digest, version and keys, checked
+        state = check_checkpoint(data, path)  # its digest, version and keys
         return "epic-train", dict(state["model"]), [], checkpoint_input_spec(state, path)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         state = {re.sub(r"^module\.", "", str(k)): v for k, v in data["state_dict"].items()}
@@ -418,10 +420,10 @@ def model_for_file(path: Path, data: Any) -> tuple[ActionModel, InputSpec, str]:
     keys = [str(k) for k in state] if isinstance(state, dict) else []
     arch = "resnet50" if any(".layer1.0.conv3." in k for k in keys) else "resnet18"
     temporal = "tsm" if any(".conv1.net." in k for k in keys) else "avg"
-    probe = ActionModel(arch=arch, temporal=temporal)
-    layout, _, _, spec = read_weights(path, probe)
+    # The layout's spec gives the clip length a TSM model is built for; the file is read once.
+    _, _, _, spec = read_weights(path, ActionModel(arch=arch, temporal=temporal), data)
     model = ActionModel(arch=arch, temporal=temporal, num_frames=spec.clip_length or 8)
-    layout, mapped, _, spec = read_weights(path, model)
+    layout, mapped, _, spec = read_weights(path, model, data)
     missing = check_fit(model, mapped, layout=layout, path=path)
     if missing:
         raise EpicInputError(

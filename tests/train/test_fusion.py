@@ -99,8 +99,15 @@ def test_files_of_other_segments_or_bad_weights_are_refused(tmp_path):
     for weights in ("1", "1,-1", "1,x", "1,nan"):
         code, output = _validate(tmp_path / "o2", "--fuse", a, a, "--fuse-weights", weights)
         assert code == ExitCode.BAD_INPUT and "--fuse-weights" in output, output
+    verb, noun, _ = load_predictions(a)
+    verb[5, 3] = np.nan
+    nan = save_predictions(tmp_path / "nan.pkl", verb, noun, ids)
+    code, output = _validate(tmp_path / "o5", "--fuse", a, nan)
+    assert code == ExitCode.BAD_INPUT and "NaN or infinite" in output, output
+    assert f"--fuse {nan}" in output and ids[5] in output
+    assert not (tmp_path / "o5" / "predictions.pkl").exists()  # nothing fused is written
     code, output = _validate(tmp_path / "o3", "--fuse", a)
     assert code == ExitCode.BAD_INPUT and "two or more" in output
     code, output = _validate(tmp_path / "o4", "--fuse", a, a, "--predictions", a)
     assert code == ExitCode.BAD_INPUT and "exactly one of" in output
-    assert not any((tmp_path / d / "metrics.json").exists() for d in ("o1", "o2", "o3", "o4"))
+    assert not any((tmp_path / d / "metrics.json").exists() for d in ("o1", "o2", "o3", "o4", "o5"))

@@ -433,6 +433,21 @@ def test_epic_train_checkpoint_loads_the_whole_model_strictly(tmp_path):
         _load(model, tmp_path / "not-a-checkpoint.pt")
 
 
+def test_a_damaged_epic_train_checkpoint_is_refused_and_leaves_the_model_untouched(tmp_path):
+    # The file is read once to tell its layout; its digest must still be checked.
+    torch.manual_seed(6)
+    source = ActionModel()
+    path = _epic_train_file(tmp_path, source, _fed())
+    state = torch.load(path, weights_only=True)
+    state["model"]["backbone.conv1.weight"][0, 0, 0, 0] += 1.0  # one weight, digest kept
+    torch.save(state, path)
+    model = ActionModel()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(EpicInputError, match="does not match its digest"):
+        _load(model, path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_unreadable_or_absent_files_are_named(tmp_path):
     path = tmp_path / "cut.pth"
     torch.save(_torchvision_resnet().state_dict(), path)
