@@ -108,3 +108,80 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 def count_in_ranges(ranges: Iterable[tuple[int, int]]) -> int:
     """Number of frames in inclusive ranges (assumed disjoint)."""
     return sum(last - first + 1 for first, last in ranges)
+
+
+# ----------------------------------------------------------------------------- optical flow
+# A flow store numbers its positions in flow-index space (epicdata.frames.flow_index): flow
+# frame k of a video holds the (u, v) pair computed from RGB frame (k - 1) * stride + 1 and
+# the frame ``dilation`` after it. A clip of a flow model is ``num_snippets`` snippets of
+# ``stack`` consecutive flow frames; the snippet *starts* are what a sampler picks.
+
+
+def flow_segment_range(
+    start_frame: int, stop_frame: int, stride: int, flow_frames: int
+) -> tuple[int, int]:
+    """The inclusive flow-index range of the RGB segment ``[start_frame, stop_frame]``:
+    ``flow_index(start)`` .. ``flow_index(stop)``, the stop cut at the video's last flow
+    frame (flow is computed between frames, so the last RGB frames have none).
+
+    Inclusive like our RGB ranges (C1's flow adapter reads ``range(start, stop)``, one flow
+    frame less): flow frame ``flow_index(stop)`` starts at an RGB frame inside the segment.
+    """
+    first = (int(start_frame) - 1) // stride + 1
+    last = min((int(stop_frame) - 1) // stride + 1, int(flow_frames))
+    return min(first, max(1, last)), max(1, last)
+
+
+def flow_snippet_starts(
+    first: int,
+    last: int,
+    num_snippets: int,
+    stack: int,
+    *,
+    sampler: str = "linspace",
+    training: bool = False,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Snippet starts in the flow range ``[first, last]`` so that every snippet's ``stack``
+    frames lie inside it: starts run over ``[first, last - stack + 1]`` (only ``first`` when
+    the range is shorter than a stack). ``linspace``: evenly spaced over those starts, both
+    ends included (the analogue of the RGB rule); ``tsn``: C1's TSN sampler over them (one
+    random start per part when training, the part's centre otherwise). (num_snippets,)."""
+    if stack < 1:
+        raise ValueError(f"stack must be >= 1, got {stack}")
+    last_start = max(first, last - stack + 1)
+    if sampler == "linspace":
+        if num_snippets < 1:
+            raise ValueError(f"num_snippets must be >= 1, got {num_snippets}")
+        return np.linspace(first, last_start, num_snippets, dtype=int).astype(np.int64)
+    if sampler == "tsn":
+        return tsn_frames(first, last_start, num_snippets, training=training, rng=rng)
+    raise ValueError(f"sampler {sampler!r}: expected linspace or tsn")
+
+
+def flow_snippet_frames(starts: np.ndarray, stack: int, flow_frames: int) -> np.ndarray:
+    """The flow frames of snippets starting at ``starts``, snippet after snippet
+    ((len(starts) * stack,)), clamped to the video's ``flow_frames`` (a segment shorter
+    than a stack at the video's end repeats its last flow frame, as the RGB reader clamps)."""
+    frames = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(stack, dtype=np.int64)
+    return np.clip(frames.reshape(-1), 1, max(1, int(flow_frames)))
+
+
+def sampled_flow_frames_to_keep(
+    start_frame: int,
+    stop_frame: int,
+    clip_lengths: Sequence[int],
+    stack: int,
+    stride: int,
+    flow_frames: int,
+) -> np.ndarray:
+    """Every flow frame a deterministic flow reader may ask for (the analogue of
+    :func:`sampled_frames_to_keep`): the linspace snippets and the TSN evaluation snippets
+    of each clip length, ``stack`` frames each. Sorted unique int64 flow frame numbers."""
+    first, last = flow_segment_range(start_frame, stop_frame, stride, flow_frames)
+    parts = []
+    for num in clip_lengths:
+        for sampler in ("linspace", "tsn"):
+            starts = flow_snippet_starts(first, last, num, stack, sampler=sampler)
+            parts.append(flow_snippet_frames(starts, stack, flow_frames))
+    return np.unique(np.concatenate(parts))

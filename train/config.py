@@ -38,6 +38,7 @@ TEMPORALS = ("avg", "tsm")
 NORM_NAMES = tuple(NORMS)
 RECIPE_NAMES = tuple(RECIPES)
 SAMPLINGS = ("linspace", "tsn")
+MODALITIES = ("rgb", "flow")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DECODERS = ("torchvision", "pil", "nvjpeg")  # as epicdata.dataset.DECODERS
 #: The fields a run's command line gives itself (required options, never in a YAML file).
@@ -148,7 +149,16 @@ class TrainConfig:
     )
     lr_gamma: float = _option(0.1, "--scheduler step's factor.")
     dropout: float = _option(0.3, "Dropout before the heads.")
-    num_frames: int = _option(8, "Frames per clip.", minimum=1)
+    modality: str = _option(
+        "rgb",
+        "rgb, or flow: EPIC's TV-L1 flow from a flow store (`epic-extract plan --flow`); a "
+        "clip is --num-frames snippets of --flow-stack (u, v) pairs (docs/training.md).",
+        MODALITIES,
+    )
+    flow_stack: int = _option(
+        5, "Consecutive (u, v) pairs per snippet of a flow clip (C1: 5).", minimum=1
+    )
+    num_frames: int = _option(8, "Frames per clip (snippets, for flow).", minimum=1)
     sampling: str = _option(
         "linspace",
         "linspace: np.linspace(start, stop - 1, T) (seed); tsn: one per part.",
@@ -251,6 +261,11 @@ class TrainConfig:
                 "separated by commas, e.g. 20,40"
             )
         return steps
+
+    @property
+    def input_channels(self) -> int:
+        """The first convolution's input channels: 3 (RGB), or 2 per flow pair of a snippet."""
+        return 3 if self.modality == "rgb" else 2 * self.flow_stack
 
     def model_options(self) -> dict[str, Any]:
         """The keyword arguments of train.model.ActionModel / build_model."""
