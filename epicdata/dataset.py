@@ -2,7 +2,9 @@
 
 A sample is a dict::
 
-    frames        uint8 tensor (T, C, H, W), RGB, after the clip transform
+    frames        uint8 tensor (T, C, H, W) after the clip transform: RGB (C = 3), or for
+                  ``modality="flow"`` T snippets of ``flow_stack`` (u, v) pairs, channels
+                  u1 v1 u2 v2 ... (C = 2 * flow_stack; C1's ``_intersperse`` order)
     verb, noun    int class ids (absent for the unlabelled test split)
     narration_id  str
     index         int, the segment's row in the split (to put outputs back in order)
@@ -34,15 +36,24 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from epicdata.annotations import SegmentTable
-from epicdata.errors import EnvironmentProblem, StoreError, StoreIncompleteError
+from epicdata.errors import EnvironmentProblem, EpicInputError, StoreError, StoreIncompleteError
 from epicdata.layout import shard_filename
-from epicdata.sampling import linspace_frames, tsn_frames
+from epicdata.sampling import (
+    flow_segment_range,
+    flow_snippet_frames,
+    flow_snippet_starts,
+    linspace_frames,
+    tsn_frames,
+)
 from epicdata.store import FrameStore
 
 SAMPLINGS = ("linspace", "tsn")
+#: What the store's images are: RGB frames, or EPIC's TV-L1 flow, a grayscale (u, v) pair
+#: per flow frame (a flow store numbers its positions in flow-index space).
+MODALITIES = ("rgb", "flow")
 #: Where the JPEGs are decoded: in the loader workers (torchvision, pil), or on the GPU in
 #: the main process (nvjpeg: the workers return the bytes).
 DECODERS = ("torchvision", "pil", "nvjpeg")
@@ -55,23 +66,42 @@ CPU_DECODERS = ("torchvision", "pil")
 ClipTransform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 
 
-def decode_torchvision(jpeg: bytes) -> torch.Tensor:
-    """JPEG bytes -> (C, H, W) uint8 RGB with libjpeg-turbo through torchvision."""
+def decode_torchvision(jpeg: bytes, mode: ImageReadMode = ImageReadMode.UNCHANGED) -> torch.Tensor:
+    """JPEG bytes -> (C, H, W) uint8 with libjpeg-turbo through torchvision: RGB (C = 3) as
+    stored, or (``mode=ImageReadMode.GRAY``) one grey channel."""
     with warnings.catch_warnings():
         # torchvision >= 0.29 announces decode_jpeg's move to TorchCodec on every call; it
         # still works and is the fastest decoder here (``--decoder pil`` is the fallback).
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8))
+        return decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=mode)
 
 
-def decode_pil(jpeg: bytes) -> torch.Tensor:
-    """JPEG bytes -> (C, H, W) uint8 RGB with Pillow (or pillow-simd)."""
+def decode_pil(jpeg: bytes, mode: str = "RGB") -> torch.Tensor:
+    """JPEG bytes -> (C, H, W) uint8 with Pillow (or pillow-simd): RGB, or (``mode="L"``)
+    one grey channel."""
     with Image.open(io.BytesIO(jpeg)) as image:
-        array = np.array(image.convert("RGB"))  # writable: torch shares its memory
+        array = np.array(image.convert(mode))  # writable: torch shares its memory
+    if array.ndim == 2:
+        return torch.from_numpy(array).unsqueeze(0)  # (1, H, W)
     return torch.from_numpy(array).permute(2, 0, 1)  # (C, H, W)
 
 
-_DECODE = {"torchvision": decode_torchvision, "pil": decode_pil}
+def decode_torchvision_gray(jpeg: bytes) -> torch.Tensor:
+    """A flow component's grayscale JPEG -> (1, H, W) uint8."""
+    return decode_torchvision(jpeg, ImageReadMode.GRAY)
+
+
+def decode_pil_gray(jpeg: bytes) -> torch.Tensor:
+    """A flow component's grayscale JPEG -> (1, H, W) uint8."""
+    return decode_pil(jpeg, "L")
+
+
+_DECODE = {
+    ("torchvision", "rgb"): decode_torchvision,
+    ("pil", "rgb"): decode_pil,
+    ("torchvision", "flow"): decode_torchvision_gray,
+    ("pil", "flow"): decode_pil_gray,
+}
 
 
 class EpicActionDataset(Dataset):
@@ -82,6 +112,11 @@ class EpicActionDataset(Dataset):
     ``transform`` gets the decoded clip and a generator seeded by (seed, epoch, index), so
     a sample's augmentation depends neither on the worker that loads it nor on resuming;
     call :meth:`set_epoch` before each epoch (workers must not persist across epochs).
+
+    ``modality="flow"`` reads a flow store: ``num_frames`` snippets of ``flow_stack``
+    consecutive flow frames, their starts picked by the same ``sampling`` in flow-index
+    space, every snippet inside the segment's flow range (epicdata.sampling's flow
+    functions, with the stride and frame count of the video's metadata).
     """
 
     def __init__(
@@ -95,11 +130,18 @@ class EpicActionDataset(Dataset):
         transform: ClipTransform | None = None,
         decoder: str = "torchvision",
         seed: int = 0,
+        modality: str = "rgb",
+        flow_stack: int = 5,
     ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
+        if modality not in MODALITIES:
+            raise ValueError(f"modality={modality!r}: expected one of {', '.join(MODALITIES)}")
+        if flow_stack < 1:
+            raise ValueError(f"flow_stack must be >= 1, got {flow_stack}")
+        _check_modality(store, modality, decoder)
         missing = sorted(set(table.video_ids) - set(store.video_ids))
         if missing:
             raise StoreError(
@@ -114,7 +156,9 @@ class EpicActionDataset(Dataset):
         self.training = training
         self.transform = transform
         self.decoder = decoder
-        self.decode = _DECODE.get(decoder)
+        self.decode = _DECODE.get((decoder, modality))
+        self.modality = modality
+        self.flow_stack = flow_stack
         self.seed = seed
         self.epoch = 0
         self._shard_of = store.manifest.video_to_shard()
@@ -126,12 +170,50 @@ class EpicActionDataset(Dataset):
         self.epoch = epoch
 
     def frame_numbers(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        """(T,) int64 frame numbers the clip of segment ``index`` reads."""
+        """(T,) int64 frame numbers the clip of segment ``index`` reads; for flow the
+        (T * flow_stack,) flow frames, snippet after snippet."""
         start = int(self.table.start_frames[index])
         stop = int(self.table.stop_frames[index])
+        if self.modality == "flow":
+            first, last, count = self._flow_range(index)
+            starts = flow_snippet_starts(
+                first,
+                last,
+                self.num_frames,
+                self.flow_stack,
+                sampler=self.sampling,
+                training=self.training,
+                rng=rng,
+            )
+            return flow_snippet_frames(starts, self.flow_stack, count)
         if self.sampling == "linspace":
             return linspace_frames(start, stop, self.num_frames)
         return tsn_frames(start, stop, self.num_frames, training=self.training, rng=rng)
+
+    def _flow_range(self, index: int) -> tuple[int, int, int]:
+        """(first, last, flow frame count): the inclusive flow-index range of segment
+        ``index`` (by its video's stride) and the video's flow frame count, from the
+        store's metadata."""
+        meta = self.store.video_meta(self.table.video_ids[index])
+        count = meta.decoded_frames  # a flow video's: its flow frame count
+        first, last = flow_segment_range(
+            int(self.table.start_frames[index]),
+            int(self.table.stop_frames[index]),
+            meta.flow.stride,
+            count,
+        )
+        return first, last, count
+
+    def readable_range(self, index: int) -> tuple[int, int]:
+        """The inclusive range of frame numbers a random sampler (TSN training) may read
+        for segment ``index``: the segment, or for flow every frame of every snippet whose
+        start the sampler can pick (clamped at the video's end as the reader is)."""
+        if self.modality != "flow":
+            return int(self.table.start_frames[index]), int(self.table.stop_frames[index])
+        first, last, count = self._flow_range(index)
+        extremes = flow_snippet_starts(first, last, 2, self.flow_stack)  # first and last start
+        frames = flow_snippet_frames(extremes, self.flow_stack, count)
+        return int(frames.min()), int(frames.max())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -162,8 +244,13 @@ class EpicActionDataset(Dataset):
         rng: np.random.Generator,
     ) -> torch.Tensor:
         narration_id = self.table.narration_ids[index]
+        if self.modality == "flow":
+            # Two blobs per flow frame, u then v (the store's order, C1's _intersperse).
+            names = [f"flow frame {f} ({axis})" for f in frames for axis in "uv"]
+        else:
+            names = [f"frame {f}" for f in frames]
         decoded = []
-        for frame, jpeg in zip(frames, jpegs, strict=True):
+        for name, jpeg in zip(names, jpegs, strict=True):
             try:
                 decoded.append(self.decode(jpeg))
             except (RuntimeError, OSError, ValueError) as exc:
@@ -171,11 +258,15 @@ class EpicActionDataset(Dataset):
                 # The bytes passed their CRC: a staged copy holds the same as its store.
                 store = self.store.staged_from or self.store.root
                 raise StoreIncompleteError(
-                    f"segment {narration_id}: {video_id} frame {frame} in {shard} does not decode "
+                    f"segment {narration_id}: {video_id} {name} in {shard} does not decode "
                     f"({exc}); run `epic-check --store {store} --deep` and re-extract "
                     f"that shard with `epic-extract run --force`"
                 ) from None
-        clip = torch.stack(decoded)  # (T, C, H, W) uint8
+        clip = torch.stack(decoded)  # (T, C, H, W) uint8; flow: (T * stack * 2, 1, H, W)
+        if self.modality == "flow":
+            # Snippet after snippet, pair after pair, u before v: channel 2i is u of the
+            # snippet's i-th pair, 2i + 1 its v.
+            clip = clip.view(self.num_frames, 2 * self.flow_stack, *clip.shape[-2:])
         if self.transform is not None:
             clip = self.transform(clip, rng)
         return clip
@@ -200,6 +291,29 @@ class EpicActionDataset(Dataset):
             "frame_numbers": torch.from_numpy(np.asarray(frames, dtype=np.int64)),  # (T,)
             "video_id": video_id,
         }
+
+
+def _check_modality(store: FrameStore, modality: str, decoder: str) -> None:
+    """Refuse a store of the other modality (its positions and images mean something
+    else) and the GPU decoder for flow (train/nvjpeg.py decodes RGB frames only)."""
+    if store.modality != modality:
+        raise EpicInputError(
+            f"the store holds {store.modality} frames, and this run reads {modality}",
+            where=store.root,
+            fix=f"give a store of {modality} frames, or --modality {store.modality}",
+        )
+    if modality == "flow" and decoder == "nvjpeg":
+        raise EpicInputError(
+            "--decoder nvjpeg decodes RGB frames only, not flow",
+            where="--decoder nvjpeg --modality flow",
+            fix="use --decoder torchvision (or pil) for a flow model",
+        )
+
+
+def _clip_words(dataset: EpicActionDataset) -> str:
+    if dataset.modality == "flow":
+        return f"{dataset.num_frames} snippets of {dataset.flow_stack} flow frames"
+    return f"{dataset.num_frames} frames"
 
 
 #: torch's messages for a dead worker: "DataLoader worker (pid 123) is killed by signal:
@@ -260,9 +374,8 @@ def check_readable(dataset: EpicActionDataset, *, limit: int = 5) -> None:
     bad: dict[str, list[str]] = {}
     for i in range(len(table)):
         video_id = table.video_ids[i]
-        start, stop = int(table.start_frames[i]), int(table.stop_frames[i])
         readable = (
-            store.holds_range(video_id, start, stop)
+            store.holds_range(video_id, *dataset.readable_range(i))
             if any_frame
             else store.holds(video_id, dataset.frame_numbers(i))
         )
@@ -278,7 +391,7 @@ def check_readable(dataset: EpicActionDataset, *, limit: int = 5) -> None:
         keep = store.manifest.params
         raise StoreError(
             f"{count} segments of the {table.split} split ask for frames the store does not "
-            f"hold ({dataset.num_frames} frames, {dataset.sampling} sampling"
+            f"hold ({_clip_words(dataset)}, {dataset.sampling} sampling"
             f"{', random offsets' if any_frame else ''}; the store keeps {keep.keep}"
             + (
                 f" for clip lengths {','.join(map(str, keep.num_frames))}"

@@ -12,9 +12,9 @@ position and image (little-endian)::
 
 Entries follow the video's stored frames in ascending order (the order of its checksums,
 :func:`epicdata.ranges.frames_in_ranges`), ``images`` entries per position: 1 in an RGB
-store (the key ``<video_id>/<frame:010d>``); a flow store will hold 2 (u and v, keys
-``<video_id>/<frame:010d>/u`` and ``/v``, entries u then v), and a reader of this version
-refuses any other count rather than misread one.
+store (the key ``<video_id>/<frame:010d>``), 2 in a flow store (u and v, keys
+``<video_id>/<frame:010d>/u`` and ``/v``, entries u then v; :data:`epicdata.layout.FLOW_IMAGES`).
+A reader refuses a count other than the video metadata's rather than misread one.
 
 ``__meta__/published`` is the publish record: JSON with the format version and
 ``content_sha256``, the SHA-256 of the shard's metadata records and every frame's CRC-32
@@ -48,8 +48,8 @@ from epicdata.layout import (
     SHARD_META_KEY,
     STORE_FORMAT_VERSION,
     checksum_key,
+    entry_keys,
     frame_index_key,
-    frame_key,
     video_meta_key,
 )
 from epicdata.lmdb_pages import PageFormatError, ShardPages
@@ -75,16 +75,21 @@ def pack_index(entries: Iterable[tuple[int, int, int]], images: int = RGB_IMAGES
     return HEADER.pack(MAGIC, VERSION, images, count, zlib.crc32(body)) + body
 
 
-def parse_header(header: bytes, length: int, stored_frames: int) -> None:
+def parse_header(header: bytes, length: int, stored_frames: int, images: int = RGB_IMAGES) -> None:
     """Check an index value's header (``length``: the value's bytes) against the video's
-    ``stored_frames``; :class:`FrameIndexError` saying what is wrong."""
+    ``stored_frames`` and ``images`` per position; :class:`FrameIndexError` saying what is
+    wrong."""
+    expected_images = images
     if len(header) < HEADER.size:
         raise FrameIndexError(f"its frame index is {len(header)} bytes, shorter than its header")
     magic, version, images, count, _ = HEADER.unpack_from(header)
     if magic != MAGIC or version != VERSION:
         raise FrameIndexError(f"its frame index has no valid header ({magic!r}, version {version})")
-    if images != RGB_IMAGES:
-        raise FrameIndexError(f"its frame index holds {images} images per frame, this reader 1")
+    if images != expected_images:
+        raise FrameIndexError(
+            f"its frame index holds {images} images per frame, its video metadata "
+            f"{expected_images}"
+        )
     if count != stored_frames * images or length != HEADER.size + count * ENTRY.size:
         raise FrameIndexError(
             f"its frame index has {count} entries in {length} bytes for {stored_frames} "
@@ -92,9 +97,11 @@ def parse_header(header: bytes, length: int, stored_frames: int) -> None:
         )
 
 
-def unpack_index(blob: bytes, stored_frames: int) -> list[tuple[int, int, int]]:
+def unpack_index(
+    blob: bytes, stored_frames: int, images: int = RGB_IMAGES
+) -> list[tuple[int, int, int]]:
     """The entries of a whole index value, its header and CRC checked."""
-    parse_header(blob[: HEADER.size], len(blob), stored_frames)
+    parse_header(blob[: HEADER.size], len(blob), stored_frames, images)
     body = blob[HEADER.size :]
     if zlib.crc32(body) != HEADER.unpack_from(blob)[4]:
         raise FrameIndexError("its frame index entries do not match their CRC-32")
@@ -129,17 +136,18 @@ def build_index(pages: ShardPages) -> dict[bytes, bytes]:
         if meta_blob is None or sums_blob is None:
             raise FrameIndexError(f"{video}: metadata or checksums missing")
         values[video_meta_key(video)], values[checksum_key(video)] = meta_blob, sums_blob
-        frames = frames_in_ranges(VideoMeta.from_bytes(meta_blob).stored_ranges).tolist()
+        meta = VideoMeta.from_bytes(meta_blob)
+        keys = entry_keys(video, frames_in_ranges(meta.stored_ranges).tolist(), meta.images)
         sums = unpack_checksums(sums_blob).tolist()
-        if len(sums) != len(frames):
-            raise FrameIndexError(f"{video}: {len(sums)} checksums for {len(frames)} frames")
-        spans = pages.locate_many([frame_key(video, f) for f in frames])
+        if len(sums) != len(keys):
+            raise FrameIndexError(f"{video}: {len(sums)} checksums for {len(keys)} images")
+        spans = pages.locate_many(keys)
         entries = []
-        for frame, span, crc in zip(frames, spans, sums, strict=True):
+        for key, span, crc in zip(keys, spans, sums, strict=True):
             if span is None:
-                raise FrameIndexError(f"{video} frame {frame}: key missing")
+                raise FrameIndexError(f"{video} {key.decode()}: key missing")
             entries.append((*span, crc))
-        out[frame_index_key(video)] = pack_index(entries)
+        out[frame_index_key(video)] = pack_index(entries, len(meta.images))
     out[PUBLISH_RECORD_KEY] = _record(content_digest(values, video_ids))
     return out
 
@@ -150,11 +158,12 @@ def _record(digest: str) -> bytes:
 
 
 def placeholders(stored_frames: dict[str, int]) -> list[tuple[bytes, bytes]]:
-    """The index keys of videos (id -> stored frames) and the publish record key, with
+    """The index keys of videos (id -> stored images: frames x images per frame) and the
+    publish record key, with
     zeros of their values' lengths: a writer puts them before the compacted copy is made,
     so that :func:`add_index` then only writes bytes in place and the copy stays compact."""
     out = [
-        (frame_index_key(video), bytes(HEADER.size + ENTRY.size * RGB_IMAGES * count))
+        (frame_index_key(video), bytes(HEADER.size + ENTRY.size * count))
         for video, count in stored_frames.items()
     ]
     return [*out, (PUBLISH_RECORD_KEY, bytes(len(_record("0" * 64))))]

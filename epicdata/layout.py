@@ -17,8 +17,9 @@ Keys inside a shard:
   its CRC-32 (:mod:`epicdata.frame_index`; format 2 on);
 - ``__meta__/published`` -> the publish record: format version, content digest (format 2 on).
 
-Reserved for stores of more than one image per frame position (optical flow's u and v):
-``<video_id>/<frame:010d>/<image>``, and the frame index counts images per position.
+A flow store (optical flow, issue 23) holds two images per frame position, u and v:
+``<video_id>/<frame:010d>/u`` and ``/v`` (:func:`image_key`); its checksums and frame index
+hold one entry per image, u then v, position after position (:data:`FLOW_IMAGES`).
 
 Reserved keys start with ``__`` and can never collide with a video id (``PXX_YY``).
 A shard file at its final path is complete: writers publish by atomic rename.
@@ -60,6 +61,24 @@ def failure_record_path(store_root: str | Path, shard_index: int) -> Path:
 
 def frame_key(video_id: str, frame: int) -> bytes:
     return f"{video_id}/{frame:010d}".encode()
+
+
+#: The images of one frame position: an RGB store's one JPEG (its key is the position's), a
+#: flow store's u and v (C1's interleaved order: u1 v1 u2 v2 ...).
+RGB_IMAGES = ("",)
+FLOW_IMAGES = ("u", "v")
+
+
+def image_key(video_id: str, frame: int, image: str) -> bytes:
+    """The key of ``image`` of a frame position (``""``: the RGB frame, :func:`frame_key`)."""
+    key = f"{video_id}/{frame:010d}"
+    return f"{key}/{image}".encode() if image else key.encode()
+
+
+def entry_keys(video_id: str, frames: object, images: tuple[str, ...]) -> list[bytes]:
+    """The keys of every image of ``frames`` (an iterable of frame numbers), position after
+    position: the order of a video's checksums and frame index entries."""
+    return [image_key(video_id, int(f), image) for f in frames for image in images]  # type: ignore[attr-defined]
 
 
 def video_meta_key(video_id: str) -> bytes:

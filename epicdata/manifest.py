@@ -12,6 +12,7 @@ from typing import Any
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import StoreError
+from epicdata.frames import FlowParams
 from epicdata.layout import (
     MANIFEST_NAME,
     READABLE_FORMAT_VERSIONS,
@@ -23,11 +24,38 @@ from epicdata.sampling import merge_ranges
 from epicdata.typed_json import checked_fields, short_json
 
 KEEP_MODES = ("segments", "all", "sampled")
+MODALITIES = ("rgb", "flow")
+_FLOW_FIELDS = ("flow_stride", "flow_dilation", "flow_bound")
+
+
+def flow_of(record: Any) -> FlowParams | None:
+    """The :class:`FlowParams` of a planned video or a shard's video metadata (None: RGB)."""
+    if not record.flow_stride:
+        return None
+    return FlowParams(record.flow_stride, record.flow_dilation, record.flow_bound)
+
+
+def flow_fields(params: FlowParams | None) -> dict[str, Any]:
+    """The record fields of ``params`` (none for an RGB video)."""
+    if params is None:
+        return {}
+    return {"flow_stride": params.stride, "flow_dilation": params.dilation, "flow_bound": params.bound}
+
+
+def omit_rgb_defaults(data: dict[str, Any]) -> None:
+    """Drop an RGB video's flow fields from its JSON: stores without flow stay readable by
+    the releases before flow existed."""
+    if not data.get("flow_stride"):
+        for name in _FLOW_FIELDS:
+            data.pop(name, None)
 #: Where a video's frames come from (``source_kind`` of the plan and of the shard metadata):
 #: decoded from its MP4, or copied from EPIC's official RGB frames (tar or folder).
 SOURCE_VIDEO = "video"
 SOURCE_FRAMES = "frames"
-SOURCE_KINDS = (SOURCE_VIDEO, SOURCE_FRAMES)
+#: Copied from EPIC's official optical flow tars (``PXX/flow_frames/PXX_YY.tar``): a flow
+#: store, positions numbered in flow-index space (:func:`epicdata.frames.flow_index`).
+SOURCE_FLOW = "flow"
+SOURCE_KINDS = (SOURCE_VIDEO, SOURCE_FRAMES, SOURCE_FLOW)
 #: Frames at the end of every video stored whatever the keep mode (2 x the clamp
 #: tolerance): the stored end is the decoder's end.
 TAIL_FRAMES = 2 * CLAMP_TOLERANCE_FRAMES
@@ -43,6 +71,19 @@ class ExtractParams:
     margin_frames: int
     num_frames: tuple[int, ...]
     frame_rate_rule: str = "R=60 for PXX_YY, R=50 for PXX_1YY; frame n at (n-1)/R"
+    #: "rgb", or "flow" for a flow store (one modality per store).
+    modality: str = "rgb"
+    #: Flow pairs per snippet the ``sampled`` keep mode keeps (flow stores only).
+    flow_stack: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The parameters as a shard records them (``ShardMeta.params``) and the manifest
+        writes them: an RGB store's without the flow fields, as releases before flow wrote
+        them, so that its shards and theirs compare equal."""
+        data = json.loads(json.dumps(asdict(self)))
+        if data["modality"] == "rgb":
+            del data["modality"], data["flow_stack"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -67,6 +108,16 @@ class PlannedVideo:
     #: :data:`SOURCE_FRAMES` (``path`` is an official ``rgb_frames`` tar or folder, copied
     #: byte for byte). Absent (video) in manifests written before official frames existed.
     source_kind: str = "video"
+    #: A flow video's :class:`~epicdata.frames.FlowParams` (0: an RGB video); its frame
+    #: numbers (``expected_frames``, ``keep_ranges``, ...) are flow indices.
+    flow_stride: int = 0
+    flow_dilation: int = 0
+    flow_bound: float = 0.0
+
+    @property
+    def flow(self) -> FlowParams | None:
+        """The flow parameters of a flow video; None for an RGB one."""
+        return flow_of(self)
 
     @property
     def tail_from(self) -> int:
@@ -125,6 +176,8 @@ class Manifest:
             for video in shard["videos"]:
                 if video.get("source_kind") == SOURCE_VIDEO:
                     del video["source_kind"]  # the default: older releases read the manifest
+                omit_rgb_defaults(video)
+        data["params"] = self.params.record()
         return json.dumps(data, indent=1, sort_keys=False)
 
     @classmethod
@@ -141,6 +194,11 @@ class Manifest:
                 f"params field 'keep' is {short_json(params['keep'])}, not one of {KEEP_MODES}"
             )
         params["num_frames"] = tuple(params["num_frames"])
+        if params.get("modality", "rgb") not in MODALITIES:
+            raise ValueError(
+                f"params field 'modality' is {short_json(params['modality'])}, not one of "
+                f"{MODALITIES}"
+            )
         shards = []
         for i, shard in enumerate(data["shards"]):
             shard = checked_fields(ShardPlan, shard, f"shards[{i}]")

@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from epicdata.errors import MalformedMetadataError
-from epicdata.manifest import SOURCE_VIDEO
+from epicdata.frames import FlowParams
+from epicdata.layout import FLOW_IMAGES, RGB_IMAGES
+from epicdata.manifest import SOURCE_VIDEO, flow_of, omit_rgb_defaults
 from epicdata.ranges import Range, ranges_from_json
 from epicdata.typed_json import checked_fields
 
@@ -40,6 +42,21 @@ class VideoMeta:
     #: (see :class:`~epicdata.manifest.PlannedVideo`); absent (video) in shards written
     #: before official frames existed.
     source_kind: str = "video"
+    #: A flow video's :class:`~epicdata.frames.FlowParams` (0: RGB); its ``decoded_frames``
+    #: is then its flow frame count and ``stored_ranges`` are flow indices.
+    flow_stride: int = 0
+    flow_dilation: int = 0
+    flow_bound: float = 0.0
+
+    @property
+    def flow(self) -> FlowParams | None:
+        """The flow parameters of a flow video; None for an RGB one."""
+        return flow_of(self)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """The images of each stored position: u and v for flow, the one JPEG for RGB."""
+        return RGB_IMAGES if not self.flow_stride else FLOW_IMAGES
 
     def to_bytes(self) -> bytes:
         data = asdict(self)
@@ -47,6 +64,7 @@ class VideoMeta:
             # Left out when it is the default: a store extracted from videos stays readable
             # by the releases before official frames existed.
             del data["source_kind"]
+        omit_rgb_defaults(data)
         return json.dumps(data, sort_keys=True).encode()
 
     @classmethod

@@ -34,7 +34,7 @@ from epicdata.layout import (
     SHARDS_DIR,
     checksum_key,
     frame_index_key,
-    frame_key,
+    image_key,
     shard_path,
     video_meta_key,
 )
@@ -531,21 +531,29 @@ class FrameStore:
 
     def read_frames(self, video_id: str, frames: Sequence[int]) -> list[bytes]:
         """JPEG bytes of ``frames`` (1-based numbers) of ``video_id``, in request order, each
-        checked against its CRC-32 (unless ``verify`` is off)."""
+        checked against its CRC-32 (unless ``verify`` is off). In a flow store, two per
+        frame: its u then its v image (grayscale JPEGs; C1's interleaved order)."""
         self._leave_breadcrumb(video_id, frames)
         resolved, positions = self._resolve(video_id, frames)
+        meta = self._video(video_id)[0]
+        images = meta.images
+        if len(images) > 1:
+            # One entry per image, position after position (epicdata.layout.entry_keys).
+            count = len(images)
+            positions = [p * count + i for p in positions for i in range(count)]
+            resolved = [f for f in resolved for _ in images]
         where = self._where.get(video_id, _UNKNOWN)
         if where is _UNKNOWN or os.getpid() != self._pid:
             where = self._frame_index(video_id)
         try:
             if where is not None:
                 return self._read_indexed(where, video_id, resolved, positions)  # type: ignore[arg-type]
-            meta = self._video(video_id)[0]
+            keys = [image_key(video_id, f, images[i % len(images)]) for i, f in enumerate(resolved)]
             pages = self._shard_pages(video_id)
             if pages is None:
-                out, sums, first = self._read_mapped(video_id, resolved, meta)
+                out, sums, first = self._read_mapped(video_id, resolved, keys, meta)
             else:
-                out, sums, first = self._read_direct(pages, video_id, resolved, positions, meta)
+                out, sums, first = self._read_direct(pages, video_id, resolved, keys, positions, meta)
         except PageFormatError as exc:
             raise self._corrupt(video_id, str(exc)) from None
         if sums is not None:
@@ -554,6 +562,11 @@ class FrameStore:
                 if frame_checksum(blob) != int.from_bytes(sums[at : at + 4], "little"):
                     raise self._checksum_mismatch(video_id, frame)
         return out
+
+    @property
+    def modality(self) -> str:
+        """"rgb", or "flow" for a flow store (``epic-extract plan --flow``)."""
+        return self.manifest.params.modality
 
     def _checksum_mismatch(self, video_id: str, frame: int) -> StoreIncompleteError:
         return self._damaged(
@@ -575,7 +588,12 @@ class FrameStore:
                 if found is None:
                     self._unindexed(video_id, pages)
                 else:
-                    parse_header(pages.read(found[0], HEADER.size), found[1], meta.stored_frames)
+                    parse_header(
+                        pages.read(found[0], HEADER.size),
+                        found[1],
+                        meta.stored_frames,
+                        len(meta.images),
+                    )
                     where = pages, found[0] + HEADER.size
             except PageFormatError as exc:  # FrameIndexError included
                 raise self._corrupt(video_id, str(exc)) from None
@@ -706,7 +724,7 @@ class FrameStore:
         return self._missing(video_id, "checksums missing or not one per stored frame")
 
     def _read_mapped(
-        self, video_id: str, resolved: list[int], meta: VideoMeta
+        self, video_id: str, resolved: list[int], keys: list[bytes], meta: VideoMeta
     ) -> tuple[list[bytes], bytes | None, int]:
         """The frames through py-lmdb's map, and (when verifying) the video's checksums
         from its first stored frame on."""
@@ -716,10 +734,10 @@ class FrameStore:
             if self.verify:
                 # The checksums of a video are one value, in frame order.
                 sums = txn.get(checksum_key(video_id))
-                if sums is None or len(sums) != 4 * meta.stored_frames:
+                if sums is None or len(sums) != 4 * meta.stored_frames * len(meta.images):
                     raise self._no_sums(video_id)
-            for frame in resolved:
-                blob = txn.get(frame_key(video_id, frame))
+            for frame, key in zip(resolved, keys, strict=True):
+                blob = txn.get(key)
                 if blob is None:
                     raise self._no_key(video_id, frame)
                 out.append(bytes(blob))
@@ -730,12 +748,13 @@ class FrameStore:
         pages: ShardPages,
         video_id: str,
         resolved: list[int],
+        keys: list[bytes],
         positions: list[int],
         meta: VideoMeta,
     ) -> tuple[list[bytes], bytes | None, int]:
         """The frames with pread, every frame's bytes announced to the kernel first, and
         (when verifying) the span of the video's checksums that covers them."""
-        spans = pages.locate_many([frame_key(video_id, frame) for frame in resolved])
+        spans = pages.locate_many(keys)
         for frame, span in zip(resolved, spans, strict=True):
             if span is None:
                 raise self._no_key(video_id, frame)
@@ -749,7 +768,7 @@ class FrameStore:
                 pages.read(where[0], 0)  # its first page's header, checked as a whole read's
             self._checksums_at[video_id] = where
         where = self._checksums_at[video_id]
-        if where is None or where[1] != 4 * meta.stored_frames:
+        if where is None or where[1] != 4 * meta.stored_frames * len(meta.images):
             raise self._no_sums(video_id)
         first, last = min(positions), max(positions)
         return out, pages.read(where[0] + 4 * first, 4 * (last - first + 1)), first

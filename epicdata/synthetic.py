@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from pathlib import Path
 import click
 import ffmpeg
 import numpy as np
+from PIL import Image
 
 from epicdata.annotations import (
     CLASS_COLUMNS,
@@ -59,8 +61,12 @@ from epicdata.constants import NUM_NOUN_CLASSES, NUM_VERB_CLASSES
 from epicdata.errors import EpicInputError
 from epicdata.ffmpeg_bin import ffmpeg_path, ffprobe_path
 from epicdata.frames import (
+    FlowParams,
+    flow_frame_count,
+    flow_params_for,
     format_timestamp,
     frame_rate_for,
+    frame_time_seconds,
     parse_timestamp,
     start_frame_at,
     stop_frame_at,
@@ -191,8 +197,78 @@ def _noun_mask(noun_class: int, height: int, width: int) -> np.ndarray:
     return (np.maximum(abs(x), abs(y)) <= 0.9) & (np.floor((y + 1) * 2.5) % 2 == 0)
 
 
+# ----------------------------------------------------------------------------- motion
+
+Segment = tuple[float, float, int, int]  # (start_s, stop_s, verb_class, noun_class)
+
+#: Horizontal speed of the noun shape per verb class (id modulo 4), in pixels per second of
+#: the native picture. The shape swings left and right at this constant speed inside its
+#: class block, so the speed, not the direction, carries the verb: a horizontal flip (which
+#: inverts u) keeps it. Chosen so every flow group encodes it well inside its bound:
+#: 2-8 px per ``PXX_YY`` flow frame (3/60 s, bound 25) and 0.8-3.2 px per ``PXX_1YY`` one
+#: (1/50 s, bound 8), 10-51 grey levels away from no motion.
+VERB_SPEEDS_PX_PER_S = (40.0, 80.0, 120.0, 160.0)
+#: Half the shape's horizontal travel as a fraction of the picture height below the band:
+#: small enough that the shape always covers the picture's centre and never reaches the
+#: background corners, so a still frame still shows both classes where it did before.
+_SWING_FRACTION = 0.08
+
+
+def shape_speed_px_per_s(verb_class: int) -> float:
+    """Horizontal speed (pixels per second of the native picture) of the shape in a block
+    of ``verb_class`` (always >= 0)."""
+    return VERB_SPEEDS_PX_PER_S[verb_class % len(VERB_SPEEDS_PX_PER_S)]
+
+
+def _swing_px(height: int) -> float:
+    return _SWING_FRACTION * (height - _band_height(height))
+
+
+def shape_offset_px(
+    seconds_into_block: float | np.ndarray, verb_class: int, height: int
+) -> float | np.ndarray:
+    """Horizontal offset (pixels, positive = right of centre) of the noun shape
+    ``seconds_into_block`` after its block began, in a picture ``height`` pixels high.
+
+    A triangle wave: 0 at the block's start, moving right at :func:`shape_speed_px_per_s`,
+    turning at +-swing (``_SWING_FRACTION`` of the picture below the band). Works
+    elementwise on arrays."""
+    swing = _swing_px(height)
+    travelled = shape_speed_px_per_s(verb_class) * np.asarray(seconds_into_block, dtype=float)
+    offset = swing - np.abs((travelled + swing) % (4 * swing) - 2 * swing)
+    return float(offset) if offset.ndim == 0 else offset
+
+
+def _painted_px(offset: float | np.ndarray) -> np.ndarray:
+    """Whole-pixel position at which a shape at ``offset`` is painted (half rounds up)."""
+    return np.floor(np.asarray(offset) + 0.5).astype(int)
+
+
+def _block_at(segments: Sequence[Segment], seconds: float) -> int | None:
+    """Index of the first segment with start <= seconds < stop (the one painted), or None."""
+    for index, (start, stop, _, _) in enumerate(segments):
+        if start <= seconds < stop:
+            return index
+    return None
+
+
+def _swing_pad(height: int) -> int:
+    """Columns the shape can move beyond its centred place, either way (whole pixels)."""
+    return math.ceil(_swing_px(height)) + 1
+
+
+def _shape_window(noun_class: int, body_height: int, width: int, pad: int) -> np.ndarray:
+    """The noun's mask on a canvas ``pad`` columns wider on each side: the window
+    ``wide[:, pad - x : pad - x + width]`` is the shape moved ``x`` pixels right, without
+    wrapping at the edges."""
+    return _noun_mask(noun_class, body_height, width + 2 * pad)
+
+
 class _Painter:
-    """Renders the content below the stamp band; caches the pictures of the current block."""
+    """Renders the content below the stamp band. Per block it grains the background and the
+    object colour once (the grain stays fixed to the screen); a frame then takes the object
+    layer inside the moved shape's mask and the background elsewhere, as bitwise operations
+    on bytes (``np.where`` on uint8 is about 50x slower and would dominate ``make demo``)."""
 
     def __init__(self, width: int, height: int, rng: np.random.Generator) -> None:
         self.width, self.height = width, height
@@ -201,29 +277,34 @@ class _Painter:
         half = (_NUM_GRAIN_FIELDS, math.ceil(self.body_height / 2), math.ceil(width / 2), 3)
         grain = rng.integers(-_GRAIN, _GRAIN + 1, size=half, dtype=np.int16)
         self.grain = grain.repeat(2, axis=1).repeat(2, axis=2)[:, : self.body_height, :width]
+        self._pad = _swing_pad(height)
         self._key: tuple[int, int] | None = None
-        self._base_image = np.empty(0, dtype=np.int16)
-        self._cache: dict[int, np.ndarray] = {}
+        self._wide = np.empty(0, dtype=np.uint8)  # (body_height, width + 2 pad, 3): 0 or 255
+        self._background = np.empty(0, dtype=np.uint8)  # (fields, body_height, width, 3)
+        self._xor = np.empty(0, dtype=np.uint8)  # background ^ object, same shape
 
-    def _base(self, key: tuple[int, int]) -> np.ndarray:
+    def _grained(self, colour: np.ndarray) -> np.ndarray:
+        return np.clip(colour.astype(np.int16) + self.grain, 0, 255).astype(np.uint8)
+
+    def body(self, key: tuple[int, int], grain_index: int, offset: int = 0) -> np.ndarray:
+        """(body_height, width, 3) uint8 content for classes ``key`` ((-1, -1) = none), the
+        noun shape ``offset`` pixels right of the centre."""
         verb_class, noun_class = key
-        base = np.empty((self.body_height, self.width, 3), dtype=np.int16)
-        if verb_class < 0:
-            base[:] = _GREY
-            return base
-        base[:] = np.round(_verb_colour(verb_class)).astype(np.int16)
-        base[_noun_mask(noun_class, self.body_height, self.width)] = _NOUN_COLOURS[noun_class % 7]
-        return base
-
-    def body(self, key: tuple[int, int], grain_index: int) -> np.ndarray:
-        """(body_height, width, 3) uint8 content for classes ``key`` ((-1, -1) = none)."""
         if key != self._key:
-            self._key, self._cache = key, {}
-            self._base_image = self._base(key)
-        if grain_index not in self._cache:
-            picture = np.clip(self._base_image + self.grain[grain_index], 0, 255)
-            self._cache[grain_index] = picture.astype(np.uint8)
-        return self._cache[grain_index]
+            self._key = key
+            if verb_class < 0:
+                self._background = self._grained(np.array(_GREY))
+            else:
+                self._background = self._grained(np.round(_verb_colour(verb_class)))
+                self._xor = self._background ^ self._grained(_NOUN_COLOURS[noun_class % 7])
+                wide = _shape_window(noun_class, self.body_height, self.width, self._pad)
+                self._wide = np.repeat(wide[:, :, None], 3, axis=2).astype(np.uint8) * 255
+        if verb_class < 0:
+            return self._background[grain_index]
+        start = self._pad - offset
+        # background ^ ((background ^ object) & mask): the object where the mask is 255.
+        picture = np.bitwise_and(self._xor[grain_index], self._wide[:, start : start + self.width])
+        return np.bitwise_xor(picture, self._background[grain_index], out=picture)
 
 
 # ----------------------------------------------------------------------------- one video
@@ -235,7 +316,9 @@ class SyntheticVideo:
 
     ``fps`` is the exact native rate as an ffmpeg rational (``"60000/1001"``, ``"50"``);
     ``duration`` is ``num_frames / fps`` in seconds; ``num_frames`` native frames were written
-    and carry stamps 0 .. num_frames - 1.
+    and carry stamps 0 .. num_frames - 1. ``segments`` are the class blocks painted (the
+    ``segments`` argument of :func:`make_video`): with them the shape's motion, and so the
+    video's true optical flow, is known (:func:`synthetic_flow_displacement`).
     """
 
     video_id: str
@@ -246,9 +329,7 @@ class SyntheticVideo:
     width: int
     height: int
     num_frames: int
-
-
-Segment = tuple[float, float, int, int]  # (start_s, stop_s, verb_class, noun_class)
+    segments: tuple[Segment, ...] = ()
 
 
 def _parse_rate(fps: str) -> Fraction:
@@ -277,8 +358,9 @@ def make_video(
     ``duration``: seconds; ``round(duration * fps)`` frames are written. ``size``: (width,
     height), both even, at least ``MIN_SIZE``. ``segments``: (start_s, stop_s, verb_class,
     noun_class); native frame i (time i / fps) inside ``[start_s, stop_s)`` shows that
-    class content (the first matching segment wins), other frames are grey. ``seed`` fixes
-    the grain. The video id is the file stem.
+    class content (the first matching segment wins), other frames are grey; the noun shape
+    swings horizontally at the verb's speed (:func:`shape_offset_px`). ``seed`` fixes the
+    grain. The video id is the file stem.
     """
     path = Path(path)
     rate = _parse_rate(fps)
@@ -310,6 +392,7 @@ def make_video(
         width=width,
         height=height,
         num_frames=num_frames,
+        segments=tuple((float(a), float(b), int(v), int(n)) for a, b, v, n in segments),
     )
 
 
@@ -350,20 +433,24 @@ def _raw_pictures(
     """The video as ffmpeg's rawvideo rgb24 input: for each native frame its stamp band,
     then the picture below it (uint8, (rows, width, 3) each)."""
     width, height = size
-    # Per native frame: which segment's classes it shows, (-1, -1) for none.
+    # Per native frame: which segment's classes it shows, (-1, -1) for none, and where
+    # its noun shape stands (whole pixels right of the centre).
     times = np.arange(num_frames) / float(rate)
     verbs = np.full(num_frames, -1)
     nouns = np.full(num_frames, -1)
+    offsets = np.zeros(num_frames, dtype=int)
     for start, stop, verb_class, noun_class in reversed(segments):
         inside = (times >= start) & (times < stop)
         verbs[inside], nouns[inside] = verb_class, noun_class
+        offsets[inside] = _painted_px(shape_offset_px(times[inside] - start, verb_class, height))
     rng = np.random.default_rng(seed)
     painter = _Painter(width, height, rng)
     grain_indices = rng.integers(0, _NUM_GRAIN_FIELDS, size=num_frames)
     band_height = _band_height(height)
     for index in range(num_frames):
+        key = (int(verbs[index]), int(nouns[index]))
         yield _render_band(index, width, band_height).data
-        yield painter.body((int(verbs[index]), int(nouns[index])), grain_indices[index]).data
+        yield painter.body(key, grain_indices[index], int(offsets[index])).data
 
 
 def _encoder_command(
@@ -429,6 +516,160 @@ def _probe_frames(path: Path) -> int:
     return int(info["streams"][0]["nb_frames"])
 
 
+# ----------------------------------------------------------------------------- optical flow
+
+#: Pillow JPEG quality of the flow pictures (EPIC's tool is not documented; ~90 keeps the
+#: flat flow fields within a few grey levels of the encoded value).
+FLOW_JPEG_QUALITY = 90
+#: Layout of the official flow tars under the download root (epic_downloader.py).
+FLOW_FOLDER = "flow_frames"
+
+
+def retimed_frame_count(video: SyntheticVideo) -> int:
+    """RGB frames a store decodes from ``video``: the length of the stream re-timed to
+    R = ``frame_rate_for(video_id)`` by ffmpeg's ``fps=R`` filter, ``num_frames * R / fps``
+    rounded half up (what the filter emits at the end of the input; checked against ffmpeg
+    in tests/epicdata/test_synthetic_flow.py). The planner's estimate from the CSV duration
+    may exceed it by one."""
+    rate = frame_rate_for(video.video_id)
+    return math.floor(video.num_frames * rate / _parse_rate(video.fps) + Fraction(1, 2))
+
+
+def synthetic_flow_displacement(
+    video: SyntheticVideo, start_s: float, stop_s: float
+) -> tuple[float, float]:
+    """(dx, dy) in pixels of the native picture: how far the noun shape shown at
+    ``start_s`` has moved at ``stop_s`` (dx > 0: rightward, dy > 0: downward; dy is
+    always 0, the shape swings horizontally). (0, 0) where no shape is shown at
+    ``start_s`` or ``stop_s`` lies in another block or a grey gap (the shape vanishes:
+    no motion defined). Times on the continuous clock, e.g. (n - 1) / R for RGB frame n;
+    every pixel outside the shape has (0, 0)."""
+    block = _block_at(video.segments, start_s)
+    if block is None or _block_at(video.segments, stop_s) != block:
+        return 0.0, 0.0
+    start, _, verb_class, _ = video.segments[block]
+    dx = shape_offset_px(stop_s - start, verb_class, video.height) - shape_offset_px(
+        start_s - start, verb_class, video.height
+    )
+    return float(dx), 0.0
+
+
+def flow_grey_level(displacement_px: float, bound: float) -> int:
+    """The grey level of one flow component: ``round((clip(d, -b, b) + b) * 255 / (2 b))``
+    (EPIC's encoding; 127.5 = no motion, stored as 128)."""
+    clipped = min(max(float(displacement_px), -bound), bound)
+    return int(np.rint((clipped + bound) * 255 / (2 * bound)))
+
+
+def _flow_times(video_id: str, flow_frame: int, params: FlowParams) -> tuple[float, float]:
+    """Times of the two RGB frames flow frame ``flow_frame`` (1-based) compares: frames
+    a = (k - 1) * stride + 1 and a + dilation of the stream at R (rule 1)."""
+    if flow_frame < 1:
+        raise ValueError(f"flow frames are numbered from 1, got {flow_frame}")
+    rate = frame_rate_for(video_id)
+    first = (flow_frame - 1) * params.stride + 1
+    return frame_time_seconds(first, rate), frame_time_seconds(first + params.dilation, rate)
+
+
+#: (noun class or -1 for no shape, shape offset in whole pixels, grey u, grey v): all that
+#: decides a flow picture, so identical pictures are drawn and encoded once.
+_FlowKey = tuple[int, int, int, int]
+
+
+def _flow_key(video: SyntheticVideo, flow_frame: int, params: FlowParams) -> _FlowKey:
+    start_s, stop_s = _flow_times(video.video_id, flow_frame, params)
+    dx, dy = synthetic_flow_displacement(video, start_s, stop_s)
+    grey_u, grey_v = flow_grey_level(dx, params.bound), flow_grey_level(dy, params.bound)
+    still = flow_grey_level(0.0, params.bound)
+    block = _block_at(video.segments, start_s)
+    if block is None or grey_u == grey_v == still:
+        return -1, 0, still, still
+    start, _, verb_class, noun_class = video.segments[block]
+    offset = int(_painted_px(shape_offset_px(start_s - start, verb_class, video.height)))
+    return noun_class, offset, grey_u, grey_v
+
+
+def _flow_pictures(key: _FlowKey, width: int, height: int, still: int) -> list[np.ndarray]:
+    """[u, v], each (height, width) uint8: the component's grey on the shape's pixels of
+    the first frame (where the painter put it), ``still`` elsewhere (band included)."""
+    noun_class, offset, *greys = key
+    pictures = [np.full((height, width), still, dtype=np.uint8) for _ in greys]
+    if noun_class >= 0:
+        band, pad = _band_height(height), _swing_pad(height)
+        wide = _shape_window(noun_class, height - band, width, pad)
+        mask = wide[:, pad - offset : pad - offset + width]
+        for picture, grey in zip(pictures, greys, strict=True):
+            picture[band:][mask] = grey
+    return pictures
+
+
+def synthetic_flow_frame(
+    video: SyntheticVideo, flow_frame: int, params: FlowParams | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(u, v), each (height, width) uint8 at the video's size: flow frame ``flow_frame``
+    (1-based, flow-index space) as :func:`write_flow_tar` encodes it before JPEG, with the
+    video's group rule (:func:`epicdata.frames.flow_params_for`) unless ``params``."""
+    params = flow_params_for(video.video_id, params)
+    key = _flow_key(video, flow_frame, params)
+    u, v = _flow_pictures(key, video.width, video.height, flow_grey_level(0.0, params.bound))
+    return u, v
+
+
+def _jpeg_l(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=FLOW_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def flow_tar_path(root: str | Path, video_id: str) -> Path:
+    """``root/PXX/flow_frames/PXX_YY.tar``, the official layout."""
+    return Path(root) / video_id[:3] / FLOW_FOLDER / f"{video_id}.tar"
+
+
+def write_flow_tar(
+    video: SyntheticVideo,
+    path: str | Path,
+    *,
+    params: FlowParams | None = None,
+    interleaved: bool = False,
+    prefix: str = "",
+) -> int:
+    """Write ``video``'s optical flow as an official-style tar; returns its flow frames.
+
+    Members ``{prefix}u/frame_%010d.jpg`` and ``{prefix}v/...`` (``prefix`` "" or "./"),
+    grayscale JPEGs at the video's size, numbered from 1: flow frame k is
+    :func:`synthetic_flow_frame` (the analytic motion between RGB frames (k - 1) * stride + 1
+    and + dilation of the re-timed stream), for k up to ``flow_frame_count(
+    retimed_frame_count(video), stride, dilation)``. Every u member, then every v member
+    (as ``tar`` writes a folder per folder), or u1 v1 u2 v2 ... with ``interleaved``.
+    Written under a temporary name and renamed; the bytes depend only on the video's
+    segments, size, id and Pillow's JPEG encoder (fixed mtime, owner and mode).
+    """
+    path = Path(path)
+    params = flow_params_for(video.video_id, params)
+    count = flow_frame_count(retimed_frame_count(video), params.stride, params.dilation)
+    keys = [_flow_key(video, k, params) for k in range(1, count + 1)]
+    still = flow_grey_level(0.0, params.bound)
+    encoded: dict[_FlowKey, list[bytes]] = {}
+    for key in keys:
+        if key not in encoded:
+            pictures = _flow_pictures(key, video.width, video.height, still)
+            encoded[key] = [_jpeg_l(picture) for picture in pictures]
+    members = [(c, k) for k in range(1, count + 1) for c in (0, 1)]
+    if not interleaved:
+        members.sort()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as archive:
+        for component, k in members:
+            data = encoded[keys[k - 1]][component]
+            info = tarfile.TarInfo(f"{prefix}{'uv'[component]}/frame_{k:010d}.jpg")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            archive.addfile(info, io.BytesIO(data))
+    os.replace(partial, path)
+    return count
+
+
 # ----------------------------------------------------------------------------- mini-EPIC
 
 
@@ -436,13 +677,15 @@ def _probe_frames(path: Path) -> int:
 class MiniEpic:
     """What :func:`make_mini_epic` wrote: ``videos_dir`` holds ``PXX/videos/PXX_YY.MP4``
     (pass it as ``--videos``), ``annotations_dir`` the official CSVs (``--annotations``);
-    ``splits`` maps ``train``/``validation``/``test`` to their (disjoint) video ids."""
+    ``splits`` maps ``train``/``validation``/``test`` to their (disjoint) video ids;
+    ``flow_dir`` holds ``PXX/flow_frames/PXX_YY.tar`` (``--flow``; None: not written)."""
 
     root: Path
     videos_dir: Path
     annotations_dir: Path
     videos: tuple[SyntheticVideo, ...]
     splits: dict[str, tuple[str, ...]]
+    flow_dir: Path | None = None
 
 
 #: Native rates of the training videos, cycled, with the id kind EPIC uses for each:
@@ -693,38 +936,52 @@ def _annotation_files(
     return files
 
 
+def _refuse_other_files(videos_dir: Path, planned: Iterable[Path]) -> None:
+    """EpicInputError when ``videos_dir`` holds videos or flow tars this mini-EPIC would not
+    write (another mini-EPIC's, or the user's): nothing is written then."""
+    if not videos_dir.is_dir():
+        return
+    keep = set(planned)
+    stale = sorted(
+        str(path)
+        for pattern, suffix in (("*/videos/*", ".mp4"), (f"*/{FLOW_FOLDER}/*", ".tar"))
+        for path in videos_dir.glob(pattern)
+        if path.suffix.lower() == suffix and path not in keep
+    )
+    if stale:
+        raise EpicInputError(
+            "the folder holds videos this mini-EPIC would not write",
+            where=f"{videos_dir}: {', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}",
+            fix="pass an empty --out folder",
+        )
+
+
 def make_mini_epic(
     root: str | Path,
     *,
     seed: int = 0,
     num_videos: int = 8,
     size: tuple[int, int] = (320, 180),
+    flow: bool = False,
 ) -> MiniEpic:
     """Write a mini-EPIC into ``root``: videos in the EPIC layout and the annotation CSVs.
 
     ``num_videos`` (3..100) are split video-disjointly, 8 -> train 5, validation 2, test 1,
-    each 16-22 s at ``size`` (width, height). Every byte written is a function of ``seed``,
-    ``num_videos`` and ``size`` (the videos' also of the ffmpeg build). Rerunning into the
-    same ``root`` replaces what an identical run wrote; a folder holding other videos is
-    refused (EpicInputError) before anything is written.
+    each 16-22 s at ``size`` (width, height). With ``flow``, also each video's optical flow
+    as an official-style tar ``EPIC-KITCHENS/PXX/flow_frames/PXX_YY.tar`` (see
+    :func:`write_flow_tar`; ``flow_dir`` is then the folder to pass as ``--flow``). Every
+    byte written is a function of ``seed``, ``num_videos`` and ``size`` (the videos' also
+    of the ffmpeg build, the tars' of Pillow's). Rerunning into the same ``root`` replaces
+    what an identical run wrote; a folder holding other videos or tars is refused
+    (EpicInputError) before anything is written.
     """
     root = Path(root)
     videos_dir = root / "EPIC-KITCHENS"
     annotations_dir = root / "annotations"
     plan = _plan(seed, num_videos)
     paths = {p.video_id: videos_dir / p.video_id[:3] / "videos" / f"{p.video_id}.MP4" for p in plan}
-    if videos_dir.is_dir():
-        stale = sorted(
-            str(path)
-            for path in videos_dir.glob("*/videos/*")
-            if path.suffix.lower() == ".mp4" and path not in paths.values()
-        )
-        if stale:
-            raise EpicInputError(
-                "the folder holds videos this mini-EPIC would not write",
-                where=f"{videos_dir}: {', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}",
-                fix="pass an empty --out folder",
-            )
+    tars = {p.video_id: flow_tar_path(videos_dir, p.video_id) for p in plan}
+    _refuse_other_files(videos_dir, [*paths.values(), *tars.values()])
     videos = []
     for index, planned in enumerate(plan):
         video = make_video(
@@ -742,6 +999,9 @@ def make_mini_epic(
             video.fps,
             video.duration,
         )
+        if flow:
+            count = write_flow_tar(video, tars[video.video_id])
+            log.info("%s: %d flow frames in %s", video.video_id, count, tars[video.video_id])
         videos.append(video)
     annotations_dir.mkdir(parents=True, exist_ok=True)
     for name, text in _annotation_files(plan, videos, seed).items():
@@ -754,6 +1014,7 @@ def make_mini_epic(
         splits={
             split: tuple(p.video_id for p in plan if p.split == split) for split in SPLIT_FILES
         },
+        flow_dir=videos_dir if flow else None,
     )
 
 

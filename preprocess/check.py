@@ -458,7 +458,7 @@ def _check_shard_meta(
     if meta.shard_index != plan.index:
         problems.append(f"holds shard {meta.shard_index}, not {plan.index}")
     # Through JSON, as the shard stored them (tuples become lists).
-    planned_params = json.loads(json.dumps(asdict(params)))
+    planned_params = params.record()
     if meta.params != planned_params:
         problems.append(f"made with parameters {meta.params}, the plan says {planned_params}")
     planned_ids = [v.video_id for v in plan.videos]

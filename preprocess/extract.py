@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -617,7 +617,7 @@ def _build_and_publish(
             format_version=STORE_FORMAT_VERSION,
             shard_index=shard.index,
             video_ids=tuple(m.video_id for m in metas),
-            params=asdict(params),
+            params=params.record(),
             total_frames=sum(m.stored_frames for m in metas),
         )
         writer.put([(SHARD_META_KEY, shard_meta.to_bytes())])

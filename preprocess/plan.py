@@ -11,13 +11,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-import json
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from epicdata.annotations import AnnotationDir, Segment, VideoInfo, read_video_info
@@ -608,7 +607,7 @@ def published_mismatches(store_root: Path, manifest: Manifest) -> list[str]:
     Read as every reader reads them (``pread``, no memory map a damaged page could turn
     into SIGBUS)."""
     plans = {s.index: s for s in manifest.shards}
-    params = json.loads(json.dumps(asdict(manifest.params)))
+    params = manifest.params.record()
     problems: list[str] = []
     for path in sorted((store_root / SHARDS_DIR).glob("shard-*.lmdb")):
         index = int(path.stem.split("-")[1])

@@ -22,7 +22,14 @@ import lmdb
 from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.errors import EpicInputError, OutOfSpaceError, StoreError
 from epicdata.frame_index import add_index, placeholders
-from epicdata.layout import SHARD_META_KEY, checksum_key, frame_key, shard_path, video_meta_key
+from epicdata.layout import (
+    SHARD_META_KEY,
+    checksum_key,
+    entry_keys,
+    image_key,
+    shard_path,
+    video_meta_key,
+)
 from epicdata.lmdb_env import open_shard_readonly
 from epicdata.metadata import ShardMeta, VideoMeta
 from epicdata.ranges import frames_in_ranges
@@ -78,10 +85,11 @@ class ShardWriter:
     def _guard(self, exc: BaseException) -> BaseException:
         return _space_error(exc, where=self.path, map_size=self.map_size) or exc
 
-    def put_frames(self, video_id: str, frames: Iterable[tuple[int, bytes]]) -> None:
-        """Queue JPEGs (frame number, bytes); commits whenever :data:`TXN_BYTES` is reached."""
-        for frame, jpeg in frames:
-            self._pending.append((frame_key(video_id, frame), jpeg))
+    def put_frames(self, video_id: str, frames: Iterable[tuple]) -> None:
+        """Queue JPEGs (frame number, bytes[, image]: a flow store's "u" or "v"); commits
+        whenever :data:`TXN_BYTES` is reached."""
+        for frame, jpeg, *image in frames:
+            self._pending.append((image_key(video_id, frame, image[0] if image else ""), jpeg))
             self._pending_bytes += len(jpeg)
             if self._pending_bytes >= TXN_BYTES:
                 self.flush()
@@ -123,7 +131,8 @@ class ShardWriter:
                 meta = txn.get(video_meta_key(video))
                 if meta is None:
                     raise StoreError(f"{self.path}: {video}: no metadata written before publishing")
-                stored[video] = VideoMeta.from_bytes(bytes(meta)).stored_frames
+                meta = VideoMeta.from_bytes(bytes(meta))
+                stored[video] = meta.stored_frames * len(meta.images)
         self.put(placeholders(stored))
 
     def publish(self, store_root: Path, index: int) -> Path:
@@ -209,13 +218,13 @@ def verify_written(
                 problems.append(f"{meta.video_id}: checksums missing")
                 continue
             sums = unpack_checksums(bytes(sums))
-            frames = frames_in_ranges(meta.stored_ranges)
-            if len(frames) != len(sums):
-                problems.append(f"{meta.video_id}: {len(sums)} checksums for {len(frames)} frames")
+            keys = entry_keys(meta.video_id, frames_in_ranges(meta.stored_ranges), meta.images)
+            if len(keys) != len(sums):
+                problems.append(f"{meta.video_id}: {len(sums)} checksums for {len(keys)} images")
                 continue
-            for frame, expected in zip(frames, sums, strict=True):
-                jpeg = txn.get(frame_key(meta.video_id, int(frame)))
+            for key, expected in zip(keys, sums, strict=True):
+                jpeg = txn.get(key)
                 if jpeg is None or frame_checksum(jpeg) != expected:
-                    problems.append(f"{meta.video_id} frame {frame}: missing or corrupt")
+                    problems.append(f"{key.decode()}: missing or corrupt")
                     break
     return problems

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -27,8 +30,25 @@ from epicdata.errors import EpicInputError
 from epicdata.layout import MANIFEST_NAME
 from epicdata.manifest import KEEP_MODES, Manifest
 from epicslurm import sweep as sweeps
-from epicslurm.pipeline import plan_differences, run_pipeline, train_options
-from epicslurm.site import JOBS, SITE_VARIABLE, load_site, require_paths, site_example_text
+from epicslurm.pipeline import (
+    Stream,
+    Submitted,
+    fuse_weight_words,
+    plan_differences,
+    run_pipeline,
+    run_two_streams,
+    stream_options,
+    train_options,
+)
+from epicslurm.site import (
+    FLOW_STORE_VARIABLE,
+    JOBS,
+    SITE_VARIABLE,
+    Site,
+    load_site,
+    require_paths,
+    site_example_text,
+)
 from epicslurm.submit import Job, submit
 from preprocess.plan import plan_store, plan_summary
 from train.config import field_types
@@ -63,6 +83,7 @@ KIND_OPTIONS = {
     "train": {"store", "annotations", "run_dir"},
     "train-multi": {"store", "annotations", "run_dir", "nodes", "gpus_per_node"},
     "validate": {"store", "annotations", "checkpoint", "out", "split"},
+    "fuse": {"annotations", "out", "split"},
 }
 #: Where the words after `--` go, per command or kind of job.
 AFTER_DASHES = {
@@ -72,6 +93,7 @@ AFTER_DASHES = {
     "train": "epic-train",
     "train-multi": "epic-train",
     "validate": "epic-validate",
+    "fuse": "epic-validate --fuse",
 }
 
 
@@ -170,14 +192,14 @@ def _now() -> str:
     envvar="EPIC_OUT",
     show_envvar=True,
     show_default="none",
-    help="validate: the output folder.",
+    help="validate, fuse: the output folder.",
 )
 @click.option(
     "--split",
     envvar="EPIC_SPLIT",
     show_envvar=True,
     show_default="validation",
-    help="validate: validation or test.",
+    help="validate, fuse: validation or test.",
 )
 @click.option("--array", show_default="none", help="extract: array indices, e.g. 0-199 or 3,7.")
 @click.option("--force", is_flag=True, help="extract: redo shards already published.")
@@ -207,8 +229,9 @@ def submit_command(
     dry_run: bool,
     script_args: tuple[str, ...],
 ) -> None:
-    """Submit one job (extract, check, train, train-multi, validate) with the site's
-    account, partition, resources and log path. Arguments after `--` go to the command.
+    """Submit one job (extract, check, train, train-multi, validate, fuse) with the site's
+    account, partition, resources and log path. Arguments after `--` go to the command
+    (fuse: the predictions files, then epic-validate options such as --fuse-weights).
     Data paths: the option, else its EPIC_* variable, else (the store) the site file."""
     start_command()
     ctx = click.get_current_context()
@@ -223,7 +246,7 @@ def submit_command(
         for name, value in paths.items()
         if value is not None and name in KIND_OPTIONS[kind]
     }
-    if split and kind == "validate":
+    if split and kind in ("validate", "fuse"):
         env["EPIC_SPLIT"] = split
     if force:
         env["EPIC_FORCE"] = "1"
@@ -270,7 +293,10 @@ submit_command.name = "submit"
     cls=EpicCommand,
     epilog=example(
         "epic-slurm pipeline --videos $VSC_DATA/EPIC-KITCHENS --annotations "
-        "$VSC_DATA/epic-kitchens-100-annotations --run-dir $VSC_DATA/runs/r18-seed"
+        "$VSC_DATA/epic-kitchens-100-annotations --run-dir $VSC_DATA/runs/r18-seed\n"
+        "  epic-slurm pipeline --videos $VSC_DATA/EPIC-KITCHENS --flow $VSC_DATA/EPIC-KITCHENS "
+        "--annotations $VSC_DATA/epic-kitchens-100-annotations --run-dir "
+        "$VSC_DATA/runs/tsn-two-stream -- --recipe tsn-r50"
     ),
 )
 @_SITE
@@ -295,7 +321,7 @@ submit_command.name = "submit"
     required=True,
     envvar="EPIC_RUN_DIR",
     show_envvar=True,
-    help="The training run folder.",
+    help="The training run folder (two streams: RUN/rgb, RUN/flow, RUN/fused).",
 )
 @click.option(
     "--keep",
@@ -324,6 +350,40 @@ submit_command.name = "submit"
     "names them) instead of refusing.",
 )
 @click.option(
+    "--flow",
+    type=_DIR,
+    show_default="none: one stream, RGB",
+    help="Two streams: EPIC's flow (PXX/flow_frames/PXX_YY.tar), to plan the flow store; "
+    "trains an RGB and a flow stream and fuses them.",
+)
+@click.option(
+    "--flow-store",
+    type=_DIR,
+    envvar=FLOW_STORE_VARIABLE,
+    show_envvar=True,
+    show_default="the site's EPIC_FLOW_STORE",
+    help="Two streams: the flow store (planned with the planning options above).",
+)
+@click.option(
+    "--rgb-args",
+    default="",
+    show_default="none",
+    help="Two streams: epic-train options of the RGB stream only, one string "
+    '("--lr 0.001"), after those after `--`.',
+)
+@click.option(
+    "--flow-args",
+    default="",
+    show_default="none",
+    help="Two streams: epic-train options of the flow stream only, one string, after those "
+    "after `--` and the flow stream's --modality flow and flow recipe.",
+)
+@click.option(
+    "--fuse-weights",
+    show_default="equal weights, as C1",
+    help="Two streams: the fusion's weights, rgb then flow (e.g. 1,1.5).",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Print the sbatch commands; submit and write nothing."
 )
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
@@ -337,30 +397,163 @@ def pipeline(
     num_frames: str,
     shards: int | None,
     allow_missing: bool,
+    flow: Path | None,
+    flow_store: Path | None,
+    rgb_args: str,
+    flow_args: str,
+    fuse_weights: str | None,
     dry_run: bool,
     train_args: tuple[str, ...],
 ) -> None:
     """Plan the store here if it has no plan, then submit what is missing of: extraction
     array -> check (afterany) -> training (afterok) -> validation (afterok). Every job is
     checked before the first is submitted. Rerun after a failure or a stop: it submits only
-    what is missing. Arguments after `--` go to epic-train."""
+    what is missing. Arguments after `--` go to epic-train. With --flow, two streams: the
+    same for the flow store into RUN/flow (epic-train --modality flow, the recipe's flow
+    variant) beside RUN/rgb, then the fusion of both into RUN/fused (docs/cluster.md)."""
     start_command()
     ctx = click.get_current_context()
     _refuse_own_options(ctx, train_args, "epic-train")
     the_site = load_site(site)
-    store = (store or Path(the_site.get("EPIC_STORE") or ".")).resolve()
-    if not store.name or not the_site.get("EPIC_STORE") and store == Path(".").resolve():
+    store = _store_path(store, the_site, "EPIC_STORE", "--store")
+    planning = _Planning(
+        keep if _given(ctx, "keep") else None,
+        _clip_lengths(num_frames) if _given(ctx, "num_frames") else None,
+        shards,
+        allow_missing,
+        dry_run,
+        keep,
+    )
+    resolved = {"annotations": annotations.resolve(), "run_dir": run_dir.resolve()}
+    if flow is None:
+        _refuse_two_stream_options(ctx)
+        manifest = _manifest(store, the_site, planning, train_args, _video_plan(videos, resolved))
+        jobs = run_pipeline(
+            the_site, store=store, train_args=train_args, manifest=manifest, dry_run=dry_run,
+            **resolved,
+        )  # fmt: skip
+    else:
+        jobs = _two_streams(
+            ctx, the_site, store, flow, flow_store, planning, resolved, videos=videos,
+            train_args=train_args, per_stream=(rgb_args, flow_args), fuse_weights=fuse_weights,
+        )  # fmt: skip
+    width = max((len(job.kind) for job in jobs), default=0)
+    for job in jobs:
+        if dry_run:
+            click.echo(shlex.join(job.command))
+        else:
+            click.echo(f"{job.kind:<{width}} job {job.job_id:<10} log {job.log}")
+
+
+def _words(text: str, option: str) -> list[str]:
+    """An option's string of epic-train options as words (shell quoting)."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
         raise EpicInputError(
-            "no store", where="--store", fix="give --store or EPIC_STORE in the site file"
+            f"{option} does not split into options: {exc}",
+            where=f"{option} {text}",
+            fix="balance its quotes",
+        ) from None
+
+
+def _two_streams(
+    ctx: click.Context,
+    site: Site,
+    store: Path,
+    flow: Path,
+    flow_store: Path | None,
+    planning: _Planning,
+    resolved: dict[str, Path],
+    *,
+    videos: Path | None,
+    train_args: tuple[str, ...],
+    per_stream: tuple[str, str],
+    fuse_weights: str | None,
+) -> list[Submitted]:
+    """The two-stream pipeline: each stream's options and store (planned here if need be),
+    then :func:`run_two_streams`."""
+    fuse_weight_words(fuse_weights)  # a typo fails before a store is planned
+    rgb_args, flow_args = _words(per_stream[0], "--rgb-args"), _words(per_stream[1], "--flow-args")
+    for words in (rgb_args, flow_args):
+        _refuse_own_options(ctx, tuple(words), "epic-train")
+    rgb_words, flow_words = stream_options(train_args, rgb_args, flow_args)
+    flow_store = _store_path(flow_store, site, FLOW_STORE_VARIABLE, "--flow-store")
+    if flow_store == store:
+        raise EpicInputError(
+            "the flow store is the RGB store (one modality per store)",
+            where=f"--flow-store {flow_store}",
+            fix="give the flow store its own folder",
         )
-    planning = {
-        "keep": keep if _given(ctx, "keep") else None,
-        "num_frames": _clip_lengths(num_frames) if _given(ctx, "num_frames") else None,
-        "shards": shards,
-    }
+    rgb_plan = _manifest(store, site, planning, rgb_words, _video_plan(videos, resolved))
+    flow_planner = _flow_plan(flow, flow_words, resolved)
+    flow_plan = _manifest(flow_store, site, planning, flow_words, flow_planner)
+    return run_two_streams(
+        site,
+        rgb=Stream("rgb", store, tuple(rgb_words), rgb_plan),
+        flow=Stream("flow", flow_store, tuple(flow_words), flow_plan),
+        fuse_weights=fuse_weights,
+        dry_run=planning.dry_run,
+        **resolved,
+    )
+
+
+@dataclass(frozen=True)
+class _Planning:
+    """The pipeline's planning options: those given (None: not given; a store's plan must
+    agree with them) and how to plan a store that has none."""
+
+    keep: str | None
+    num_frames: tuple[int, ...] | None
+    shards: int | None
+    allow_missing: bool
+    dry_run: bool
+    keep_default: str
+
+    def given(self) -> dict[str, Any]:
+        return {"keep": self.keep, "num_frames": self.num_frames, "shards": self.shards}
+
+
+#: Plans a store: (store, keep, clip lengths, planning options) -> its manifest.
+_Planner = Callable[[Path, str, tuple[int, ...], _Planning], Manifest]
+
+
+def _store_path(given: Path | None, site: Site, variable: str, option: str) -> Path:
+    """The store: the option (or its environment variable), else the site file's value."""
+    value = given or (Path(site.get(variable)) if site.get(variable) else None)
+    if value is None or not value.resolve().name:
+        raise EpicInputError(
+            "no store" if variable == "EPIC_STORE" else "no flow store",
+            where=option,
+            fix=f"give {option} or {variable} in the site file",
+        )
+    return value.resolve()
+
+
+def _refuse_two_stream_options(ctx: click.Context) -> None:
+    """The two-stream options mean nothing without --flow: refused, not ignored."""
+    for name in ("flow_store", "rgb_args", "flow_args", "fuse_weights"):
+        if _given(ctx, name):
+            flag = "--" + name.replace("_", "-")
+            raise EpicInputError(
+                f"{flag} is an option of a two-stream pipeline",
+                where="epic-slurm pipeline",
+                fix=f"add --flow DIR (EPIC's flow_frames tars) for two streams, or drop {flag}",
+            )
+
+
+def _manifest(
+    store: Path,
+    site: Site,
+    planning: _Planning,
+    train_args: Sequence[str],
+    planner: _Planner,
+) -> Manifest:
+    """The store's plan, which must agree with the planning options given; a store without
+    one is planned here for the training of ``train_args`` (a dry run: in memory)."""
     if (store / MANIFEST_NAME).exists():
         manifest = Manifest.load(store)
-        differences = plan_differences(manifest, **planning)
+        differences = plan_differences(manifest, **planning.given())
         if differences:
             raise EpicInputError(
                 "the store is planned already and these options differ from its plan: "
@@ -369,26 +562,12 @@ def pipeline(
                 fix="drop them to use the store's plan (a plan is fixed once made), or give "
                 "a new --store to plan another",
             )
-    else:
-        if not dry_run:
-            require_paths(the_site, store)
-        lengths = planning["num_frames"] or _training_clip_length(train_args)
-        keep = _keep_for(keep, _given(ctx, "keep"), train_args)
-        manifest = _plan(store, videos, annotations, keep, lengths, shards, allow_missing, dry_run)
-    jobs = run_pipeline(
-        the_site,
-        store=store,
-        annotations=annotations.resolve(),
-        run_dir=run_dir.resolve(),
-        train_args=train_args,
-        dry_run=dry_run,
-        manifest=manifest,
-    )
-    for job in jobs:
-        if dry_run:
-            click.echo(shlex.join(job.command))
-        else:
-            click.echo(f"{job.kind:<9} job {job.job_id:<10} log {job.log}")
+        return manifest
+    if not planning.dry_run:
+        require_paths(site, store)
+    lengths = planning.num_frames or _training_clip_length(tuple(train_args))
+    keep = _keep_for(planning.keep_default, planning.keep is not None, tuple(train_args))
+    return planner(store, keep, lengths, planning)
 
 
 def _clip_lengths(text: str) -> tuple[int, ...]:
@@ -418,35 +597,53 @@ def _keep_for(keep: str, given: bool, train_args: tuple[str, ...]) -> str:
     return "segments"
 
 
-def _plan(
-    store: Path,
-    videos: Path | None,
-    annotations: Path,
-    keep: str,
-    clip_lengths: tuple[int, ...],
-    shards: int | None,
-    allow_missing: bool,
-    dry_run: bool,
-) -> Manifest:
-    """Plan the store (a dry run keeps the plan in memory and writes nothing)."""
-    if videos is None:
-        raise EpicInputError(
-            "the store has no plan yet",
-            where=str(store),
-            fix="give --videos (the pipeline then plans it here, which only probes videos)",
+def _video_plan(videos: Path | None, resolved: dict[str, Path]) -> _Planner:
+    """Plans an RGB store from the videos (a dry run keeps the plan in memory)."""
+
+    def plan(store: Path, keep: str, lengths: tuple[int, ...], planning: _Planning) -> Manifest:
+        if videos is None:
+            raise EpicInputError(
+                "the store has no plan yet",
+                where=str(store),
+                fix="give --videos (the pipeline then plans it here, which only probes videos)",
+            )
+        manifest = plan_store(
+            store_root=store,
+            annotations_dir=resolved["annotations"],
+            videos_root=videos,
+            shards=planning.shards,
+            keep=keep,
+            num_frames=lengths,
+            allow_missing=planning.allow_missing,
+            write=not planning.dry_run,
         )
-    manifest = plan_store(
-        store_root=store,
-        annotations_dir=annotations,
-        videos_root=videos,
-        shards=shards,
-        keep=keep,
-        num_frames=clip_lengths,
-        allow_missing=allow_missing,
-        write=not dry_run,
-    )
-    click.echo(plan_summary(manifest, store, show_next=False))
-    return manifest
+        click.echo(plan_summary(manifest, store, show_next=False))
+        return manifest
+
+    return plan
+
+
+def _flow_plan(flow: Path, flow_args: Sequence[str], resolved: dict[str, Path]) -> _Planner:
+    """Plans a flow store from EPIC's flow tars (``epic-extract plan --flow``), for the
+    flow stream's --flow-stack (the snippets a sampled store keeps)."""
+    stack = int(resolve_options({}, train_options(flow_args)).get("flow_stack", 5))
+
+    def plan(store: Path, keep: str, lengths: tuple[int, ...], planning: _Planning) -> Manifest:
+        manifest = plan_store(
+            store_root=store,
+            annotations_dir=resolved["annotations"],
+            flow_root=flow,
+            flow_stack=stack,
+            shards=planning.shards,
+            keep=keep,
+            num_frames=lengths,
+            allow_missing=planning.allow_missing,
+            write=not planning.dry_run,
+        )
+        click.echo(plan_summary(manifest, store, show_next=False))
+        return manifest
+
+    return plan
 
 
 @main.command(

@@ -45,6 +45,8 @@ FAILED_MARKER = "FAILED"
 #: A run folder's marker of a job ended by a signal (slurm/lib.sh; docs/cluster.md).
 JOB_END_MARKER = "job_end.json"
 VALIDATION_DIR = "val"
+#: What a validation job writes beside metrics.json, and a fusion job reads.
+PREDICTIONS = "predictions.pkl"
 #: epic-train's option that lets a resumed run take options that differ from its config.
 ALLOW_CHANGE = "--allow-config-change"
 
@@ -327,11 +329,15 @@ def check_serves(
     *,
     where: object,
     asked: str,
+    modalities: Sequence[str] = (),
+    flow_stacks: Sequence[int] = (),
 ) -> None:
     """Refuse a store that cannot serve every clip length (and sampling) ``asked`` trains
     with: a ``--keep sampled`` store holds only the frames of the clip lengths it was
     planned for (manifest params ``num_frames``) and no random TSN offsets; ``all`` and
-    ``segments`` serve any."""
+    ``segments`` serve any. A store holds one modality (``modalities``: those trained), and
+    a sampled flow store the snippets of one ``--flow-stack`` (``flow_stacks``)."""
+    _check_modality(params, modalities, flow_stacks, where=where, asked=asked)
     if params.keep != "sampled":
         return
     planned = sorted(params.num_frames)
@@ -353,6 +359,43 @@ def check_serves(
             "sampled store cannot serve",
             where=str(where),
             fix="plan a store with --keep segments, or drop tsn",
+        )
+
+
+def _check_modality(
+    params: ExtractParams,
+    modalities: Sequence[str],
+    flow_stacks: Sequence[int],
+    *,
+    where: object,
+    asked: str,
+) -> None:
+    """Refuse training one modality from a store of the other (one modality per store), and
+    a flow stack that a sampled flow store was not planned for."""
+    held = getattr(params, "modality", "rgb")
+    other = sorted(set(modalities) - {held})
+    if other:
+        fix = (
+            "give a flow store (`epic-extract plan --flow DIR ...`; a pipeline: --flow DIR "
+            "--flow-store FLOWSTORE)"
+            if other[0] == "flow"
+            else "give an RGB store (planned from --videos or official rgb_frames)"
+        )
+        raise EpicInputError(
+            f"{asked} trains on {other[0]} input but the store holds {held} (one modality per "
+            "store)",
+            where=str(where),
+            fix=fix,
+        )
+    planned = getattr(params, "flow_stack", 0)
+    wrong = sorted(set(flow_stacks) - {planned})
+    if held == "flow" and params.keep == "sampled" and wrong:
+        raise EpicInputError(
+            f"the flow store keeps sampled snippets of {planned} (u, v) pairs only; {asked} "
+            f"reads stacks of {','.join(map(str, wrong))}",
+            where=str(where),
+            fix=f"train with --flow-stack {planned}, or plan another flow store (--keep "
+            "segments serves any stack)",
         )
 
 
@@ -467,8 +510,10 @@ def assess(
     *,
     manifest: Manifest | None = None,
     train_args: Sequence[str] = (),
+    predictions: bool = False,
 ) -> Plan:
-    """What is missing, from the store's shards and the run folder."""
+    """What is missing, from the store's shards and the run folder. ``predictions``: the
+    validation counts as done only with its ``val/predictions.pkl`` too (a fusion reads it)."""
     indices, force, reason = _store_state(store, manifest)
     reasons = [reason]
     status = run_status(run_dir)
@@ -487,6 +532,7 @@ def assess(
     validate = train or not (
         metrics.exists() and best.exists() and metrics.stat().st_mtime >= best.stat().st_mtime
     )
+    validate = validate or (predictions and not (metrics.parent / PREDICTIONS).exists())
     reasons.append("validation: " + ("to do" if validate else f"done ({metrics})"))
     return Plan(indices, force, train, validate, reasons)
 
@@ -500,34 +546,39 @@ class Submitted:
 
 
 def _chain(
-    plan: Plan, store: Path, annotations: Path, run_dir: Path, train_args: Sequence[str]
+    plan: Plan,
+    store: Path,
+    annotations: Path,
+    run_dir: Path,
+    train_args: Sequence[str],
+    prefix: str = "",
 ) -> list[tuple[str, Job]]:
-    """The jobs of ``plan`` in order, their dependencies as ``{name}`` placeholders."""
+    """The jobs of ``plan`` in order, named ``prefix`` + kind (``flow-train``), their
+    dependencies as ``{name}`` placeholders."""
     data = {"EPIC_STORE": str(store), "EPIC_ANNOTATIONS": str(annotations)}
+    extract, check, train = (f"{prefix}{kind}" for kind in ("extract", "check", "train"))
     jobs: list[tuple[str, Job]] = []
     if plan.extract_indices:
         extract_env = {"EPIC_STORE": str(store)} | ({"EPIC_FORCE": "1"} if plan.force else {})
-        jobs.append(
-            ("extract", Job("extract", extract_env, array=array_spec(plan.extract_indices)))
-        )
-        jobs.append(("check", Job("check", data, after_any=["{extract}"])))
+        jobs.append((extract, Job("extract", extract_env, array=array_spec(plan.extract_indices))))
+        jobs.append((check, Job("check", data, after_any=[f"{{{extract}}}"])))
+    checked = [f"{{{check}}}"] if plan.extract_indices else []
     if plan.train:
-        after = ["{check}"] if plan.extract_indices else []
         train_env = data | {"EPIC_RUN_DIR": str(run_dir)}
-        jobs.append(("train", Job("train", train_env, after_ok=after, script_args=train_args)))
+        jobs.append((train, Job("train", train_env, after_ok=checked, script_args=train_args)))
     if plan.validate:
-        after = ["{train}"] if plan.train else (["{check}"] if plan.extract_indices else [])
         val_env = data | {
             "EPIC_CHECKPOINT": str(run_dir / "best.pt"),
             "EPIC_OUT": str(run_dir / VALIDATION_DIR),
         }
-        jobs.append(("validate", Job("validate", val_env, after_ok=after)))
+        after = [f"{{{train}}}"] if plan.train else checked
+        jobs.append((f"{prefix}validate", Job("validate", val_env, after_ok=after)))
     return jobs
 
 
-def _refuse_a_queued_chain(key: str, site: Site, store: Path, run_dir: Path, dry_run: bool) -> None:
-    """No second chain while one of this store and run is queued; a dry run that cannot ask
-    squeue says so and goes on."""
+def _refuse_a_queued_chain(key: str, site: Site, where: str, dry_run: bool) -> None:
+    """No second chain while one of this store and run (``where``) is queued; a dry run
+    that cannot ask squeue says so and goes on."""
     try:
         waiting = queued_jobs(key, site)
     except EnvironmentProblem as exc:
@@ -539,7 +590,7 @@ def _refuse_a_queued_chain(key: str, site: Site, store: Path, run_dir: Path, dry
         raise EpicInputError(
             f"a chain for this store and run is still queued or running (jobs "
             f"{', '.join(waiting)})",
-            where=f"{store} -> {run_dir}",
+            where=where,
             fix="wait for it (squeue --me), or cancel those jobs first (`scancel "
             f"{' '.join(waiting)}`: a training job saves last.pt and stops); rerun this "
             "command afterwards and it submits only what is still missing",
@@ -586,6 +637,102 @@ def _submit_all(jobs: list[tuple[str, Job]], site: Site) -> list[Submitted]:
     return done
 
 
+def _planned(store: Path, manifest: Manifest | None) -> Manifest:
+    """The store's plan: ``manifest`` when a dry run made it without writing it, else the
+    store's manifest.json, which must exist."""
+    if manifest is not None:
+        return manifest
+    if not (store / MANIFEST_NAME).exists():
+        raise EpicInputError(
+            "the store is not planned", where=str(store), fix="give --videos to plan it"
+        )
+    return Manifest.load(store)
+
+
+def _require_serves(store: Path, manifest: Manifest, train_args: Sequence[str], asked: str) -> None:
+    """Refuse a store that cannot serve the training of ``train_args`` (its recipe's values
+    too): clip length, sampling, modality, flow stack."""
+    requested = resolve_options({}, train_options(train_args))
+
+    def value(name: str) -> Any:
+        return requested.get(name, _default(name))
+
+    check_serves(
+        manifest.params,
+        [value("num_frames")],
+        [value("sampling")],
+        modalities=[value("modality")],
+        flow_stacks=[value("flow_stack")] if value("modality") == "flow" else [],
+        where=store,
+        asked=asked,
+    )
+
+
+def _stream_jobs(
+    store: Path,
+    manifest: Manifest,
+    annotations: Path,
+    run_dir: Path,
+    train_args: Sequence[str],
+    *,
+    prefix: str = "",
+) -> tuple[Plan, list[tuple[str, Job]]]:
+    """What is missing of one stream (store and run), and its jobs, each with the stream's
+    chain comment and named ``prefix`` + kind."""
+    plan = assess(
+        store, run_dir, manifest=manifest, train_args=train_args, predictions=bool(prefix)
+    )
+    for reason in plan.reasons:
+        log.info("%s%s", f"{prefix.rstrip('-')} " if prefix else "", reason)
+    key = chain_key(store, run_dir)
+    jobs = [
+        (name, dataclasses.replace(job, comment=key))
+        for name, job in _chain(plan, store, annotations, run_dir, train_args, prefix)
+    ]
+    return plan, jobs
+
+
+def _send(
+    jobs: list[tuple[str, Job]], site: Site, stores: Sequence[Path], dry_run: bool
+) -> list[Submitted]:
+    """Submit the chain ``jobs`` whole (every job checked before the first is sent), or for
+    a dry run return what would be submitted, with ``<name>`` placeholders as job ids."""
+    if dry_run:
+        for store in stores:
+            for problem in path_problems(site, store):
+                log.warning("a real submission would be refused: %s", problem)
+        ids = {name: f"<{name}>" for name, _job in jobs}
+        return [
+            Submitted(name, ids[name], job.log(site, ids[name]), _after(job, ids).sbatch(site))
+            for name, job in jobs
+        ]
+    for store in stores:
+        require_paths(site, store)
+    for _name, job in jobs:  # the whole chain is checked before the first job is sent
+        check_accepted(job, site)
+    return _submit_all(jobs, site)
+
+
+def _refuse_another_layout(run_dir: Path, two_streams: bool) -> None:
+    """A run folder is one stream's (RUN/config.yaml) or two streams' (RUN/rgb, RUN/flow,
+    RUN/fused): the other kind of pipeline may not train into it."""
+    single = (run_dir / "config.yaml").exists()
+    double = any((run_dir / name / "config.yaml").exists() for name in STREAMS)
+    if two_streams and single:
+        raise EpicInputError(
+            "the run folder holds a one-stream run (config.yaml), and a two-stream pipeline "
+            "trains into RUN/rgb and RUN/flow",
+            where=str(run_dir),
+            fix="give a new --run-dir for the two streams (or drop --flow to go on with this run)",
+        )
+    if not two_streams and double:
+        raise EpicInputError(
+            "the run folder holds a two-stream run (rgb/, flow/)",
+            where=str(run_dir),
+            fix="add the --flow options it was made with, or give a new --run-dir",
+        )
+
+
 def run_pipeline(
     site: Site,
     *,
@@ -600,41 +747,216 @@ def run_pipeline(
     submitted (dry run: ids are placeholders such as ``<extract>``, nothing is sent or
     written). ``manifest``: the store's plan when a dry run made it without writing it;
     otherwise the store must be planned already."""
-    if manifest is None:
-        if not (store / MANIFEST_NAME).exists():
-            raise EpicInputError(
-                "the store is not planned", where=str(store), fix="give --videos to plan it"
-            )
-        manifest = Manifest.load(store)
-    requested = resolve_options({}, train_options(train_args))  # the recipe's values too
-    check_serves(
-        manifest.params,
-        [requested.get("num_frames", _default("num_frames"))],
-        [requested.get("sampling", _default("sampling"))],
-        where=store,
-        asked="training (the options after --)",
-    )
+    manifest = _planned(store, manifest)
+    _require_serves(store, manifest, train_args, "training (the options after --)")
+    _refuse_another_layout(run_dir, two_streams=False)
     key = chain_key(store, run_dir)
-    _refuse_a_queued_chain(key, site, store, run_dir, dry_run)
-    plan = assess(store, run_dir, manifest=manifest, train_args=train_args)
-    for reason in plan.reasons:
-        log.info("%s", reason)
-    jobs = [
-        (name, dataclasses.replace(job, comment=key))
-        for name, job in _chain(plan, store, annotations, run_dir, train_args)
-    ]
+    _refuse_a_queued_chain(key, site, f"{store} -> {run_dir}", dry_run)
+    _plan, jobs = _stream_jobs(store, manifest, annotations, run_dir, train_args)
     if not jobs:
         log.info("nothing to submit: the store, the run and its validation are complete")
         return []
-    if dry_run:
-        for problem in path_problems(site, store):
-            log.warning("a real submission would be refused: %s", problem)
-        ids = {name: f"<{name}>" for name, _job in jobs}
-        return [
-            Submitted(name, ids[name], job.log(site, ids[name]), _after(job, ids).sbatch(site))
-            for name, job in jobs
-        ]
-    require_paths(site, store)
-    for _name, job in jobs:  # the whole chain is checked before the first job is sent
-        check_accepted(job, site)
-    return _submit_all(jobs, site)
+    return _send(jobs, site, [store], dry_run)
+
+
+# ----------------------------------------------------------------------------- two streams
+
+#: The run folders of a two-stream pipeline: RUN/rgb and RUN/flow (each a run folder as
+#: above, with its val/), RUN/fused (epic-validate --fuse of their val/predictions.pkl).
+STREAMS = ("rgb", "flow")
+FUSED_DIR = "fused"
+#: What slurm/fuse.sbatch writes into RUN/fused after a fusion succeeded: its epic-validate
+#: --fuse arguments, one a line, so that other inputs or weights fuse again.
+FUSE_RECORD = "fuse_args"
+#: TrainConfig fields the pipeline sets per stream, refused in the options given.
+PER_STREAM = ("modality",)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream of a two-stream pipeline: ``name`` (rgb or flow), its store (``manifest``:
+    its plan when a dry run made it without writing it) and its epic-train options."""
+
+    name: str
+    store: Path
+    train_args: tuple[str, ...]
+    manifest: Manifest | None = None
+
+
+def fusion_key(run_dir: Path) -> str:
+    """The --comment of a two-stream run's fusion job."""
+    digest = hashlib.sha1(f"fused|{run_dir.resolve()}".encode()).hexdigest()
+    return f"epic-chain-{digest[:12]}"
+
+
+def _recipe_words(words: Sequence[str]) -> tuple[list[str], str | None]:
+    """``words`` without their ``--recipe NAME`` / ``--recipe=NAME``, and the last NAME."""
+    kept: list[str] = []
+    recipe = None
+    position = 0
+    while position < len(words):
+        word = words[position]
+        if word == "--recipe" and position + 1 < len(words):
+            recipe, position = words[position + 1], position + 2
+            continue
+        if word.startswith("--recipe="):
+            recipe = word.split("=", 1)[1]
+        else:
+            kept.append(word)
+        position += 1
+    return kept, recipe
+
+
+def flow_recipe(rgb_recipe: str) -> str | None:
+    """The flow variant of an RGB recipe (``tsn-r50`` -> ``tsn-r50-flow``), None when
+    train.recipes has none. Looked up when asked: the variants are recipes like any other."""
+    from train.recipes import RECIPES
+
+    name = f"{rgb_recipe}-flow"
+    return name if name in RECIPES else None
+
+
+def stream_options(
+    common: Sequence[str], rgb_args: Sequence[str] = (), flow_args: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """(RGB, flow) epic-train options of a two-stream pipeline: ``common`` (the words after
+    ``--``) for both, then each stream's own. The flow stream gets ``--modality flow``, and
+    where ``common`` names a recipe (or its --config does) with a flow variant, that
+    variant instead (``tsn-r50`` -> ``tsn-r50-flow``); a recipe without one is kept, with
+    a warning. The modality is the pipeline's to set: given anywhere, it is refused."""
+    for where, words in (
+        ("after --", common),
+        ("--rgb-args", rgb_args),
+        ("--flow-args", flow_args),
+    ):
+        given = sorted(set(train_options(words)) & set(PER_STREAM))
+        if given:
+            raise EpicInputError(
+                f"--{given[0]} is set per stream by a two-stream pipeline (rgb, flow)",
+                where=f"{where}: {shlex.join(words)}",
+                fix="drop it: the rgb stream trains rgb, the flow stream flow",
+            )
+    rgb = [*common, *rgb_args]
+    base, named = _recipe_words(common)
+    recipe = train_options(common).get("recipe") if named is None else named
+    flow = [*(common if recipe is None else base), "--modality", "flow"]
+    own_recipe = _recipe_words(flow_args)[1] is not None
+    if recipe is not None and not own_recipe:
+        variant = flow_recipe(recipe)
+        if variant is None:
+            log.warning(
+                "recipe %s has no flow variant (%s-flow) in train/recipes.py: the flow stream "
+                "trains recipe %s with --modality flow",
+                recipe,
+                recipe,
+                recipe,
+            )
+        flow += ["--recipe", variant or recipe]
+    return rgb, [*flow, *flow_args]
+
+
+def fuse_weight_words(text: str | None) -> list[str]:
+    """``--fuse-weights`` as epic-validate words: two positive numbers (rgb, flow), checked
+    here so that a typo fails before the chain is submitted (train.fusion's rule)."""
+    if text is None:
+        return []
+    parts = text.split(",")
+    try:
+        good = len(parts) == 2 and all(0 < float(w) < float("inf") for w in parts)
+    except ValueError:
+        good = False
+    if not good:
+        raise EpicInputError(
+            f"--fuse-weights {text}: expected two positive numbers, rgb then flow",
+            where="epic-slurm pipeline --fuse-weights",
+            fix="e.g. --fuse-weights 1,1.5 (C1 fuses with equal weights: leave it out)",
+        )
+    return ["--fuse-weights", text]
+
+
+def fusion_arguments(run_dir: Path, fuse_weights: str | None = None) -> list[str]:
+    """The fusion job's epic-validate --fuse arguments: the two streams' predictions files
+    (rgb first: the fused file keeps its row order), then the weights, if given."""
+    files = [str(run_dir / name / VALIDATION_DIR / PREDICTIONS) for name in STREAMS]
+    return [*files, *fuse_weight_words(fuse_weights)]
+
+
+def _fusion_todo(run_dir: Path, arguments: list[str], after_validation: bool) -> tuple[bool, str]:
+    """(whether to fuse, why): after a stream's validation, or when RUN/fused has no metrics,
+    was fused from other arguments (slurm/fuse.sbatch records them) or is older than a
+    stream's predictions."""
+    fused = run_dir / FUSED_DIR
+    metrics = fused / "metrics.json"
+    if after_validation:
+        return True, "fusion: to do, after the streams' validation"
+    if not metrics.exists():
+        return True, "fusion: to do"
+    recorded = _text(fused, FUSE_RECORD)
+    if recorded is None or recorded.splitlines() != arguments:
+        return True, f"fusion: to do again (its {FUSE_RECORD} differs: {shlex.join(arguments)})"
+    newer = [
+        name
+        for name, path in zip(STREAMS, arguments, strict=False)
+        if Path(path).stat().st_mtime > metrics.stat().st_mtime
+    ]
+    if newer:
+        return True, f"fusion: to do again ({', '.join(newer)} predictions are newer)"
+    return False, f"fusion: done ({metrics})"
+
+
+def run_two_streams(
+    site: Site,
+    *,
+    rgb: Stream,
+    flow: Stream,
+    annotations: Path,
+    run_dir: Path,
+    fuse_weights: str | None = None,
+    dry_run: bool = False,
+) -> list[Submitted]:
+    """Submit what is missing of a two-stream pipeline: each stream's chain (extract ->
+    check -> train -> validate, from its own store into RUN/rgb or RUN/flow, with its own
+    chain comment) and the fusion of their predictions into RUN/fused, after both
+    validations (afterok). Rerun, a finished stream is not trained again; the fusion runs
+    again when its output is missing or stale. The whole chain is checked before the first
+    job is sent, as in :func:`run_pipeline`."""
+    arguments = fusion_arguments(run_dir, fuse_weights)
+    _refuse_another_layout(run_dir, two_streams=True)
+    streams = []
+    for stream in (rgb, flow):
+        manifest = _planned(stream.store, stream.manifest)
+        _require_serves(stream.store, manifest, stream.train_args, f"the {stream.name} stream")
+        streams.append((stream, manifest))
+    for stream, _manifest in streams:
+        stream_dir = run_dir / stream.name
+        key = chain_key(stream.store, stream_dir)
+        _refuse_a_queued_chain(key, site, f"{stream.store} -> {stream_dir}", dry_run)
+    fused = run_dir / FUSED_DIR
+    _refuse_a_queued_chain(fusion_key(run_dir), site, str(fused), dry_run)
+    jobs: list[tuple[str, Job]] = []
+    validated = []
+    for stream, manifest in streams:
+        plan, stream_jobs = _stream_jobs(
+            stream.store,
+            manifest,
+            annotations,
+            run_dir / stream.name,
+            stream.train_args,
+            prefix=f"{stream.name}-",
+        )
+        jobs += stream_jobs
+        validated += [f"{{{stream.name}-validate}}"] if plan.validate else []
+    fuse, reason = _fusion_todo(run_dir, arguments, bool(validated))
+    log.info("%s", reason)
+    if fuse:
+        env = {
+            "EPIC_ANNOTATIONS": str(annotations),
+            "EPIC_SPLIT": "validation",
+            "EPIC_OUT": str(fused),
+        }
+        job = Job("fuse", env, after_ok=validated, comment=fusion_key(run_dir))
+        jobs.append(("fuse", dataclasses.replace(job, script_args=arguments)))
+    if not jobs:
+        log.info("nothing to submit: both streams, their validation and the fusion are complete")
+        return []
+    return _send(jobs, site, [rgb.store, flow.store], dry_run)

@@ -32,7 +32,12 @@ JOBS: dict[str, tuple[str, bool, str]] = {
     "train-multi": ("train_multi.sbatch", True, "TRAIN"),
     "validate": ("validate.sbatch", True, "VALIDATE"),
     "sweep": ("sweep.sbatch", True, "TRAIN"),
+    # Fusion reads two predictions files on the CPU: the check job's resources serve it.
+    "fuse": ("fuse.sbatch", False, "CHECK"),
 }
+#: The site's flow store (``epic-slurm pipeline --flow-store``), beside its EPIC_STORE; like
+#: that one, the caller's environment variable wins over the site file's.
+FLOW_STORE_VARIABLE = "EPIC_FLOW_STORE"
 REQUIRED = ("EPIC_PARTITION_CPU", "EPIC_PARTITION_GPU", "EPIC_VENV", "EPIC_LOGS")
 #: Site values that epic-slurm splits into sbatch words (shell quoting).
 SHELL_WORDS = ("EPIC_GPU_REQUEST", "EPIC_SBATCH_EXTRA")

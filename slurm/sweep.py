@@ -118,6 +118,21 @@ class Grid:
     def samplings(self) -> list[str]:
         return sorted({str(r.resolved().get("sampling", _default("sampling"))) for r in self.runs})
 
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({str(r.resolved().get("modality", _default("modality"))) for r in self.runs})
+
+    @property
+    def flow_stacks(self) -> list[int]:
+        """The --flow-stack of the grid's flow runs."""
+        return sorted(
+            {
+                int(r.resolved().get("flow_stack", _default("flow_stack")))
+                for r in self.runs
+                if r.resolved().get("modality", _default("modality")) == "flow"
+            }
+        )
+
 
 def _default(name: str) -> Any:
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
@@ -406,12 +421,34 @@ def write_sweep(runs_root: str | Path, grid: Grid) -> Path:
 
 
 def check_store_serves(
-    store: str | Path, clip_lengths: Iterable[int], samplings: Iterable[str] = ()
+    store: str | Path,
+    clip_lengths: Iterable[int],
+    samplings: Iterable[str] = (),
+    modalities: Iterable[str] = (),
+    flow_stacks: Iterable[int] = (),
 ) -> None:
-    """Refuse a store that cannot serve every clip length (and sampling) of the grid
-    (:func:`epicslurm.pipeline.check_serves`, the pipeline's check too)."""
+    """Refuse a store that cannot serve every clip length (and sampling, modality, flow
+    stack) of the grid (:func:`epicslurm.pipeline.check_serves`, the pipeline's check too).
+    A sweep reads one store, so it trains one modality: a grid of both is refused."""
+    modalities = sorted(set(modalities))
+    if len(modalities) > 1:
+        raise EpicInputError(
+            f"the grid trains {' and '.join(modalities)} runs, but a sweep reads one store, "
+            "which holds one modality",
+            where=str(store),
+            fix="split the grid in one sweep per modality, each with its store (--store) and "
+            "runs root",
+        )
     params = Manifest.load(store).params
-    check_serves(params, list(clip_lengths), list(samplings), where=store, asked="the grid")
+    check_serves(
+        params,
+        list(clip_lengths),
+        list(samplings),
+        modalities=modalities,
+        flow_stacks=list(flow_stacks),
+        where=store,
+        asked="the grid",
+    )
 
 
 def sweep_key(runs_root: Path) -> str:
@@ -454,7 +491,7 @@ def run_sweep(
     and submits nothing and does not ask squeue; (None, []) when every run is done.
     Refused while an array of this runs root is queued or running."""
     grid = load_grid(grid_file)
-    check_store_serves(store, grid.clip_lengths, grid.samplings)
+    check_store_serves(store, grid.clip_lengths, grid.samplings, grid.modalities, grid.flow_stacks)
     _require_extracted(store, site)
     key = sweep_key(runs_root)
     if dry_run:

@@ -110,18 +110,24 @@ def build_train_data(
     pin_memory: bool,
     limit_batches: int | None,
     train_crop: str = "seed",
+    modality: str = "rgb",
+    flow_stack: int = 5,
 ) -> TrainData:
     """The shuffled, augmented training clips of ``table``, sharded over the ranks;
-    ``train_crop``: train.transforms.TrainClipTransform's ``crop``."""
+    ``train_crop``: train.transforms.TrainClipTransform's ``crop``. ``modality="flow"``:
+    ``num_frames`` snippets of ``flow_stack`` (u, v) pairs from a flow store, clips
+    (B, T, 2 * flow_stack, S, S) uint8."""
     dataset = EpicActionDataset(
         store,
         table,
         num_frames=num_frames,
         sampling=sampling,
         training=True,
-        transform=TrainClipTransform(crop_size, crop=train_crop),
+        transform=TrainClipTransform(crop_size, crop=train_crop, modality=modality),
         decoder=decoder,
         seed=seed,
+        modality=modality,
+        flow_stack=flow_stack,
     )
     sampler = distributed.ResumableDistributedSampler(
         dataset, rank=info.rank, world_size=info.world_size, seed=seed
@@ -156,8 +162,11 @@ def build_eval_data(
     workers: int,
     info: DistInfo,
     pin_memory: bool,
+    modality: str = "rgb",
+    flow_stack: int = 5,
 ) -> tuple[EpicActionDataset, DataLoader]:
-    """Every segment of ``table`` once, centre crops, split over the ranks without padding."""
+    """Every segment of ``table`` once, centre crops, split over the ranks without padding
+    (``modality``, ``flow_stack``: as :func:`build_train_data`)."""
     dataset = EpicActionDataset(
         store,
         table,
@@ -165,6 +174,8 @@ def build_eval_data(
         sampling=sampling,
         transform=EvalClipTransform(crop_size),
         decoder=decoder,
+        modality=modality,
+        flow_stack=flow_stack,
     )
     loader = build_loader(
         dataset,
@@ -177,7 +188,7 @@ def build_eval_data(
     return dataset, loader
 
 
-#: A loader batch -> (B, T, C, S, S) uint8 clips on the device.
+#: A loader batch -> (B, T, C, S, S) uint8 clips on the device (C: 3, or 2 * flow_stack).
 ClipLoader = Callable[[dict[str, Any]], torch.Tensor]
 
 

@@ -7,7 +7,13 @@ github mit-han-lab/temporal-shift-module (the "blockres" place, ``n_div`` 8): it
 ``conv1`` of every residual block, so that parameter names read
 ``backbone.layerN.i.conv1.net.weight`` like the authors' ``base_model.layerN.i.conv1.net``.
 
-Weights (``imagenet``, ``kinetics``, ``none`` or a file) are loaded by train.weights.
+The flow stream is the same network with ``in_channels`` inputs to its first convolution
+(``2 * flow_stack``: u1 v1 u2 v2 ... of a snippet, C1's ``_intersperse`` order), as TSN
+and C1 (src/models/tsn.py ``_construct_flow_model``) build it; the parameter names do not
+change, so RGB and flow checkpoints differ only in the shape of ``backbone.conv1.weight``.
+
+Weights (``imagenet``, ``kinetics``, ``none`` or a file) are loaded by train.weights, which
+also initialises a flow model's first convolution from the RGB one (cross-modality).
 """
 
 from __future__ import annotations
@@ -66,8 +72,26 @@ def add_temporal_shift(resnet: torchvision.models.ResNet, n_segment: int) -> Non
             block.conv1 = TemporalShift(block.conv1, n_segment)
 
 
+def replace_first_conv(resnet: torchvision.models.ResNet, in_channels: int) -> None:
+    """Give ``resnet.conv1`` ``in_channels`` inputs, its kernel, stride, padding and (no)
+    bias kept: the flow network of TSN, whose conv1 takes a stack of (u, v) pairs. The new
+    weights are random; train.weights.cross_modality_conv1 initialises them from RGB ones."""
+    old = resnet.conv1
+    resnet.conv1 = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        bias=old.bias is not None,
+    )
+
+
 class ActionModel(nn.Module):
     """(B, T, C, H, W) normalised clips -> (verb logits (B, 97), noun logits (B, 300)).
+
+    ``in_channels`` is C: 3 for RGB, ``2 * flow_stack`` for flow (10 for C1's stacks of 5
+    (u, v) pairs); only the first convolution depends on it.
 
     ``temporal`` "tsm" fixes the clip length to ``num_frames`` (the shift mixes
     neighbouring frames of a clip of exactly T). ``partial_bn``: every BatchNorm but the
@@ -84,14 +108,20 @@ class ActionModel(nn.Module):
         dropout: float = 0.3,
         num_verbs: int = NUM_VERB_CLASSES,
         num_nouns: int = NUM_NOUN_CLASSES,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise EpicInputError(f"--arch {arch}: unknown; one of {', '.join(ARCHS)}")
         if temporal not in TEMPORALS:
             raise EpicInputError(f"--temporal {temporal}: unknown; one of {', '.join(TEMPORALS)}")
+        if in_channels < 1:
+            raise EpicInputError(f"a model of {in_channels} input channels: must be >= 1")
         self.arch, self.temporal, self.num_frames = arch, temporal, num_frames
+        self.in_channels = in_channels
         self.backbone = getattr(torchvision.models, arch)(weights=None)
+        if in_channels != 3:
+            replace_first_conv(self.backbone, in_channels)
         self.feature_dim = self.backbone.fc.in_features  # 512 (ResNet-18), 2048 (ResNet-50)
         self.backbone.fc = nn.Identity()
         if temporal == "tsm":
@@ -121,6 +151,12 @@ class ActionModel(nn.Module):
     def features(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) clips -> (B, D) temporally averaged frame features (D 512/2048)."""
         b, t = clips.shape[:2]
+        if clips.dim() != 5 or clips.shape[2] != self.in_channels:
+            raise EpicInputError(
+                f"the model takes clips (B, T, {self.in_channels}, H, W); got {tuple(clips.shape)}",
+                fix="feed the modality it was built for: 3 channels for --modality rgb, "
+                "2 x --flow-stack for --modality flow",
+            )
         if self.temporal == "tsm" and t != self.num_frames:
             raise EpicInputError(
                 f"the TSM model shifts over clips of {self.num_frames} frames; got {t}",
@@ -144,14 +180,17 @@ def build_model(
     dropout: float,
     device: torch.device,
     channels_last: bool,
+    in_channels: int = 3,
 ) -> ActionModel:
-    """The model on ``device``, randomly initialised (train.weights loads weights)."""
+    """The model on ``device``, randomly initialised (train.weights loads weights);
+    ``in_channels`` 3 (RGB) or ``2 * flow_stack`` (flow)."""
     model = ActionModel(
         arch=arch,
         temporal=temporal,
         num_frames=num_frames,
         partial_bn=partial_bn,
         dropout=dropout,
+        in_channels=in_channels,
     ).to(device)
     if channels_last:
         # cuDNN's fastest convolutions on tensor cores want NHWC.

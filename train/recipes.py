@@ -9,15 +9,26 @@ Two of C1's settings are deliberately not reproduced: its ``lr_mult``/``decay_mu
 parameter groups (its SGD never reads them: every group trains at ``lr`` with
 ``weight_decay``) and its std (the ImageNet mean, a known mistake: ``--norm epic-c1``
 reproduces it where a C1 checkpoint is fine-tuned or evaluated).
+
+The flow recipes transcribe configs/tsn_flow.yaml and tsm_flow.yaml of the same commit,
+which differ from the RGB ones only in the modality (Flow, ``segment_length: 5`` (u, v)
+pairs), the normalisation (mean 0.5, std 0.226 for every channel: fixed for flow, so the
+recipes set no ``norm``) and the multi-scale crop's scales ([1, .875, .75]: the
+``multiscale`` crop of the flow modality, chosen by the data pipeline). Their first
+convolution takes 10 channels, initialised from ImageNet by TSN's cross-modality rule
+(tsn) or from the TSM authors' Kinetics flow model (tsm); see train.weights.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from epicdata.errors import EpicInputError
+
+log = logging.getLogger(__name__)
 
 #: C1's optimisation (configs/ts{n,m}_rgb.yaml learning/trainer, systems.py).
 _C1_COMMON: dict[str, Any] = {
@@ -40,6 +51,8 @@ _C1_COMMON: dict[str, Any] = {
     "train_crop": "multiscale",
     "photometric": False,
 }
+#: C1's flow input (configs/ts{n,m}_flow.yaml): ``modality: Flow``, ``segment_length: 5``.
+_C1_FLOW: dict[str, Any] = {"modality": "flow", "flow_stack": 5}
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,24 @@ RECIPES: dict[str, Recipe] = {
         "35.75% validation action top-1 (C1 README model zoo; 32.82% test)",
         ("all", "segments"),
     ),
+    # configs/tsn_flow.yaml (C1 e8e1a791): model.pretrained imagenet, learning.batch_size 128.
+    "tsn-r50-flow": Recipe(
+        "tsn-r50-flow",
+        "C1's TSN flow stream: ResNet-50 on stacks of 5 (u, v) pairs, conv1 from ImageNet by "
+        "cross-modality init, SGD, steps at 20 and 40 of 80 epochs",
+        {**_C1_COMMON, **_C1_FLOW, "temporal": "avg", "batch_size": 128, "weights": "imagenet"},
+        "22.86% validation action top-1 (C1 README model zoo; 24.62% test)",
+        ("all", "segments"),
+    ),
+    # configs/tsm_flow.yaml (C1 e8e1a791): model.pretrained kinetics, learning.batch_size 64.
+    "tsm-r50-flow": Recipe(
+        "tsm-r50-flow",
+        "C1's TSM flow stream: the TSM authors' Kinetics flow ResNet-50 with temporal shift, "
+        "stacks of 5 (u, v) pairs, SGD, steps at 20 and 40 of 80 epochs",
+        {**_C1_COMMON, **_C1_FLOW, "temporal": "tsm", "batch_size": 64, "weights": "kinetics"},
+        "27.79% validation action top-1 (C1 README model zoo; 27.99% test)",
+        ("all", "segments"),
+    ),
 }
 
 
@@ -88,7 +119,19 @@ def resolve_options(
     name = command_line.get("recipe") or file_values.get("recipe") or "seed-r18"
     if name not in RECIPES:  # the edges' choices refuse it first; a dict built elsewhere
         raise EpicInputError(f"unknown recipe {name!r}", fix=f"choose one of {', '.join(RECIPES)}")
-    return {**RECIPES[name].options, **file_values, **command_line, "recipe": name}
+    resolved = {**RECIPES[name].options, **file_values, **command_line, "recipe": name}
+    recipe_modality = RECIPES[name].options.get("modality", "rgb")
+    if resolved.get("modality", "rgb") != recipe_modality:
+        # Allowed, as for every option (seed-r18 --modality flow is the seed's flow stream),
+        # but a flow recipe run on RGB keeps its flow-specific choices: say so.
+        log.info(
+            "recipe %s is for %s input; modality %s given: its other options train a %s model",
+            name,
+            recipe_modality,
+            resolved["modality"],
+            resolved["modality"],
+        )
+    return resolved
 
 
 def check_store_serves(*, recipe: str, sampling: str, keep: str) -> None:

@@ -6,10 +6,18 @@ device does the photometric part on the whole batch (ColorJitter(brightness=0.2,
 contrast=0.2), ImageNet normalisation, RandomErasing(p=0.1, scale=(0.02, 0.1)) with value
 0 in normalised space, as in the seed). Keeping ColorJitter out of the workers doubled
 loader throughput (issue 4: about 75 -> 145 clips/s with 2 workers).
+
+Flow clips (T snippets, channels u1 v1 u2 v2 ...) get the same crop and flip on every
+channel of every snippet; a flip also turns u (horizontal motion) around, 255 - u, as TSN's
+GroupRandomHorizontalFlip(is_flow=True) does with ``ImageOps.invert`` on the even
+channels (C1 src/transforms.py lines 71-75); v is unchanged. No photometric
+augmentation for flow (C1 has none): DeviceAugment ignores ``photometric`` there, with a
+log line, since the RGB recipes turn it on by default.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -17,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+
+log = logging.getLogger(__name__)
 
 CROP_SCALE = (0.85, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -28,6 +38,10 @@ ERASE_RATIO = (0.3, 3.3)
 #: TSN's GroupMultiScaleCrop (C1 src/transforms.py): crop sides as fractions of the short
 #: side, width and height at most one scale apart, at one of 13 fixed places.
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
+#: The flow models' scales (C1 configs/tsn_flow.yaml and tsm_flow.yaml,
+#: ``train_augmentation.multiscale_crop_scales: [1, 0.875, 0.75]``).
+FLOW_MULTISCALE_SCALES = (1.0, 0.875, 0.75)
+MULTISCALE_SCALES_OF = {"rgb": MULTISCALE_SCALES, "flow": FLOW_MULTISCALE_SCALES}
 MULTISCALE_MAX_DISTORT = 1
 #: Evaluation resizes the short side to crop_size * 256/224 first (256 -> 224 for the
 #: seed, the identity for 256-px frames), so train and eval see objects at one scale.
@@ -70,11 +84,13 @@ def draw_crop_flip(height: int, width: int, rng: np.random.Generator) -> CropFli
     return CropFlip((height - h) // 2, (width - w) // 2, h, w, bool(rng.random() < 0.5))
 
 
-def multiscale_crop_sizes(height: int, width: int, size: int) -> list[tuple[int, int]]:
+def multiscale_crop_sizes(
+    height: int, width: int, size: int, scales: Sequence[float] = MULTISCALE_SCALES
+) -> list[tuple[int, int]]:
     """The (crop width, crop height) pairs GroupMultiScaleCrop chooses among (a side within
-    3 px of ``size`` snaps to it)."""
+    3 px of ``size`` snaps to it); ``scales``: fractions of the short side."""
     base = min(height, width)
-    sides = [int(base * scale) for scale in MULTISCALE_SCALES]
+    sides = [int(base * scale) for scale in scales]
     sides = [size if abs(side - size) < 3 else side for side in sides]
     return [
         (w, h)
@@ -93,10 +109,16 @@ def multiscale_offsets(height: int, width: int, crop_w: int, crop_h: int) -> lis
     return [(i * w, j * h) for i, j in quarters]
 
 
-def draw_multiscale_crop(height: int, width: int, size: int, rng: np.random.Generator) -> CropFlip:
+def draw_multiscale_crop(
+    height: int,
+    width: int,
+    size: int,
+    rng: np.random.Generator,
+    scales: Sequence[float] = MULTISCALE_SCALES,
+) -> CropFlip:
     """GroupMultiScaleCrop + GroupRandomHorizontalFlip, drawn once per clip: a uniform
     crop size pair, a uniform fixed place, a flip with p=0.5."""
-    pairs = multiscale_crop_sizes(height, width, size)
+    pairs = multiscale_crop_sizes(height, width, size, scales)
     crop_w, crop_h = pairs[int(rng.integers(len(pairs)))]
     places = multiscale_offsets(height, width, crop_w, crop_h)
     left, top = places[int(rng.integers(len(places)))]
@@ -112,27 +134,42 @@ def apply_crop_flip(frames: torch.Tensor, crop: CropFlip, size: int) -> torch.Te
     return out.flip(-1) if crop.flip else out
 
 
+def invert_u(flow: torch.Tensor) -> torch.Tensor:
+    """(N, 2 * stack, H, W) uint8 flow, channels u1 v1 u2 v2 ... -> the same with every u
+    turned around, 255 - u: a mirrored picture moves the other way horizontally (grey
+    127.5 is no motion, so the map is the mirror image about it); v is unchanged."""
+    out = flow.clone()
+    out[:, 0::2] = 255 - flow[:, 0::2]
+    return out
+
+
 class TrainClipTransform:
     """Training transform: random resized crop (``crop`` "seed") or TSN's multi-scale crop
-    ("multiscale"), + flip, drawn once per clip.
+    ("multiscale"; its scales are the ``modality``'s, MULTISCALE_SCALES_OF), + flip, drawn
+    once per clip. For ``modality="flow"`` a flip also inverts u (:func:`invert_u`).
 
     In two halves, so that both decoders crop alike: :meth:`draw` (the loader worker, from
     the clip's generator and the stored frame size) and :meth:`apply` (the worker on the
     CPU, or the main process on the GPU with ``--decoder nvjpeg``)."""
 
-    def __init__(self, size: int, crop: str = "seed") -> None:
+    def __init__(self, size: int, crop: str = "seed", modality: str = "rgb") -> None:
         if crop not in ("seed", "multiscale"):
             raise ValueError(f"unknown training crop {crop!r}")
+        if modality not in MULTISCALE_SCALES_OF:
+            raise ValueError(f"unknown modality {modality!r}")
         self.size = size
         self.crop = crop
+        self.modality = modality
 
     def draw(self, height: int, width: int, rng: np.random.Generator) -> CropFlip:
         if self.crop == "multiscale":
-            return draw_multiscale_crop(height, width, self.size, rng)
+            scales = MULTISCALE_SCALES_OF[self.modality]
+            return draw_multiscale_crop(height, width, self.size, rng, scales)
         return draw_crop_flip(height, width, rng)
 
     def apply(self, frames: torch.Tensor, crop: CropFlip) -> torch.Tensor:
-        return apply_crop_flip(frames, crop, self.size)  # (N, C, size, size) uint8
+        out = apply_crop_flip(frames, crop, self.size)  # (N, C, size, size) uint8
+        return invert_u(out) if crop.flip and self.modality == "flow" else out
 
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         crop = self.draw(frames.shape[-2], frames.shape[-1], rng)
@@ -141,7 +178,9 @@ class TrainClipTransform:
 
 class EvalClipTransform:
     """Evaluation transform: short side to size*256/224, centre crop ``size``. It draws
-    nothing: :meth:`draw` gives the whole frame, unflipped, and :meth:`apply` ignores it."""
+    nothing: :meth:`draw` gives the whole frame, unflipped, and :meth:`apply` ignores it.
+    The same for flow clips (every channel alike, nothing to invert: C1's test transform
+    is GroupScale + GroupCenterCrop for both modalities)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -174,15 +213,29 @@ class DeviceAugment(torch.nn.Module):
     memory: a step never waits for the GPU's queued work (one blocking copy per parameter
     did, 7 times a step). ``photometric`` False (the C1 recipes): normalisation only,
     in training too, and nothing is drawn.
+
+    ``mean`` and ``std`` have one value per channel, or one value for every channel (flow:
+    (0.5,) and (0.226,), C1 configs/ts?_flow.yaml). ``modality="flow"``: normalisation
+    only; ``photometric`` is ignored, with a log line (colour jitter has no meaning for
+    motion, and C1 trains flow without it).
     """
 
     def __init__(
-        self, mean: Sequence[float], std: Sequence[float], *, photometric: bool = True
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        photometric: bool = True,
+        modality: str = "rgb",
     ) -> None:
         super().__init__()
+        if modality == "flow" and photometric:
+            log.info("flow clips get no photometric augmentation: --photometric is ignored")
+            photometric = False
         self.photometric = photometric
-        self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 1, 3, 1, 1), persistent=False)
+        # (1, 1, C or 1, 1, 1): a single value broadcasts over every channel.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 1, -1, 1, 1), persistent=False)
 
     def forward(
         self, clips: torch.Tensor, *, train: bool, generator: torch.Generator | None = None

@@ -26,10 +26,18 @@ shape, a temporal shift on both sides or neither); heads a file lacks are newly
 initialised, and said so. Then the input the weights were trained on is checked against
 what the run feeds (train.input_spec.check_input): a C1 file was trained with the
 ImageNet mean as std too, a TSM file on clips of T frames.
+
+Flow models (``ActionModel.in_channels`` = 2 x the flow stack, 10 for C1's 5 pairs): RGB
+ImageNet weights (``imagenet`` or a torchvision file) initialise them by TSN's
+cross-modality rule (:func:`cross_modality_conv1`); ``kinetics`` reads the TSM authors'
+Kinetics *flow* file, whose conv1 already takes 10 channels; an epic-train, TSM or C1 file
+must have the model's channel count (an RGB checkpoint is refused for a flow model, and
+the other way round), since its conv1 was trained on that input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -66,18 +74,38 @@ FETCH_COMMANDS: dict[str, str] = {
     arch: f"python -c \"import torchvision; torchvision.models.{arch}(weights='IMAGENET1K_V1')\""
     for arch in _IMAGENET_V1
 }
-#: The file C1's TSM starts from (src/models/tsm.py, ``pretrained: kinetics``).
+#: The file C1's TSM starts from (src/models/tsm.py, ``pretrained: kinetics``, RGB).
 KINETICS_TSM_URL = (
     "https://hanlab.mit.edu/projects/tsm/models/"
     "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"
 )
-#: The login-node command that downloads it into the same cache folder (it reads
-#: $TORCH_HOME there, so one command fits every cluster).
-FETCH_KINETICS_COMMAND = (
-    "python -c \"import os, torch; d = os.path.join(torch.hub.get_dir(), 'checkpoints'); "
-    "os.makedirs(d, exist_ok=True); torch.hub.download_url_to_file("
-    f"'{KINETICS_TSM_URL}', os.path.join(d, '{os.path.basename(KINETICS_TSM_URL)}'))\""
+#: The file C1's TSM flow starts from (src/models/tsm.py, modality flow; the TSM authors'
+#: README, "Optical Flow", links the same name on hanlab18.mit.edu): a TSM ResNet-50 whose
+#: conv1 takes 5 (u, v) pairs, trained on Kinetics flow.
+KINETICS_TSM_FLOW_URL = (
+    "https://hanlab.mit.edu/projects/tsm/models/"
+    "TSM_kinetics_Flow_resnet50_shift8_blockres_avg_segment8_e50.pth"
 )
+#: The input channels of the Kinetics flow file's conv1 (``2 * new_length``, new_length 5).
+KINETICS_FLOW_CHANNELS = 10
+#: What C1 and the TSM authors normalise flow with after scaling it to [0, 1]
+#: (configs/ts?_flow.yaml ``mean: [0.5]``, ``std: [0.226]``: the mean of ImageNet's std),
+#: the input spec of their flow files.
+FLOW_MEAN, FLOW_STD = (0.5,), (0.226,)
+
+
+def _fetch_command(url: str) -> str:
+    """The login-node command that downloads ``url`` into torch's cache folder (it reads
+    $TORCH_HOME there, so one command fits every cluster)."""
+    return (
+        "python -c \"import os, torch; d = os.path.join(torch.hub.get_dir(), 'checkpoints'); "
+        "os.makedirs(d, exist_ok=True); torch.hub.download_url_to_file("
+        f"'{url}', os.path.join(d, '{os.path.basename(url)}'))\""
+    )
+
+
+FETCH_KINETICS_COMMAND = _fetch_command(KINETICS_TSM_URL)
+FETCH_KINETICS_FLOW_COMMAND = _fetch_command(KINETICS_TSM_FLOW_URL)
 #: C1's ``new_fc``: one Linear of 97 verb then 300 noun outputs (src/systems.py
 #: TASK_CLASS_COUNTS = [("verb", 97), ("noun", 300)]).
 C1_HEAD = "new_fc"
@@ -107,9 +135,11 @@ def imagenet_weights_path(arch: str) -> Path:
     return _cache_dir() / os.path.basename(_IMAGENET_V1[arch].url)
 
 
-def kinetics_weights_path() -> Path:
-    """Where :data:`FETCH_KINETICS_COMMAND` puts the TSM authors' Kinetics file."""
-    return _cache_dir() / os.path.basename(KINETICS_TSM_URL)
+def kinetics_weights_path(in_channels: int = 3) -> Path:
+    """Where :data:`FETCH_KINETICS_COMMAND` puts the TSM authors' Kinetics RGB file, or
+    (``in_channels`` other than 3) :data:`FETCH_KINETICS_FLOW_COMMAND` their flow file."""
+    url = KINETICS_TSM_URL if in_channels == 3 else KINETICS_TSM_FLOW_URL
+    return _cache_dir() / os.path.basename(url)
 
 
 def _cache_dir() -> Path:
@@ -136,10 +166,11 @@ def load_weights(
         )
     elif weights == "kinetics":
         _require_kinetics_model(model)
+        flow = model.in_channels != 3
         path = _cached(
-            kinetics_weights_path(),
-            "--weights kinetics: the TSM authors' Kinetics-400 ResNet-50 TSM",
-            FETCH_KINETICS_COMMAND,
+            kinetics_weights_path(model.in_channels),
+            f"--weights kinetics: the TSM authors' Kinetics-400 ResNet-50 TSM ({'flow' if flow else 'RGB'})",
+            FETCH_KINETICS_FLOW_COMMAND if flow else FETCH_KINETICS_COMMAND,
         )
     else:
         path = Path(weights)
@@ -149,6 +180,12 @@ def load_weights(
                 fix="pass imagenet, kinetics, none or the path of a weights file",
             )
     layout, mapped, skipped, spec = read_weights(path, model)
+    if _adapt_first_conv(model, mapped, layout=layout, path=path):
+        # The ImageNet statistics say nothing of flow; TSN feeds these weights flow
+        # normalised its own way, so the pixels' meaning is the run's (the rest is checked).
+        spec = dataclasses.replace(
+            spec, modality=fed.modality, channels=fed.channels, mean=fed.mean, std=fed.std
+        )
     missing = check_fit(model, mapped, layout=layout, path=path)
     _check_spec(model, spec, fed, path=path, accept=accept_mismatch)
     model.load_state_dict(mapped, strict=False)
@@ -170,13 +207,20 @@ def _cached(path: Path, what: str, command: str) -> Path:
 
 
 def _require_kinetics_model(model: ActionModel) -> None:
-    if model.arch == "resnet50" and model.temporal == "tsm":
-        return
-    raise EpicInputError(
-        f"--weights kinetics is a ResNet-50 with the temporal shift; this model is "
-        f"{model.arch} with --temporal {model.temporal}",
-        fix="use --recipe tsm-r50 (or --arch resnet50 --temporal tsm), or --weights imagenet",
-    )
+    if model.arch != "resnet50" or model.temporal != "tsm":
+        recipe = "tsm-r50" if model.in_channels == 3 else "tsm-r50-flow"
+        raise EpicInputError(
+            f"--weights kinetics is a ResNet-50 with the temporal shift; this model is "
+            f"{model.arch} with --temporal {model.temporal}",
+            fix=f"use --recipe {recipe} (or --arch resnet50 --temporal tsm), or --weights imagenet",
+        )
+    if model.in_channels not in (3, KINETICS_FLOW_CHANNELS):
+        raise EpicInputError(
+            f"--weights kinetics: the TSM authors' Kinetics flow model takes stacks of "
+            f"{KINETICS_FLOW_CHANNELS // 2} (u, v) pairs ({KINETICS_FLOW_CHANNELS} channels); "
+            f"this model takes {model.in_channels} channels",
+            fix=f"pass --flow-stack {KINETICS_FLOW_CHANNELS // 2}, or --weights imagenet",
+        )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -228,15 +272,14 @@ def read_weights(
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         state = {re.sub(r"^module\.", "", str(k)): v for k, v in data["state_dict"].items()}
         if any(k.startswith("model.base_model.") for k in state):
+            spec = _published_spec(state.get("model.base_model.conv1.weight"), "epic-c1", 8)
             mapped, skipped = _map_c1(state, model, path)
-            mean, std = NORMS["epic-c1"]
-            return "c1", mapped, skipped, InputSpec("rgb", "RGB", mean, std, 0, 224, 8, "tsn")
+            return "c1", mapped, skipped, spec
         if any(k.startswith("base_model.") for k in state):
             mapped, skipped = _map_base_model(state, "base_model.")
             segments = re.search(r"segment(\d+)", path.name)
             clip_length = int(segments.group(1)) if segments else 8
-            mean, std = NORMS["imagenet"]
-            spec = InputSpec("rgb", "RGB", mean, std, 0, 224, clip_length, "tsn")
+            spec = _published_spec(state.get("base_model.conv1.weight"), "imagenet", clip_length)
             return "tsm", mapped, skipped, spec
     if isinstance(data, dict) and "conv1.weight" in data and "layer1.0.conv1.weight" in data:
         mapped, skipped = _map_torchvision(data, shift=model.temporal == "tsm")
@@ -247,6 +290,24 @@ def read_weights(
         fix="pass an epic-train checkpoint, a torchvision ResNet state dict, a TSM authors' "
         "or a C1 model-zoo checkpoint",
     )
+
+
+def _published_spec(conv1: Any, rgb_norm: str, clip_length: int) -> InputSpec:
+    """The input a TSM or C1 file was trained on, told by its conv1: 3 channels are RGB
+    normalised with ``NORMS[rgb_norm]`` (C1's RGB models: the ImageNet mean as std too);
+    more are flow stacks of (u, v) pairs, which both normalise with mean 0.5, std 0.226."""
+    channels = conv1.shape[1] if isinstance(conv1, torch.Tensor) and conv1.dim() == 4 else 3
+    if channels == 3:
+        mean, std = NORMS[rgb_norm]
+        return InputSpec("rgb", "RGB", mean, std, 0, 224, clip_length, "tsn")
+    names = flow_channel_names(channels)
+    return InputSpec("flow", names, FLOW_MEAN, FLOW_STD, 0, 224, clip_length, "tsn")
+
+
+def flow_channel_names(in_channels: int) -> str:
+    """The input spec's ``channels`` of a flow model: its conv1's inputs in order, u1 v1 u2
+    v2 ... (C1's ``_intersperse``), written ``"uv" * stack``."""
+    return "uv" * (in_channels // 2)
 
 
 def _describe(data: Any) -> str:
@@ -348,6 +409,62 @@ def check_fit(model: ActionModel, mapped: dict[str, Any], *, layout: str, path: 
     return [k for k in own if k not in mapped]
 
 
+def cross_modality_conv1(rgb_weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """(O, 3, kh, kw) RGB kernels -> (O, in_channels, kh, kw): TSN's cross-modality
+    initialisation of a flow network's first convolution, as the TSM authors' ops/models.py
+    ``_construct_flow_model`` (commit 1f6a834b) and C1's src/models/tsn.py and tsm.py write
+    it: ``params[0].data.mean(dim=1, keepdim=True).expand(new_kernel_size).contiguous()``,
+    the kernels averaged over the colour channels and repeated for every input, not
+    rescaled."""
+    out, _, kh, kw = rgb_weight.shape
+    return rgb_weight.mean(dim=1, keepdim=True).expand(out, in_channels, kh, kw).contiguous()
+
+
+def _adapt_first_conv(
+    model: ActionModel, mapped: dict[str, Any], *, layout: str, path: Path
+) -> bool:
+    """Give ``mapped``'s conv1 the model's input channels where the cross-modality rule
+    allows it (RGB ImageNet weights, 3 channels, into a model of C != 3; True then), and
+    refuse any other difference of channel count, naming both. A file without a conv1
+    tensor is left to :func:`check_fit`, which names what is missing."""
+    key = "backbone.conv1.weight"
+    theirs = mapped.get(key)
+    if not isinstance(theirs, torch.Tensor) or theirs.dim() != 4:
+        return False
+    have, want = int(theirs.shape[1]), model.in_channels
+    if have == want:
+        return False
+    if layout == "torchvision" and have == 3:
+        mapped[key] = cross_modality_conv1(theirs, want)
+        log.info(
+            "--weights %s: cross-modality init of conv1 (3 -> %d channels): the RGB kernels "
+            "averaged over their colour channels, repeated for each input (TSN)",
+            path,
+            want,
+        )
+        return True
+    raise EpicInputError(
+        f"--weights {path}: its conv1 takes {have} input channels ({_input_of(have)}); the "
+        f"model takes {want} ({_input_of(want)})",
+        fix=f"train with {_options_for(have)} to use this file, or pass weights of "
+        f"{want} channels (--weights imagenet initialises a flow model from RGB ones)",
+    )
+
+
+def _input_of(channels: int) -> str:
+    if channels == 3:
+        return "RGB"
+    if channels % 2 == 0:
+        return f"flow stacks of {channels // 2} (u, v) pairs"
+    return "neither RGB nor flow"
+
+
+def _options_for(channels: int) -> str:
+    if channels == 3:
+        return "--modality rgb"
+    return f"--modality flow --flow-stack {channels // 2}"
+
+
 def _mismatch(path: Path, model: ActionModel, detail: str) -> EpicInputError:
     return EpicInputError(
         f"--weights {path}: does not match the {model.arch} --temporal {model.temporal} model "
@@ -420,9 +537,12 @@ def model_for_file(path: Path, data: Any) -> tuple[ActionModel, InputSpec, str]:
     keys = [str(k) for k in state] if isinstance(state, dict) else []
     arch = "resnet50" if any(".layer1.0.conv3." in k for k in keys) else "resnet18"
     temporal = "tsm" if any(".conv1.net." in k for k in keys) else "avg"
+    conv1 = next((state[k] for k in keys if k.endswith("base_model.conv1.weight")), None)
+    channels = int(conv1.shape[1]) if isinstance(conv1, torch.Tensor) and conv1.dim() == 4 else 3
+    options = {"arch": arch, "temporal": temporal, "in_channels": channels}
     # The layout's spec gives the clip length a TSM model is built for; the file is read once.
-    _, _, _, spec = read_weights(path, ActionModel(arch=arch, temporal=temporal), data)
-    model = ActionModel(arch=arch, temporal=temporal, num_frames=spec.clip_length or 8)
+    _, _, _, spec = read_weights(path, ActionModel(**options), data)
+    model = ActionModel(**options, num_frames=spec.clip_length or 8)
     layout, mapped, _, spec = read_weights(path, model, data)
     missing = check_fit(model, mapped, layout=layout, path=path)
     if missing:
@@ -432,5 +552,12 @@ def model_for_file(path: Path, data: Any) -> tuple[ActionModel, InputSpec, str]:
             fix="train from it with epic-train --weights, then score the run's best.pt",
         )
     model.load_state_dict(mapped, strict=True)
-    log.info("%s: a %s checkpoint, scored as %s --temporal %s", path, layout, arch, temporal)
+    log.info(
+        "%s: a %s checkpoint, scored as %s --temporal %s (%s input)",
+        path,
+        layout,
+        arch,
+        temporal,
+        _input_of(channels),
+    )
     return model, spec, layout
