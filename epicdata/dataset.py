@@ -41,6 +41,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from epicdata.annotations import SegmentTable
 from epicdata.errors import EnvironmentProblem, EpicInputError, StoreError, StoreIncompleteError
 from epicdata.layout import shard_filename
+from epicdata.manifest import MODALITIES
 from epicdata.sampling import (
     flow_segment_range,
     flow_snippet_frames,
@@ -51,9 +52,6 @@ from epicdata.sampling import (
 from epicdata.store import FrameStore
 
 SAMPLINGS = ("linspace", "tsn")
-#: What the store's images are: RGB frames, or EPIC's TV-L1 flow, a grayscale (u, v) pair
-#: per flow frame (a flow store numbers its positions in flow-index space).
-MODALITIES = ("rgb", "flow")
 #: Where the JPEGs are decoded: in the loader workers (torchvision, pil), or on the GPU in
 #: the main process (nvjpeg: the workers return the bytes).
 DECODERS = ("torchvision", "pil", "nvjpeg")
@@ -172,8 +170,6 @@ class EpicActionDataset(Dataset):
     def frame_numbers(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """(T,) int64 frame numbers the clip of segment ``index`` reads; for flow the
         (T * flow_stack,) flow frames, snippet after snippet."""
-        start = int(self.table.start_frames[index])
-        stop = int(self.table.stop_frames[index])
         if self.modality == "flow":
             first, last, count = self._flow_range(index)
             starts = flow_snippet_starts(
@@ -186,6 +182,8 @@ class EpicActionDataset(Dataset):
                 rng=rng,
             )
             return flow_snippet_frames(starts, self.flow_stack, count)
+        start = int(self.table.start_frames[index])
+        stop = int(self.table.stop_frames[index])
         if self.sampling == "linspace":
             return linspace_frames(start, stop, self.num_frames)
         return tsn_frames(start, stop, self.num_frames, training=self.training, rng=rng)

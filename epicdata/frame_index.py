@@ -87,8 +87,7 @@ def parse_header(header: bytes, length: int, stored_frames: int, images: int = R
         raise FrameIndexError(f"its frame index has no valid header ({magic!r}, version {version})")
     if images != expected_images:
         raise FrameIndexError(
-            f"its frame index holds {images} images per frame, its video metadata "
-            f"{expected_images}"
+            f"its frame index holds {images} images per frame, its video metadata {expected_images}"
         )
     if count != stored_frames * images or length != HEADER.size + count * ENTRY.size:
         raise FrameIndexError(

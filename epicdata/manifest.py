@@ -39,7 +39,11 @@ def flow_fields(params: FlowParams | None) -> dict[str, Any]:
     """The record fields of ``params`` (none for an RGB video)."""
     if params is None:
         return {}
-    return {"flow_stride": params.stride, "flow_dilation": params.dilation, "flow_bound": params.bound}
+    return {
+        "flow_stride": params.stride,
+        "flow_dilation": params.dilation,
+        "flow_bound": params.bound,
+    }
 
 
 def omit_rgb_defaults(data: dict[str, Any]) -> None:
@@ -48,6 +52,8 @@ def omit_rgb_defaults(data: dict[str, Any]) -> None:
     if not data.get("flow_stride"):
         for name in _FLOW_FIELDS:
             data.pop(name, None)
+
+
 #: Where a video's frames come from (``source_kind`` of the plan and of the shard metadata):
 #: decoded from its MP4, or copied from EPIC's official RGB frames (tar or folder).
 SOURCE_VIDEO = "video"
@@ -75,6 +81,9 @@ class ExtractParams:
     modality: str = "rgb"
     #: Flow pairs per snippet the ``sampled`` keep mode keeps (flow stores only).
     flow_stack: int = 0
+    #: False (``plan --not-official``): the frames tars are the user's own (flow computed
+    #: with EPIC's tool, a synthetic dataset): their md5 is not compared with the official.
+    check_md5: bool = True
 
     def record(self) -> dict[str, Any]:
         """The parameters as a shard records them (``ShardMeta.params``) and the manifest
@@ -83,6 +92,8 @@ class ExtractParams:
         data = json.loads(json.dumps(asdict(self)))
         if data["modality"] == "rgb":
             del data["modality"], data["flow_stack"]
+        if data["check_md5"]:
+            del data["check_md5"]
         return data
 
 

@@ -553,7 +553,9 @@ class FrameStore:
             if pages is None:
                 out, sums, first = self._read_mapped(video_id, resolved, keys, meta)
             else:
-                out, sums, first = self._read_direct(pages, video_id, resolved, keys, positions, meta)
+                out, sums, first = self._read_direct(
+                    pages, video_id, resolved, keys, positions, meta
+                )
         except PageFormatError as exc:
             raise self._corrupt(video_id, str(exc)) from None
         if sums is not None:
@@ -565,7 +567,7 @@ class FrameStore:
 
     @property
     def modality(self) -> str:
-        """"rgb", or "flow" for a flow store (``epic-extract plan --flow``)."""
+        """ "rgb", or "flow" for a flow store (``epic-extract plan --flow``)."""
         return self.manifest.params.modality
 
     def _checksum_mismatch(self, video_id: str, frame: int) -> StoreIncompleteError:

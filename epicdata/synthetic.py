@@ -4,11 +4,13 @@ Usage::
 
     epic-synth --out work/mini            # or: python -m epicdata.synthetic --out work/mini
     epic-synth --out work/mini --seed 3 --videos 12 --size 1920x1080
+    epic-synth --out work/mini --flow     # also EPIC's optical-flow tars
 
 writes, deterministically from the seed::
 
-    work/mini/EPIC-KITCHENS/PXX/videos/PXX_YY.MP4   (what --videos points to)
-    work/mini/annotations/EPIC_100_*.csv            (what --annotations points to)
+    work/mini/EPIC-KITCHENS/PXX/videos/PXX_YY.MP4       (what --videos points to)
+    work/mini/annotations/EPIC_100_*.csv                (what --annotations points to)
+    work/mini/EPIC-KITCHENS/PXX/flow_frames/PXX_YY.tar  (with --flow; what --flow points to)
 
 Every picture carries a time stamp: a band across the top ``1/8`` of the frame holding
 ``STAMP_CELLS`` equal-width black/white cells (start guard white-black, the 0-based native
@@ -19,7 +21,12 @@ it back exactly from any rescaled copy (456x256 JPEGs of a 320x180 source, 342x2
 
 Below the band, frames inside an annotated block show content that depends on the classes
 (background colour from the verb, shape and colour of a central object from the noun, mild
-grain), and neutral grey elsewhere, so a small CNN learns the labels in a few epochs.
+grain), and neutral grey elsewhere, so a small CNN learns the labels in a few epochs. The
+object swings left and right at a constant speed set by the verb (``VERB_SPEEDS_PX_PER_S``),
+so motion alone tells the verbs apart too; grey gaps are still. The flow tars hold that
+motion computed analytically (not estimated) with each video's EPIC group rule (stride,
+dilation, bound of :func:`epicdata.frames.flow_params_for`): :func:`synthetic_flow_frame`
+and :func:`synthetic_flow_displacement` give the truth a test compares against.
 """
 
 from __future__ import annotations
@@ -1042,6 +1049,20 @@ class _SizeType(click.ParamType):
         return size
 
 
+def _flow_summary(videos: Sequence[SyntheticVideo]) -> list[str]:
+    """One line per video: its flow group rule and the flow frames its tar holds."""
+    lines = ["flow tars (u/ members, then v/): the shape swings at a speed set by the verb"]
+    for video in videos:
+        params = flow_params_for(video.video_id)
+        count = flow_frame_count(retimed_frame_count(video), params.stride, params.dilation)
+        lines.append(
+            f"{video.video_id:<9} stride {params.stride}, dilation {params.dilation}, "
+            f"bound {params.bound:g}: {count} flow frames of {retimed_frame_count(video)} "
+            "RGB frames"
+        )
+    return lines
+
+
 def _summary(mini: MiniEpic) -> str:
     """What is on disk: the annotation files read back through :mod:`epicdata.annotations`."""
     annotations = AnnotationDir(mini.annotations_dir)
@@ -1050,6 +1071,7 @@ def _summary(mini: MiniEpic) -> str:
     lines = [
         f"videos (--videos):           {mini.videos_dir}",
         f"annotations (--annotations): {mini.annotations_dir}",
+        *([f"flow tars (--flow):          {mini.flow_dir}"] if mini.flow_dir else []),
         "",
         "video     split       native fps   R  duration  native frames  size",
     ]
@@ -1061,6 +1083,8 @@ def _summary(mini: MiniEpic) -> str:
             f"{row.width}x{row.height}"
         )
     lines.append("")
+    if mini.flow_dir is not None:
+        lines += [*_flow_summary(mini.videos), ""]
     used: dict[str, set[int]] = {"verb": set(), "noun": set()}
     for split in SPLIT_FILES:
         table = annotations.table(split)
@@ -1090,10 +1114,14 @@ def _summary(mini: MiniEpic) -> str:
     return "\n".join(lines)
 
 
-def estimate_bytes(num_videos: int, size: tuple[int, int]) -> int:
+def estimate_bytes(num_videos: int, size: tuple[int, int], flow: bool = False) -> int:
     """Upper estimate of what :func:`make_mini_epic` writes (measured: ~0.017 B per pixel
-    of a frame at 320x180, x4 for margin; up to 90 fps)."""
-    return int(num_videos * _DURATION_RANGE_S[1] * 90 * size[0] * size[1] * 0.04) + (1 << 20)
+    of a frame at 320x180, x4 for margin; up to 90 fps). Flow tars (measured: ~1 kB per
+    flat 320x180 JPEG plus 1.5 kB of tar header and padding per member, at most 60 flow
+    frames a second, 2 members each) about double it."""
+    videos = num_videos * _DURATION_RANGE_S[1] * 90 * size[0] * size[1] * 0.04
+    flow_bytes = num_videos * _DURATION_RANGE_S[1] * 60 * 2 * (2048 + 0.05 * size[0] * size[1])
+    return int(videos + (flow_bytes if flow else 0)) + (1 << 20)
 
 
 @click.command(cls=EpicCommand, epilog=example("epic-synth --out work/mini-epic --videos 8"))
@@ -1123,21 +1151,31 @@ def estimate_bytes(num_videos: int, size: tuple[int, int]) -> int:
     metavar="WIDTHxHEIGHT",
     help="Frame size WIDTHxHEIGHT (even numbers), e.g. 1920x1080.",
 )
+@click.option(
+    "--flow",
+    is_flag=True,
+    help="Also write each video's optical flow as an official-style tar "
+    "(OUT/EPIC-KITCHENS/PXX/flow_frames/PXX_YY.tar, for epic-extract plan --flow).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(out: Path, seed: int, num_videos: int, size: tuple[int, int], verbose: bool) -> None:
-    """Write a synthetic mini-EPIC (stamped H.264 videos + EPIC-100 annotation CSVs) to OUT."""
+def main(
+    out: Path, seed: int, num_videos: int, size: tuple[int, int], flow: bool, verbose: bool
+) -> None:
+    """Write a synthetic mini-EPIC (stamped H.264 videos + EPIC-100 annotation CSVs, and
+    with --flow the flow tars) to OUT."""
     start_command()
     ffmpeg_path()
-    preflight_output(out, need_bytes=estimate_bytes(num_videos, size), option="--out")
+    preflight_output(out, need_bytes=estimate_bytes(num_videos, size, flow), option="--out")
     log.info(
-        "writing a mini-EPIC of %d videos at %dx%d (seed %d) into %s",
+        "writing a mini-EPIC of %d videos at %dx%d (seed %d%s) into %s",
         num_videos,
         size[0],
         size[1],
         seed,
+        ", with flow tars" if flow else "",
         out,
     )
-    mini = make_mini_epic(out, seed=seed, num_videos=num_videos, size=size)
+    mini = make_mini_epic(out, seed=seed, num_videos=num_videos, size=size, flow=flow)
     click.echo(_summary(mini))
 
 

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import lmdb
 from PIL import Image
 
-from epicdata.annotations import SPLIT_FILES, AnnotationDir
+from epicdata.annotations import SPLIT_FILES, AnnotationDir, Segment
 from epicdata.checksums import frame_checksum, unpack_checksums
 from epicdata.console import site_of_environment, user_line
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
@@ -59,14 +59,15 @@ from epicdata.frame_index import (
     parse_header,
     unpack_index,
 )
+from epicdata.frames import flow_index
 from epicdata.layout import (
     PUBLISH_RECORD_KEY,
     READABLE_FORMAT_VERSIONS,
     SHARD_META_KEY,
     checksum_key,
+    entry_keys,
     failure_record_path,
     frame_index_key,
-    frame_key,
     shard_path,
     video_meta_key,
 )
@@ -75,7 +76,11 @@ from epicdata.lmdb_pages import PageFormatError, ShardPages, iter_keys, main_dat
 from epicdata.manifest import SOURCE_FRAMES, ExtractParams, Manifest, PlannedVideo, ShardPlan
 from epicdata.metadata import ShardMeta, VideoMeta
 from epicdata.ranges import Range, array_spec, frames_in_ranges
-from epicdata.sampling import sampled_frames_to_keep
+from epicdata.sampling import (
+    flow_segment_range,
+    sampled_flow_frames_to_keep,
+    sampled_frames_to_keep,
+)
 from preprocess.extract import load_runnable_manifest
 
 log = logging.getLogger(__name__)
@@ -300,7 +305,7 @@ INDEX_FIX = "`epic-check --upgrade` rewrites the index in place"
 
 
 def _video_index(
-    shard: _Shard, vid: str, stored_frames: int
+    shard: _Shard, vid: str, stored_frames: int, images: int
 ) -> tuple[list[tuple[int, int, int]] | None, list[str]]:
     """The entries of the frame index of ``vid`` (None: none to compare) and what is wrong
     with it. Entries whose CRC-32 fails are still compared one by one, to name the frames."""
@@ -309,11 +314,11 @@ def _video_index(
         return None, [f"{vid}: frame index missing ({INDEX_FIX})"]
     blob = bytes(blob)
     try:
-        parse_header(blob[: HEADER.size], len(blob), stored_frames)
+        parse_header(blob[: HEADER.size], len(blob), stored_frames, images)
     except FrameIndexError as exc:
         return None, [f"{vid}: {exc} ({INDEX_FIX})"]
     try:
-        return unpack_index(blob, stored_frames), []
+        return unpack_index(blob, stored_frames, images), []
     except FrameIndexError as exc:
         return list(ENTRY.iter_unpack(blob[HEADER.size :])), [f"{vid}: {exc} ({INDEX_FIX})"]
 
@@ -362,16 +367,27 @@ def _check_video(
             problems.append(f"{vid}: {len(missing)} planned frames not stored (first {missing[0]})")
     sums_blob = shard.get(checksum_key(vid))
     count = sum(b - a + 1 for a, b in meta.stored_ranges)
-    if sums_blob is None or len(sums_blob) != 4 * count or count != meta.stored_frames:
-        return meta, [*problems, f"{vid}: checksums missing or not one per stored frame"]
-    frames = frames_in_ranges(meta.stored_ranges).tolist()
+    images = meta.images
+    if (
+        sums_blob is None
+        or len(sums_blob) != 4 * count * len(images)
+        or count != meta.stored_frames
+    ):
+        return meta, [*problems, f"{vid}: checksums missing or not one per stored image"]
+    # (frame, image) of each entry, as "frame 12" or "frame 12 u" in messages.
+    frames = [
+        f"{frame}{' ' + image if image else ''}"
+        for frame in frames_in_ranges(meta.stored_ranges).tolist()
+        for image in images
+    ]
+    keys = entry_keys(vid, frames_in_ranges(meta.stored_ranges), images)
     sums = unpack_checksums(bytes(sums_blob)).tolist()
-    entries, bad = _video_index(shard, vid, count) if indexed else (None, [])
+    entries, bad = _video_index(shard, vid, count, len(images)) if indexed else (None, [])
     # One lookup per frame from the root, as FrameStore reads a shard without its index: a
     # walk follows the leaves' order and passes a shard whose branch pages route some keys
     # to the wrong leaf. The index must give what the lookup gives, as reads take it.
-    for i, (frame, expected) in enumerate(zip(frames, sums, strict=True)):
-        where, value = shard.lookup(frame_key(vid, frame))
+    for i, (frame, key, expected) in enumerate(zip(frames, keys, sums, strict=True)):
+        where, value = shard.lookup(key)
         if value is None:
             bad.append(f"{vid} frame {frame}: key missing")
         elif frame_checksum(value) != expected:
@@ -391,7 +407,7 @@ def _check_video(
     return meta, problems + bad
 
 
-def _decode_problem(vid: str, frame: int, jpeg: bytes | memoryview, meta: VideoMeta) -> list[str]:
+def _decode_problem(vid: str, frame: str, jpeg: bytes | memoryview, meta: VideoMeta) -> list[str]:
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
             image.load()
@@ -412,7 +428,7 @@ def _key_problems(shard: _Shard, metas: dict[str, VideoMeta], indexed: bool) -> 
     index_keys = {PUBLISH_RECORD_KEY} if indexed else set()
     for vid, meta in metas.items():
         expected |= {video_meta_key(vid), checksum_key(vid)}
-        expected.update(frame_key(vid, f) for f in frames_in_ranges(meta.stored_ranges).tolist())
+        expected.update(entry_keys(vid, frames_in_ranges(meta.stored_ranges), meta.images))
         if indexed:
             index_keys.add(frame_index_key(vid))
     entries = shard.entries()
@@ -733,28 +749,62 @@ def _check_annotations(
             meta = metas.get(vid)
             if meta is None:
                 continue
-            last = meta.last_stored_frame
-            late = [s for s in segments if s.stop_frame > last + CLAMP_TOLERANCE_FRAMES]
-            if late:
-                worst = max(late, key=lambda s: s.stop_frame)
-                problems.append(
-                    f"{vid}: {len(late)} segments end past the last stored frame {last} by more than {CLAMP_TOLERANCE_FRAMES} (e.g. {worst.narration_id} ends at {worst.stop_frame})"
-                )
-            missing = []
-            for s in segments:
-                if params.keep == "sampled":
-                    wanted = sampled_frames_to_keep(
-                        s.start_frame, s.stop_frame, params.num_frames
-                    ).tolist()
-                else:
-                    wanted = range(s.start_frame, s.stop_frame + 1)
-                if _covered([f for f in wanted if f <= last], meta.stored_ranges):
-                    missing.append(s.narration_id)
-            if missing:
-                problems.append(
-                    f"{vid}: frames of {len(missing)} segments not stored (e.g. {missing[0]}): the store was planned with other annotations"
-                )
+            problems += _segment_problems(vid, segments, meta, params)
     return problems
+
+
+def _segment_problems(
+    vid: str, segments: Sequence[Segment], meta: VideoMeta, params: ExtractParams
+) -> list[str]:
+    """Whether every frame a reader may ask of ``segments`` is stored: the segment's frames,
+    or with ``keep=sampled`` those the deterministic samplers read; in a flow store, their
+    flow frames by the video's recorded stride (its metadata's, not re-derived)."""
+    flow, last = meta.flow, meta.last_stored_frame
+    stop = (
+        (lambda s: s.stop_frame)
+        if flow is None
+        else (lambda s: flow_index(s.stop_frame, flow.stride))
+    )
+    unit = "frame" if flow is None else "flow frame"
+    problems = []
+    late = [s for s in segments if stop(s) > last + CLAMP_TOLERANCE_FRAMES]
+    if late:
+        worst = max(late, key=stop)
+        problems.append(
+            f"{vid}: {len(late)} segments end past the last stored {unit} {last} by more than {CLAMP_TOLERANCE_FRAMES} (e.g. {worst.narration_id} ends at {unit} {stop(worst)})"
+        )
+    missing = []
+    for s in segments:
+        if flow is not None:
+            wanted = _flow_wanted(s, meta, params)
+        elif params.keep == "sampled":
+            wanted = sampled_frames_to_keep(s.start_frame, s.stop_frame, params.num_frames).tolist()
+        else:
+            wanted = range(s.start_frame, s.stop_frame + 1)
+        lacking = _covered([f for f in wanted if f <= last], meta.stored_ranges)
+        if lacking:
+            missing.append(f"{s.narration_id}: {unit} {lacking[0]}")
+    if missing:
+        problems.append(
+            f"{vid}: {unit}s of {len(missing)} segments not stored (e.g. {missing[0]}): the store was planned with other annotations or options"
+        )
+    return problems
+
+
+def _flow_wanted(segment: Segment, meta: VideoMeta, params: ExtractParams) -> list[int]:
+    """The flow frames a reader may ask of ``segment`` (see :func:`_segment_problems`)."""
+    stride, count = meta.flow.stride, meta.decoded_frames
+    if params.keep == "sampled":
+        return sampled_flow_frames_to_keep(
+            segment.start_frame,
+            segment.stop_frame,
+            params.num_frames,
+            params.flow_stack,
+            stride,
+            count,
+        ).tolist()
+    first, last = flow_segment_range(segment.start_frame, segment.stop_frame, stride, count)
+    return list(range(first, last + 1))
 
 
 def check_store(

@@ -196,6 +196,32 @@ def extract(verbose: bool) -> None:
     "and the erratum's P01_109, P27_103 are decoded.",
 )
 @click.option(
+    "--flow",
+    "flow_root",
+    type=_EXISTING_DIR,
+    show_default="none: an RGB store",
+    help="EPIC's official optical flow root (PXX/flow_frames/PXX_YY.tar or PXX_YY/ with u/ "
+    "and v/): plan a FLOW store (its own --store folder, beside the RGB one), copying the "
+    "u and v JPEGs; positions are flow frames, (rgb - 1) // stride + 1 (docs/store.md).",
+)
+@click.option(
+    "--flow-stack",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="With --flow --keep sampled: the (u, v) pairs per snippet the flow samplers read "
+    "(epic-train --flow-stack).",
+)
+@click.option(
+    "--not-official",
+    "official",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="The --frames/--flow tars are your own (e.g. flow you computed, a synthetic "
+    "dataset), not official downloads: do not compare their md5 with the official ones.",
+)
+@click.option(
     "--allow-missing",
     is_flag=True,
     help="Plan without missing, unreadable or too-short videos (listed in the summary).",

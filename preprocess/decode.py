@@ -140,13 +140,20 @@ class JpegSplitter:
 
 def jpeg_size(jpeg: bytes) -> tuple[int, int]:
     """(width, height) in pixels from a JPEG's frame header, without decoding."""
+    return jpeg_header(jpeg)[:2]
+
+
+def jpeg_header(jpeg: bytes) -> tuple[int, int, int]:
+    """(width, height, colour components) from a JPEG's frame header (SOF), without
+    decoding: 1 component is a grayscale JPEG (optical flow), 3 a colour one."""
     i = 2
-    while i + 9 <= len(jpeg):
+    while i + 10 <= len(jpeg):
         if jpeg[i] != 0xFF:
             break
         marker = jpeg[i + 1]
         if marker in _SOF_MARKERS:
-            return (jpeg[i + 7] << 8) | jpeg[i + 8], (jpeg[i + 5] << 8) | jpeg[i + 6]
+            width, height = (jpeg[i + 7] << 8) | jpeg[i + 8], (jpeg[i + 5] << 8) | jpeg[i + 6]
+            return width, height, jpeg[i + 9]
         if marker in _STANDALONE_MARKERS or marker == 0xFF:
             i += 2 if marker != 0xFF else 1
             continue

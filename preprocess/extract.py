@@ -32,7 +32,9 @@ from epicdata.console import preflight_output, site_of_environment, user_line
 from epicdata.errors import BadSourceError, StoreError
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.layout import (
+    FLOW_IMAGES,
     MANIFEST_NAME,
+    RGB_IMAGES,
     SHARD_META_KEY,
     SHARDS_DIR,
     STORE_FORMAT_VERSION,
@@ -46,6 +48,7 @@ from epicdata.manifest import (
     Manifest,
     PlannedVideo,
     ShardPlan,
+    flow_fields,
 )
 from epicdata.metadata import ShardMeta, VideoMeta
 from epicdata.ranges import array_spec
@@ -182,41 +185,47 @@ def default_workers() -> int:
 
 
 class _Video:
-    """Per-video state in the writer thread: stored frame ranges and checksums so far."""
+    """Per-video state in the writer thread: stored frame ranges and checksums so far (one
+    per image of each position: a flow video's u and v, which its tar may list apart)."""
 
     def __init__(self, planned: PlannedVideo) -> None:
         self.planned = planned
+        self.images = FLOW_IMAGES if planned.flow is not None else RGB_IMAGES
         self.ranges: list[list[int]] = []
         self.checksums: list[int] = []
-        self.numbers: list[int] = []
+        self.numbers: list[tuple[int, int]] = []  # (frame, image's index) of each checksum
         self.jpeg_bytes = 0
         self.ordered = True
 
-    def add(self, frame: int, jpeg: bytes) -> None:
-        if self.ranges and frame <= self.ranges[-1][1]:
+    def add(self, frame: int, jpeg: bytes, image: str = "") -> None:
+        entry = (frame, self.images.index(image))
+        if self.numbers and entry <= self.numbers[-1]:
             self.ordered = False
+        self.checksums.append(frame_checksum(jpeg))
+        self.numbers.append(entry)
+        self.jpeg_bytes += len(jpeg)
+        if self.ordered and entry[1] == 0:
+            self._extend(frame)
+
+    def _extend(self, frame: int) -> None:
         if self.ranges and frame == self.ranges[-1][1] + 1:
             self.ranges[-1][1] = frame
         else:
             self.ranges.append([frame, frame])
-        self.checksums.append(frame_checksum(jpeg))
-        self.numbers.append(frame)
-        self.jpeg_bytes += len(jpeg)
 
     def sort(self) -> None:
-        """Put ranges and checksums in frame order: a tar lists its members in the order
-        they were added (a folder's directory order), not necessarily by number."""
+        """Put ranges and checksums in (frame, image) order: a tar lists its members in the
+        order they were added (a folder's directory order; a flow tar's u/ before its v/),
+        not necessarily by number."""
         if self.ordered:
             return
         pairs = sorted(zip(self.numbers, self.checksums, strict=True))
         self.numbers = [n for n, _ in pairs]
         self.checksums = [c for _, c in pairs]
         self.ranges = []
-        for frame in self.numbers:
-            if self.ranges and frame == self.ranges[-1][1] + 1:
-                self.ranges[-1][1] = frame
-            else:
-                self.ranges.append([frame, frame])
+        for frame, image in self.numbers:
+            if image == 0:
+                self._extend(frame)
         self.ordered = True
 
 
@@ -306,8 +315,8 @@ def _consume(
         kind, video_id, payload = out.get()
         current = state[video_id]
         if kind == "frames":
-            for frame, jpeg in payload:
-                current.add(frame, jpeg)
+            for frame, jpeg, *image in payload:
+                current.add(frame, jpeg, *image)
             writer.put_frames(video_id, payload)
             if on_frames is not None:
                 on_frames(len(payload))
@@ -356,7 +365,7 @@ def _finish(
         native_fps=video.native_fps,
         duration=video.duration,
         decoded_frames=counts.decoded,
-        stored_frames=len(current.checksums),
+        stored_frames=len(current.checksums) // len(current.images),
         stored_ranges=tuple((a, b) for a, b in current.ranges),
         width=counts.width,
         height=counts.height,
@@ -366,6 +375,7 @@ def _finish(
         native_frames=counts.native_frames,
         fingerprint=video.fingerprint,
         source_kind=source.kind,
+        **flow_fields(video.flow),
     )
     result = VideoResult(
         video_id=video.video_id,

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 #: `scale_npp=-2:256:interp_algo=super` and `-r 50`).
 ERRATUM_VIDEO_IDS = frozenset({"P01_109", "P27_103"})
 FRAMES_DIR = "rgb_frames"
+FLOW_DIR = "flow_frames"
 #: Read buffer of a tar stream (several JPEGs per system call).
 TAR_BUFFER_BYTES = 1 << 20
 #: A tar member larger than this is refused before it is read: a 456x256 frame JPEG is
@@ -69,11 +70,12 @@ class FramesSourceError(BadSourceError):
     or holds something that is not a frame JPEG."""
 
 
-def find_frames(frames_root: str | Path) -> dict[str, Path]:
+def find_frames(frames_root: str | Path, folder: str = FRAMES_DIR) -> dict[str, Path]:
     """Video id -> its official frames under ``frames_root``: ``PXX/rgb_frames/PXX_YY.tar``
-    or the unpacked folder ``PXX/rgb_frames/PXX_YY/`` (the tar when both exist)."""
+    or the unpacked folder ``PXX/rgb_frames/PXX_YY/`` (the tar when both exist);
+    ``folder`` :data:`FLOW_DIR`: the flow tars ``PXX/flow_frames/PXX_YY.tar``."""
     found: dict[str, Path] = {}
-    for path in sorted(Path(frames_root).glob(f"*/{FRAMES_DIR}/*")):
+    for path in sorted(Path(frames_root).glob(f"*/{folder}/*")):
         video_id = path.name.removesuffix(".tar")
         if not is_video_id(video_id):
             continue
@@ -89,7 +91,8 @@ def frames_problem(path: Path) -> str | None:
     zero block (cut), a folder without frames. Cheap (two blocks of a tar); ``run`` reads
     everything and checks the rest."""
     if path.is_dir():
-        if not any(frame_number(p.name) for p in path.iterdir()):
+        nested = (path / "u").is_dir() or (path / "v").is_dir()  # an unpacked flow tar
+        if not nested and not any(frame_number(p.name) for p in path.iterdir()):
             return f"{path}: no frame_NNNNNNNNNN.jpg in the folder"
         return None
     size = path.stat().st_size
@@ -126,6 +129,20 @@ def md5_table() -> dict[str, frozenset[str]]:
         key = f"{match[2]}/{match[1]}_frames/{match[3]}" if match else remote
         table.setdefault(key, set()).add(row["md5"])
     return {key: frozenset(md5s) for key, md5s in table.items()}
+
+
+@functools.cache
+def superseded_md5s() -> frozenset[str]:
+    """The md5s of the original downloads of the erratum tars (RGB and flow of P01_109 and
+    P27_103): rows of :data:`MD5_FILE` for a path that also has an ``errata`` row."""
+    text = (resources.files(__package__) / "data" / MD5_FILE).read_text(encoding="ascii")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    replaced = {row["file_remote_path"] for row in rows if row["version"] == "errata"}
+    return frozenset(
+        row["md5"]
+        for row in rows
+        if row["file_remote_path"] in replaced and row["version"] != "errata"
+    )
 
 
 def official_md5s(path: Path) -> frozenset[str]:
@@ -317,82 +334,189 @@ def iter_frames(
     wanted: Callable[[int], bool],
     stats: FramesStats,
     cancel: threading.Event | None = None,
+    check_md5: bool = True,
 ) -> Iterator[tuple[int, bytes]]:
     """(frame number, JPEG bytes) of the official frames at ``path`` (a tar, read as a
     stream, or a folder) for which ``wanted(number)`` is true, in the source's order. Every
     member is checked (name, duplicates, JPEG markers), kept or not; at the end the numbers
     must run 1..N without a gap, and an official tar's md5 must be the official one. Raises
     :class:`FramesSourceError` naming the file."""
+    members = _iter_members(path, RGB_MEMBERS, wanted, stats, cancel, check_md5)
+    for number, data, _ in members:
+        yield number, data
+
+
+def iter_flow_frames(
+    path: str | Path,
+    *,
+    wanted: Callable[[int], bool],
+    stats: FramesStats,
+    cancel: threading.Event | None = None,
+    check_md5: bool = True,
+) -> Iterator[tuple[int, bytes, str]]:
+    """(flow frame number, JPEG bytes, "u" or "v") of an official flow tar (or its
+    unpacked folder, with ``u/`` and ``v/`` inside) for which ``wanted(number)`` is true,
+    in the source's order (the tar's: all u then all v, or interleaved). As
+    :func:`iter_frames`, and: u and v must hold the same numbers, 1..N."""
+    yield from _iter_members(path, FLOW_MEMBERS, wanted, stats, cancel, check_md5)
+
+
+@dataclass(frozen=True)
+class _Members:
+    """What the members of one kind of frames source are: their name pattern (its groups:
+    the image, when there are several, and the number), the images, and words for errors."""
+
+    pattern: re.Pattern[str]
+    images: tuple[str, ...]
+    expected: str
+    option: str
+
+
+RGB_MEMBERS = _Members(_MEMBER_RE, ("",), "frame_NNNNNNNNNN.jpg", "--rgb-frames")
+FLOW_MEMBERS = _Members(
+    re.compile(r"^(?:\./)?([uv])/frame_(\d{10})\.jpg\Z"),
+    ("u", "v"),
+    "u/frame_NNNNNNNNNN.jpg or v/frame_NNNNNNNNNN.jpg",
+    "--flow-frames",
+)
+
+
+def _member(kind: _Members, name: str) -> tuple[str, int] | None:
+    """(image, number) of a member name of ``kind``; None when it is not one."""
+    match = kind.pattern.match(name)
+    if match is None:
+        return None
+    groups = match.groups()
+    return (groups[0] if len(groups) == 2 else ""), int(groups[-1])
+
+
+def _iter_members(
+    path: str | Path,
+    kind: _Members,
+    wanted: Callable[[int], bool],
+    stats: FramesStats,
+    cancel: threading.Event | None,
+    check_md5: bool,
+) -> Iterator[tuple[int, bytes, str]]:
+    """(number, JPEG bytes, image) of the members of a frames tar or folder of ``kind``;
+    ``check_md5`` False (``plan --not-official``): the tars are the user's own, not
+    official downloads, and their md5 is not compared."""
     path = Path(path)
     started = time.perf_counter()
-    seen: set[int] = set()
+    seen: dict[str, set[int]] = {image: set() for image in kind.images}
 
-    def take(name: str, data: bytes) -> tuple[int, bytes] | None:
-        number = frame_number(name)
+    def take(name: str, data: bytes) -> tuple[int, bytes, str] | None:
+        member = _member(kind, name)
         where = f"{path} member {name}" if path.suffix == ".tar" else f"{path}/{name}"
-        if number is None or number < 1:
+        if member is None or member[1] < 1:
             raise FramesSourceError(
-                f"{where}: not a frame file (expected frame_NNNNNNNNNN.jpg, 10 digits from 1)",
-                fix="give the official rgb_frames tars or their unpacked folders",
+                f"{where}: not a frame file (expected {kind.expected}, 10 digits from 1)",
+                fix=f"give the official {path.parent.name} tars or their unpacked folders",
             )
-        if number in seen:
+        image, number = member
+        if number in seen[image]:
             raise FramesSourceError(f"{where}: frame {number} appears twice")
-        seen.add(number)
+        seen[image].add(number)
         check_jpeg(data, where=where)
         stats.files += 1
         stats.bytes += len(data)
-        return (number, data) if wanted(number) else None
+        return (number, data, image) if wanted(number) else None
 
     expected: frozenset[str] = frozenset()
     md5: str | None = None
     if path.is_dir():
-        yield from _folder_frames(path, take, cancel)
+        yield from _folder_frames(path, take, cancel, nested=len(kind.images) > 1)
     elif path.is_file():
-        expected = official_md5s(path)
+        expected = official_md5s(path) if check_md5 else frozenset()
         md5 = yield from _tar_frames(path, take, cancel, hashed=bool(expected))
     else:
         raise FramesSourceError(
             f"{path}: no such file or folder",
-            fix="moved since `epic-extract plan`? plan the store again with --frames",
+            fix="moved since `epic-extract plan`? plan the store again",
         )
     if cancel is not None and cancel.is_set():
         return
-    stats.frames = max(seen, default=0)
     stats.seconds = time.perf_counter() - started
-    if len(seen) != stats.frames:
-        gaps = sorted(set(range(1, stats.frames + 1)) - seen)
+    stats.frames = _complete_numbers(path, seen)
+    _check_md5(path, md5, expected, kind)
+
+
+def _complete_numbers(path: Path, seen: dict[str, set[int]]) -> int:
+    """The highest frame number, once every image holds the same numbers 1..N: a
+    :class:`FramesSourceError` naming the first gap or the image that lacks frames."""
+    fix = "download the video's frames again"
+    if len(seen) > 1:
+        empty = [image for image, numbers in seen.items() if not numbers]
+        if empty and len(empty) < len(seen):
+            present = [image for image in seen if image not in empty]
+            raise FramesSourceError(
+                f"{path}: no {'/, '.join(empty)}/ frames, only {'/, '.join(present)}/: a flow "
+                f"tar holds both u/ and v/",
+                fix=fix,
+            )
+        u, v = seen["u"], seen["v"]
+        if u != v:
+            only_u, only_v = sorted(u - v), sorted(v - u)
+            raise FramesSourceError(
+                f"{path}: {len(u)} u and {len(v)} v frames ("
+                + (f"{len(only_u)} without their v, first {only_u[0]}" if only_u else "")
+                + ("; " if only_u and only_v else "")
+                + (f"{len(only_v)} without their u, first {only_v[0]}" if only_v else "")
+                + "): u and v must pair up",
+                fix=fix,
+            )
+    numbers = next(iter(seen.values()))
+    last = max(numbers, default=0)
+    if len(numbers) != last:
+        gaps = sorted(set(range(1, last + 1)) - numbers)
         raise FramesSourceError(
-            f"{path}: {len(gaps)} frame(s) missing between 1 and {stats.frames} (first "
-            f"{gaps[0]}): the frames are incomplete",
-            fix="download the video's frames again",
+            f"{path}: {len(gaps)} frame(s) missing between 1 and {last} (first {gaps[0]}): "
+            f"the frames are incomplete",
+            fix=fix,
+        )
+    return last
+
+
+def _check_md5(path: Path, md5: str | None, expected: frozenset[str], kind: _Members) -> None:
+    """Refuse an official tar whose md5 is not its official download's, and the original
+    tar of an erratum video (its md5 is official, but its frames are wrong)."""
+    if md5 is not None and md5 in superseded_md5s():
+        raise FramesSourceError(
+            f"{path}: md5 {md5} is the original download of this tar, which the dataset's "
+            f'erratum replaced (epic-kitchens-100-annotations README, "Erratum"; '
+            f"epic-kitchens-download-scripts data/errata.csv): its frames are wrong",
+            fix="download the replacement with `epic_downloader.py --errata "
+            f"{kind.option}` (or give the video's MP4 with --videos for an RGB store)",
         )
     if expected and md5 not in expected:
         raise FramesSourceError(
             f"{path}: md5 {md5}, but the official download has md5 "
             f"{' or '.join(sorted(expected))} (epic-kitchens-download-scripts data/md5.csv): "
             f"the tar is damaged, cut or not the official one",
-            fix="download it again with epic_downloader.py --rgb-frames",
+            fix=f"download it again with epic_downloader.py {kind.option}",
         )
 
 
-_Take = Callable[[str, bytes], tuple[int, bytes] | None]
+_Take = Callable[[str, bytes], tuple[int, bytes, str] | None]
 
 
 def _folder_frames(
-    path: Path, take: _Take, cancel: threading.Event | None
-) -> Iterator[tuple[int, bytes]]:
-    """What ``take`` keeps of the files of an unpacked folder, in name order."""
-    for file in sorted(path.iterdir()):
+    path: Path, take: _Take, cancel: threading.Event | None, *, nested: bool = False
+) -> Iterator[tuple[int, bytes, str]]:
+    """What ``take`` keeps of the files of an unpacked folder, in name order (``nested``: a
+    flow folder's files in its ``u/`` and ``v/``)."""
+    files = sorted(path.glob("*/*") if nested else path.iterdir())
+    for file in files:
         if cancel is not None and cancel.is_set():
             return
-        got = take(file.name, file.read_bytes())
+        got = take(file.relative_to(path).as_posix(), file.read_bytes())
         if got is not None:
             yield got
 
 
 def _tar_frames(
     path: Path, take: _Take, cancel: threading.Event | None, *, hashed: bool
-) -> Generator[tuple[int, bytes], None, str | None]:
+) -> Generator[tuple[int, bytes, str], None, str | None]:
     """What ``take`` keeps of the members of a tar, read once front to back; returns the
     md5 of the whole file when ``hashed`` (None otherwise, or when cancelled)."""
     try:

@@ -27,12 +27,20 @@ from epicdata.constants import (
     DEFAULT_SHORT_SIDE,
 )
 from epicdata.errors import BadSourceError, EpicInputError, StoreError
-from epicdata.frames import expected_frame_count, frame_rate_for
+from epicdata.frames import (
+    FlowParams,
+    expected_frame_count,
+    flow_frame_count,
+    flow_index,
+    flow_params_for,
+    frame_rate_for,
+)
 from epicdata.layout import MANIFEST_NAME, SHARD_META_KEY, SHARDS_DIR, video_meta_key
 from epicdata.lmdb_env import ShardReadError, read_in_child
 from epicdata.lmdb_pages import ShardPages
 from epicdata.manifest import (
     KEEP_MODES,
+    SOURCE_FLOW,
     SOURCE_FRAMES,
     SOURCE_VIDEO,
     TAIL_FRAMES,
@@ -40,11 +48,18 @@ from epicdata.manifest import (
     Manifest,
     PlannedVideo,
     ShardPlan,
+    flow_fields,
 )
 from epicdata.metadata import ShardMeta, VideoMeta
 from epicdata.ranges import Range
-from epicdata.sampling import count_in_ranges, merge_ranges, sampled_frames_to_keep
-from preprocess.official_frames import ERRATUM_VIDEO_IDS, find_frames, frames_problem
+from epicdata.sampling import (
+    count_in_ranges,
+    flow_segment_range,
+    merge_ranges,
+    sampled_flow_frames_to_keep,
+    sampled_frames_to_keep,
+)
+from preprocess.official_frames import ERRATUM_VIDEO_IDS, FLOW_DIR, find_frames, frames_problem
 from preprocess.probe import VideoProbe, find_videos, fingerprint, probe_many
 
 log = logging.getLogger(__name__)
@@ -172,6 +187,9 @@ def plan_store(
     videos_root: str | Path | None = None,
     video_info: str | Path | None = None,
     frames_root: str | Path | None = None,
+    flow_root: str | Path | None = None,
+    flow_stack: int = 5,
+    official: bool = True,
     splits: Sequence[str] = ("train", "validation", "test"),
     shards: int | None = None,
     target_shard_frames: int | None = None,
@@ -201,11 +219,22 @@ def plan_store(
     checked by ``run``. With ``videos_root`` too, a video without official frames, or one
     of :data:`~preprocess.official_frames.ERRATUM_VIDEO_IDS` (wrong official frames), is
     decoded from its MP4; each video records its source (``PlannedVideo.source_kind``).
+
+    ``flow_root``: EPIC's official optical flow (``PXX/flow_frames/PXX_YY.tar``) instead: a
+    flow store, one modality per store, its positions numbered in flow-index space with
+    each video's :func:`~epicdata.frames.flow_params_for` (``flow_stack``: the pairs per
+    snippet that ``keep="sampled"`` keeps). ``official`` False: the tars are the user's own
+    (no md5 comparison at ``run``).
     """
+    if flow_root is not None:
+        frames_root = flow_root
     params = _checked_params(
         videos_root=videos_root,
         video_info=video_info,
         frames_root=frames_root,
+        flow=flow_root is not None,
+        flow_stack=flow_stack,
+        official=official,
         short_side=short_side,
         jpeg_qscale=jpeg_qscale,
         keep=keep,
@@ -223,6 +252,7 @@ def plan_store(
         frames_root=frames_root,
         videos_root=videos_root,
         video_info=video_info,
+        flow=flow_root is not None,
     )
     planned, problems = _plan_videos(facts, by_video, params, problems)
     _refuse_problems(
@@ -257,9 +287,21 @@ def _checked_params(
     keep: str,
     num_frames: Sequence[int],
     margin_frames: int,
+    flow: bool = False,
+    flow_stack: int = 5,
+    official: bool = True,
 ) -> ExtractParams:
     """The extraction parameters of the options; an :class:`EpicInputError` for options
     that contradict each other or are out of range (see :func:`plan_store`)."""
+    if flow and videos_root is not None:
+        raise EpicInputError(
+            "--flow with --videos: a flow store holds optical flow only",
+            where=frames_root,
+            fix="plan the RGB store and the flow store into two --store folders (one "
+            "modality per store; docs/store.md)",
+        )
+    if flow_stack < 1:
+        raise EpicInputError(f"--flow-stack {flow_stack}: must be >= 1")
     if frames_root is None and (videos_root is None) == (video_info is None):
         raise EpicInputError(
             "give either --videos (probe the files), --frames (official frames) or "
@@ -269,7 +311,8 @@ def _checked_params(
         short_side != DEFAULT_SHORT_SIDE or jpeg_qscale != DEFAULT_JPEG_QSCALE
     ):
         raise EpicInputError(
-            f"--short-side {short_side} / --quality {jpeg_qscale} with --frames",
+            f"--short-side {short_side} / --quality {jpeg_qscale} with "
+            f"{'--flow' if flow else '--frames'}",
             where=frames_root,
             fix=f"official frames are copied as they are ({DEFAULT_SHORT_SIDE} px short side, "
             f"-q:v {DEFAULT_JPEG_QSCALE}): drop these options, or plan from --videos only",
@@ -289,6 +332,9 @@ def _checked_params(
         keep=keep,
         margin_frames=margin_frames if keep == "segments" else 0,
         num_frames=tuple(num_frames) if keep == "sampled" else (),
+        modality="flow" if flow else "rgb",
+        flow_stack=flow_stack if flow else 0,
+        check_md5=official,
     )
 
 
@@ -332,9 +378,15 @@ def build_video_facts(
     frames_root: Path | None,
     videos_root: Path | None,
     video_info: str | Path | None,
+    flow: bool = False,
 ) -> tuple[dict[str, VideoFacts], dict[str, str]]:
     """Facts of each of ``video_ids`` from the sources given (official frames, else probed
-    videos, else the video_info CSV): (facts by video id, why the others cannot be planned)."""
+    videos, else the video_info CSV): (facts by video id, why the others cannot be planned).
+    ``flow``: ``frames_root`` holds the official flow tars."""
+    if flow:
+        return _facts_from_flow(
+            video_ids, annotations=annotations, flow_root=frames_root, video_info=video_info
+        )
     if frames_root is not None:
         return _facts_from_frames(
             video_ids,
@@ -431,6 +483,54 @@ def _facts_from_frames(
     return facts | decoded, problems | errors
 
 
+def _facts_from_flow(
+    video_ids: Sequence[str],
+    *,
+    annotations: AnnotationDir,
+    flow_root: Path,
+    video_info: str | Path | None,
+) -> tuple[dict[str, VideoFacts], dict[str, str]]:
+    """Facts for a flow store: each video's flow tar (or unpacked folder) under
+    ``flow_root``, its duration from video_info.csv. The erratum videos' flow cannot be
+    made from their MP4 here: their tar is copied, and ``run`` refuses the original
+    (pre-erratum) one by its md5."""
+    info_rows = read_video_info(video_info) if video_info else annotations.video_info()
+    info = {v.video_id: v for v in info_rows}
+    info_name = Path(video_info).name if video_info else "EPIC_100_video_info.csv"
+    found = find_frames(flow_root, FLOW_DIR)
+    facts: dict[str, VideoFacts] = {}
+    problems: dict[str, str] = {}
+    for video_id in video_ids:
+        flow = found.get(video_id)
+        if flow is None:
+            problems[video_id] = (
+                f"missing: no {video_id}.tar or {video_id}/ under "
+                f"{flow_root}/{video_id[:3]}/{FLOW_DIR}"
+            )
+            continue
+        why = frames_problem(flow)
+        if why is None and video_id not in info:
+            why = f"missing: not in {info_name} (its frame count is estimated from it)"
+        if why is not None:
+            problems[video_id] = why
+            continue
+        if video_id in ERRATUM_VIDEO_IDS and flow.is_dir():
+            log.warning(
+                "%s: its original flow is wrong (erratum, epic-kitchens-100-annotations "
+                "README) and an unpacked folder has no md5 to tell the replacement from it: "
+                "make sure %s is the replacement (epic_downloader.py --errata --flow-frames)",
+                video_id,
+                flow,
+            )
+        facts[video_id] = VideoFacts.from_info(
+            info[video_id],
+            path=str(flow),
+            fingerprint=fingerprint(flow) if flow.is_file() else None,
+            source_kind=SOURCE_FLOW,
+        )
+    return facts, problems
+
+
 def _usable_frames(
     video_id: str, frames: Path | None, found_videos: dict[str, Path]
 ) -> Path | None:
@@ -477,6 +577,9 @@ def _plan_videos(
                 f"{last_annotated}; the file is probably truncated, download it again"
             )
             continue
+        if fact.source_kind == SOURCE_FLOW:
+            planned.append(_flow_video(video_id, fact, segments, params, rgb_frames=expected))
+            continue
         ranges = keep_ranges_for(
             segments,
             keep=params.keep,
@@ -502,6 +605,69 @@ def _plan_videos(
             )
         )
     return planned, problems
+
+
+def _flow_video(
+    video_id: str,
+    fact: VideoFacts,
+    segments: Sequence[Segment],
+    params: ExtractParams,
+    *,
+    rgb_frames: int,
+) -> PlannedVideo:
+    """The plan of one video of a flow store: its counts and keep ranges in flow-index
+    space, by its group's flow rule (:func:`~epicdata.frames.flow_params_for`)."""
+    flow = flow_params_for(video_id)
+    expected = flow_frame_count(rgb_frames, flow.stride, flow.dilation)
+    ranges = flow_keep_ranges(segments, params=params, flow=flow, expected_frames=expected)
+    last_annotated = flow_index(max(s.stop_frame for s in segments), flow.stride)
+    return PlannedVideo(
+        video_id=video_id,
+        path=fact.path,
+        rate=frame_rate_for(video_id),
+        native_fps=fact.native_fps,
+        duration=fact.duration,
+        width=fact.width,
+        height=fact.height,
+        expected_frames=expected,
+        planned_frames=expected if ranges is None else count_in_ranges(ranges),
+        # The last RGB frames have no flow (it is computed between frames): a segment that
+        # ends there is read clamped to the last flow frame, which must exist.
+        max_annotated_frame=max(1, min(last_annotated, expected - CLAMP_TOLERANCE_FRAMES)),
+        keep_ranges=ranges,
+        fingerprint=fact.fingerprint,
+        source_kind=SOURCE_FLOW,
+        **flow_fields(flow),
+    )
+
+
+def flow_keep_ranges(
+    segments: Sequence[Segment], *, params: ExtractParams, flow: FlowParams, expected_frames: int
+) -> tuple[Range, ...] | None:
+    """Inclusive flow-frame ranges to store for one video of a flow store (None: all): each
+    segment's flow range (:func:`~epicdata.sampling.flow_segment_range`; its RGB margin
+    first), or the flow frames the deterministic flow samplers read
+    (:func:`~epicdata.sampling.sampled_flow_frames_to_keep`), and the video's tail."""
+    if params.keep == "all":
+        return None
+    ranges: list[Range] = []
+    for s in segments:
+        if params.keep == "segments":
+            start, stop = s.start_frame - params.margin_frames, s.stop_frame + params.margin_frames
+            ranges.append(flow_segment_range(max(1, start), stop, flow.stride, expected_frames))
+        else:
+            frames = sampled_flow_frames_to_keep(
+                s.start_frame,
+                s.stop_frame,
+                params.num_frames,
+                params.flow_stack,
+                flow.stride,
+                expected_frames,
+            )
+            ranges.extend((int(f), int(f)) for f in frames)
+    ranges.append((expected_frames - TAIL_FRAMES, expected_frames))  # PlannedVideo.tail_from
+    clipped = [(max(1, a), min(b, expected_frames)) for a, b in ranges]
+    return tuple(merge_ranges((a, b) for a, b in clipped if a <= b))
 
 
 def _refuse_problems(
@@ -688,7 +854,12 @@ def plan_summary(manifest: Manifest, store_root: str | Path, *, show_next: bool 
         f"at 256 px); decoding: {manifest.extra['estimated_core_hours']:,.1f} core-hours",
     ]
     copied = sum(v.source_kind == SOURCE_FRAMES for v in videos)
-    if copied:
+    if params.modality == "flow":
+        lines.append(
+            f"a flow store: {len(videos)} videos' official optical flow copied (u and v "
+            f"per position; positions are flow frames: stride 2 for PXX_YY, 1 for PXX_1YY)"
+        )
+    elif copied:
         lines.append(
             f"sources: {len(videos) - copied} videos decoded from MP4, {copied} copied from "
             f"official frames (no decoding; frame counts checked by `run`)"

@@ -20,7 +20,13 @@ from typing import ClassVar
 
 from epicdata.constants import CLAMP_TOLERANCE_FRAMES
 from epicdata.errors import BadSourceError
-from epicdata.manifest import SOURCE_FRAMES, SOURCE_VIDEO, ExtractParams, PlannedVideo
+from epicdata.manifest import (
+    SOURCE_FLOW,
+    SOURCE_FRAMES,
+    SOURCE_VIDEO,
+    ExtractParams,
+    PlannedVideo,
+)
 from epicdata.ranges import Range
 from epicdata.sampling import count_in_ranges
 from preprocess.decode import (
@@ -28,9 +34,14 @@ from preprocess.decode import (
     JpegStreamError,
     VideoDecodeError,
     decode_video,
-    jpeg_size,
+    jpeg_header,
 )
-from preprocess.official_frames import FramesSourceError, FramesStats, iter_frames
+from preprocess.official_frames import (
+    FramesSourceError,
+    FramesStats,
+    iter_flow_frames,
+    iter_frames,
+)
 from preprocess.probe import fingerprint
 
 
@@ -225,7 +236,11 @@ class OfficialFramesSource(FrameSource):
         if self.path.is_file():
             self.require_unchanged()
         frames = iter_frames(
-            self.path, wanted=wanted_frames(self.video), stats=self.stats, cancel=cancel
+            self.path,
+            wanted=wanted_frames(self.video),
+            stats=self.stats,
+            cancel=cancel,
+            check_md5=self.params.check_md5,
         )
         yield from _same_size_frames(frames, self.path, self.stats)
 
@@ -258,9 +273,54 @@ class OfficialFramesSource(FrameSource):
             )
 
 
+class OfficialFlowSource(OfficialFramesSource):
+    """EPIC's official optical flow of one video (a ``flow_frames`` tar, or its unpacked
+    folder with ``u/`` and ``v/``), copied byte for byte: two grayscale JPEGs per flow
+    frame, which the writer stores under the keys ``<id>/<frame>/u`` and ``/v``. Frame
+    numbers are flow indices; the planned counts are the video's flow rule's
+    (:func:`epicdata.frames.flow_frame_count`)."""
+
+    kind = SOURCE_FLOW
+
+    def frames(self, cancel: threading.Event) -> Iterator[tuple[int, bytes, str]]:  # type: ignore[override]
+        if self.path.is_file():
+            self.require_unchanged()
+        frames = iter_flow_frames(
+            self.path,
+            wanted=wanted_frames(self.video),
+            stats=self.stats,
+            cancel=cancel,
+            check_md5=self.params.check_md5,
+        )
+        yield from _same_size_frames(frames, self.path, self.stats, components=1)
+
+    def check_counts(self) -> None:
+        """Fewer flow frames than the annotations reach, or a count that contradicts the
+        video's flow rule by more than the RGB tolerance, is the tar's fault."""
+        video, frames, where = self.video, self.stats.frames, self.video.path
+        flow = video.flow
+        if frames < video.max_annotated_frame:
+            raise FramesSourceError(
+                f"{where}: {frames} flow frames, but a segment ends at flow frame "
+                f"{video.max_annotated_frame} (stride {flow.stride}): the flow does not reach "
+                f"the annotations",
+                fix="download the video's flow again",
+            )
+        if abs(frames - video.expected_frames) > CLAMP_TOLERANCE_FRAMES:
+            raise FramesSourceError(
+                f"{where}: {frames} flow frames, but its {video.duration:.3f} s at {video.rate} "
+                f"fps with stride {flow.stride} and dilation {flow.dilation} give "
+                f"ceil((n - dilation) / stride) = {video.expected_frames} "
+                f"(+-{CLAMP_TOLERANCE_FRAMES}): not this video's flow, incomplete, or computed "
+                f"with other parameters",
+                fix="download the video's flow again (or plan with the parameters it was "
+                "computed with)",
+            )
+
+
 #: The source class of each ``PlannedVideo.source_kind``.
 SOURCES: dict[str, type[FrameSource]] = {
-    cls.kind: cls for cls in (VideoSource, OfficialFramesSource)
+    cls.kind: cls for cls in (VideoSource, OfficialFramesSource, OfficialFlowSource)
 }
 
 
@@ -285,18 +345,29 @@ def wanted_frames(video: PlannedVideo) -> Callable[[int], bool]:
 
 
 def _same_size_frames(
-    frames: Iterable[tuple[int, bytes]], path: Path, stats: FramesStats
-) -> Iterator[tuple[int, bytes]]:
-    """``frames`` checked to be JPEGs of one picture size, which ends up in ``stats``."""
+    frames: Iterable[tuple], path: Path, stats: FramesStats, components: int = 0
+) -> Iterator[tuple]:
+    """``frames`` checked to be JPEGs of one picture size, which ends up in ``stats``, and
+    of ``components`` colour components when given (1: grayscale flow)."""
     size: tuple[int, int] | None = None
-    for frame, jpeg in frames:
+    for item in frames:
+        frame, jpeg = item[0], item[1]
+        image = f" {item[2]}" if len(item) > 2 else ""
         try:
-            this = jpeg_size(jpeg)
+            width, height, found = jpeg_header(jpeg)
+            this = width, height
         except JpegStreamError:
             raise FramesSourceError(
-                f"{path} frame {frame}: a JPEG without a frame header",
+                f"{path} frame {frame}{image}: a JPEG without a frame header",
                 fix="download the video's frames again",
             ) from None
+        if components and found != components:
+            raise FramesSourceError(
+                f"{path} frame {frame}{image}: a JPEG of {found} colour components where "
+                f"optical flow is {components} (grayscale u and v images): RGB frames in a "
+                f"flow tar?",
+                fix="give the flow_frames tars to --flow (the rgb_frames ones to --frames)",
+            )
         if size is None:
             size = this
         elif this != size:
@@ -305,5 +376,5 @@ def _same_size_frames(
                 f"{size[0]}x{size[1]}",
                 fix="download the video's frames again",
             )
-        yield frame, jpeg
+        yield item
     stats.width, stats.height = size or (0, 0)

@@ -150,13 +150,13 @@ class ActionModel(nn.Module):
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) clips -> (B, D) temporally averaged frame features (D 512/2048)."""
-        b, t = clips.shape[:2]
         if clips.dim() != 5 or clips.shape[2] != self.in_channels:
             raise EpicInputError(
                 f"the model takes clips (B, T, {self.in_channels}, H, W); got {tuple(clips.shape)}",
                 fix="feed the modality it was built for: 3 channels for --modality rgb, "
                 "2 x --flow-stack for --modality flow",
             )
+        b, t = clips.shape[:2]
         if self.temporal == "tsm" and t != self.num_frames:
             raise EpicInputError(
                 f"the TSM model shifts over clips of {self.num_frames} frames; got {t}",

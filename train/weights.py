@@ -166,10 +166,11 @@ def load_weights(
         )
     elif weights == "kinetics":
         _require_kinetics_model(model)
-        flow = model.in_channels != 3
+        flow = model.in_channels != 3  # the file is chosen by the model's input
         path = _cached(
             kinetics_weights_path(model.in_channels),
-            f"--weights kinetics: the TSM authors' Kinetics-400 ResNet-50 TSM ({'flow' if flow else 'RGB'})",
+            "--weights kinetics: the TSM authors' Kinetics-400 ResNet-50 TSM "
+            + ("(flow)" if flow else "(RGB)"),
             FETCH_KINETICS_FLOW_COMMAND if flow else FETCH_KINETICS_COMMAND,
         )
     else:
@@ -443,11 +444,12 @@ def _adapt_first_conv(
             want,
         )
         return True
+    cross = " (--weights imagenet initialises a flow model from RGB)" if want != 3 else ""
     raise EpicInputError(
         f"--weights {path}: its conv1 takes {have} input channels ({_input_of(have)}); the "
         f"model takes {want} ({_input_of(want)})",
-        fix=f"train with {_options_for(have)} to use this file, or pass weights of "
-        f"{want} channels (--weights imagenet initialises a flow model from RGB ones)",
+        fix=f"train with {_options_for(have)} to use this file, or pass weights of {want} "
+        f"channels{cross}",
     )
 
 

@@ -254,23 +254,26 @@ def test_channels_are_u_v_pairs_in_order_and_share_one_crop(crop):
             frames = store.reads[-1][1]
             assert clip.shape == (3, 2 * STACK, SIZE, SIZE) and len(frames) == 3 * STACK
             flip = None
-            marker = clip[0, 1] < v_level(frames[0]) / 2  # v: never inverted
-            assert 0 < int(marker.sum()) < SIZE * SIZE // 4
+            # The picture every channel must show, up to its grey level: 0 on the marker,
+            # 1 elsewhere, blended at the marker's edges by the resize.
+            shape = clip[0, 1].float() / v_level(frames[0])  # v: never inverted
+            assert 0 < int((shape < 0.5).sum()) < SIZE * SIZE // 4
             for t in range(3):
                 for i in range(STACK):
                     frame = frames[t * STACK + i]
                     u, v = clip[t, 2 * i].float(), clip[t, 2 * i + 1].float()
                     # A flip turns u into 255 - u and leaves v: the levels tell it.
-                    flipped = abs(u.median() - (255 - u_level(frame))) <= 1
+                    flipped = bool(abs(u.median() - (255 - u_level(frame))) <= 1)
                     flip = flipped if flip is None else flip
                     assert flipped == flip  # one flip for the whole clip
                     expect_u = 255 - u_level(frame) if flip else u_level(frame)
                     assert abs(u.median() - expect_u) <= 1
                     assert abs(v.median() - v_level(frame)) <= 1
-                    # The marker covers the same pixels in every channel: one crop, one flip.
-                    u_dark = (u > 255 - u_level(frame) / 2) if flip else (u < u_level(frame) / 2)
-                    assert torch.equal(u_dark, marker)
-                    assert torch.equal(v < v_level(frame) / 2, marker)
+                    # The marker in the same place in every channel: one crop, one flip (a
+                    # crop 1 px off moves its edges by far more than 0.1 of the level).
+                    u_shape = (255 - u if flip else u) / u_level(frame)
+                    assert (u_shape - shape).abs().max() < 0.1
+                    assert (v / v_level(frame) - shape).abs().max() < 0.1
             flips.add(flip)
     assert flips == {True, False}
 
@@ -368,13 +371,14 @@ def test_a_random_sampler_reads_only_inside_the_readable_range():
         first = min(c1_flow_index(start, params.stride), count)
         last = min(c1_flow_index(stop, params.stride), count)
         assert low == first and high == min(max(last, first + STACK - 1), count)
-        seen = set()
-        for seed in range(200):
+        for seed in range(20):
             frames = dataset.frame_numbers(index, np.random.default_rng(seed))
             assert low <= frames.min() and frames.max() <= high
-            seen.update(frames.tolist())
-        if last - first + 1 >= 3 * STACK:  # long enough for the draws to reach both ends
-            assert {low, high} <= seen
+        # The extreme draws (TSN's uniform offsets near 0 and near 1) reach both ends.
+        lowest = SimpleNamespace(random=lambda n: np.zeros(n))
+        highest = SimpleNamespace(random=lambda n: np.full(n, 1 - 1e-9))
+        assert dataset.frame_numbers(index, lowest).min() == low
+        assert dataset.frame_numbers(index, highest).max() == high
 
 
 # ----------------------------------------------------------------------------- normalise

@@ -304,6 +304,12 @@ def test_the_kinetics_flow_fetch_command_fills_the_path_the_loader_reads(tmp_pat
     assert kinetics_weights_path(10).read_bytes() == b"the authors' flow file"
 
 
+def test_the_readme_login_node_block_fetches_the_kinetics_flow_file():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("# pretrained weights:", 1)[1].split("```", 1)[0]
+    assert FETCH_KINETICS_FLOW_COMMAND in block and FETCH_KINETICS_COMMAND in block
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
