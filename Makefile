@@ -7,7 +7,7 @@ WORK ?= work/demo
 # The demo's training run: small enough for 2 CPU cores in a few minutes.
 DEMO_TRAIN_ARGS ?= --weights none --epochs 4 --crop-size 112 --num-frames 4 --batch-size 8 --workers 2 --lr 1e-3
 
-.PHONY: demo test test-quick lint format ffmpeg clean
+.PHONY: demo demo-two-stream test test-quick lint format ffmpeg clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ is required")'
@@ -33,6 +33,10 @@ test-quick: $(BIN)/.installed ffmpeg
 
 demo: $(BIN)/.installed ffmpeg
 	WORK=$(WORK) BIN=$(BIN) DEMO_TRAIN_ARGS="$(DEMO_TRAIN_ARGS)" bash demo.sh
+
+# The demo and then the two-stream half: flow tars, a flow store, a flow stream, fusion.
+demo-two-stream: $(BIN)/.installed ffmpeg
+	TWO_STREAM=1 WORK=$(WORK) BIN=$(BIN) DEMO_TRAIN_ARGS="$(DEMO_TRAIN_ARGS)" bash demo.sh
 
 lint: $(BIN)/.installed
 	$(BIN)/pip install -q ruff

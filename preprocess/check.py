@@ -323,19 +323,10 @@ def _video_index(
         return list(ENTRY.iter_unpack(blob[HEADER.size :])), [f"{vid}: {exc} ({INDEX_FIX})"]
 
 
-def _check_video(
-    shard: _Shard, planned: PlannedVideo, params: ExtractParams, deep: bool, indexed: bool
-) -> tuple[VideoMeta | None, list[str]]:
-    """The video's metadata and problems; ``indexed``: the shard must hold its frame index
-    (store format 2, or a shard upgraded in place), which must agree with every lookup."""
-    vid = planned.video_id
-    blob = shard.get(video_meta_key(vid))
-    if blob is None:
-        return None, [f"{vid}: metadata missing"]
-    try:
-        meta = VideoMeta.from_bytes(bytes(blob))
-    except MalformedMetadataError as exc:
-        return None, [f"{vid}: metadata unreadable ({exc.reason})"]
+def _meta_problems(
+    vid: str, meta: VideoMeta, planned: PlannedVideo, params: ExtractParams
+) -> list[str]:
+    """Where a video's metadata contradicts its plan (id, rate, encoding, source, counts)."""
     problems = []
     if (meta.video_id, meta.rate) != (vid, planned.rate):
         problems.append(
@@ -360,6 +351,23 @@ def _check_video(
         problems.append(
             f"{vid}: {meta.decoded_frames} frames decoded, {planned.expected_frames} expected"
         )
+    return problems
+
+
+def _check_video(
+    shard: _Shard, planned: PlannedVideo, params: ExtractParams, deep: bool, indexed: bool
+) -> tuple[VideoMeta | None, list[str]]:
+    """The video's metadata and problems; ``indexed``: the shard must hold its frame index
+    (store format 2, or a shard upgraded in place), which must agree with every lookup."""
+    vid = planned.video_id
+    blob = shard.get(video_meta_key(vid))
+    if blob is None:
+        return None, [f"{vid}: metadata missing"]
+    try:
+        meta = VideoMeta.from_bytes(bytes(blob))
+    except MalformedMetadataError as exc:
+        return None, [f"{vid}: metadata unreadable ({exc.reason})"]
+    problems = _meta_problems(vid, meta, planned, params)
     # Damaged metadata can claim any length: only count planned frames up to a plausible end.
     if meta.decoded_frames <= planned.expected_frames + CLAMP_TOLERANCE_FRAMES:
         missing = _planned_missing(planned, meta)
@@ -373,7 +381,8 @@ def _check_video(
         or len(sums_blob) != 4 * count * len(images)
         or count != meta.stored_frames
     ):
-        return meta, [*problems, f"{vid}: checksums missing or not one per stored image"]
+        unit = "frame" if len(images) == 1 else "image (u and v)"
+        return meta, [*problems, f"{vid}: checksums missing or not one per stored {unit}"]
     # (frame, image) of each entry, as "frame 12" or "frame 12 u" in messages.
     frames = [
         f"{frame}{' ' + image if image else ''}"

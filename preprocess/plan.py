@@ -203,31 +203,16 @@ def plan_store(
 ) -> Manifest:
     """Plan a store and write ``<store_root>/manifest.json``; returns the manifest.
 
-    Videos are those the annotation files of ``splits`` name. Exactly one of
-    ``videos_root`` (probe the files) and ``video_info`` (``EPIC_100_video_info.csv``
-    durations; a sizing-only plan that ``run`` refuses) must be given. ``keep`` is
-    ``segments`` (annotated segments +- ``margin_frames``), ``all`` or ``sampled`` (the
-    frames the deterministic samplers of the clip lengths ``num_frames`` read). Shards:
-    ``shards`` of them, or enough for ``target_shard_frames`` frames each (default
-    :data:`DEFAULT_TARGET_SHARD_FRAMES`). Missing, unreadable or too-short videos are all
-    reported in one :class:`EpicInputError` unless ``allow_missing`` drops them. ``write``
-    False: return the plan and write nothing (``epic-slurm pipeline --dry-run``).
-
-    ``frames_root``: EPIC's official RGB frames (``PXX/rgb_frames/PXX_YY.tar`` or the
-    unpacked folders), copied into the shards as they are; frame counts are estimated from
-    ``video_info`` (default: the annotations folder's ``EPIC_100_video_info.csv``) and
-    checked by ``run``. With ``videos_root`` too, a video without official frames, or one
-    of :data:`~preprocess.official_frames.ERRATUM_VIDEO_IDS` (wrong official frames), is
-    decoded from its MP4; each video records its source (``PlannedVideo.source_kind``).
-
-    ``flow_root``: EPIC's official optical flow (``PXX/flow_frames/PXX_YY.tar``) instead: a
-    flow store, one modality per store, its positions numbered in flow-index space with
-    each video's :func:`~epicdata.frames.flow_params_for` (``flow_stack``: the pairs per
-    snippet that ``keep="sampled"`` keeps). ``official`` False: the tars are the user's own
-    (no md5 comparison at ``run``).
-    """
-    if flow_root is not None:
-        frames_root = flow_root
+    The videos of ``splits``' annotations, from ``videos_root`` (MP4s), ``frames_root``
+    (EPIC's RGB frames, copied; with MP4s too, the missing and erratum ones decoded),
+    ``flow_root`` (EPIC's flow: a flow store, in flow-index space; ``flow_stack`` for
+    ``keep="sampled"``) or only ``video_info`` (sizing only); copied counts are estimated
+    from ``video_info`` (default: the annotations') and checked, with the md5 unless not
+    ``official``, by ``run``. ``keep``: ``segments`` (+- ``margin_frames``), ``all`` or
+    ``sampled`` (what the samplers of ``num_frames`` read). ``shards``, or enough of
+    ``target_shard_frames`` each. Unplannable videos: one :class:`EpicInputError` unless
+    ``allow_missing``. ``write`` False: write nothing (``pipeline --dry-run``)."""
+    frames_root = frames_root if flow_root is None else flow_root
     params = _checked_params(
         videos_root=videos_root,
         video_info=video_info,
@@ -241,8 +226,7 @@ def plan_store(
         num_frames=num_frames,
         margin_frames=margin_frames,
     )
-    store_root = Path(store_root)
-    published = _published_shards(store_root)
+    published = _published_shards(store_root := Path(store_root))
     annotations = AnnotationDir(annotations_dir)
     by_video = _segments_by_video(annotations, splits, annotations_dir)
     frames_root, videos_root = _absolute(frames_root), _absolute(videos_root)
@@ -547,8 +531,9 @@ def _usable_frames(
         )
         return None
     log.warning(
-        "%s: its official frames are wrong (erratum, epic-kitchens-100-annotations "
-        "README): copying them anyway; give its video with --videos to decode it",
+        "%s: its original official frames are wrong (erratum, epic-kitchens-100-annotations "
+        "README): `run` copies its tar only if its md5 is the replacement's (a folder is "
+        "copied unchecked); give its video with --videos to decode it instead",
         video_id,
     )
     return frames

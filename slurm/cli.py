@@ -293,10 +293,7 @@ submit_command.name = "submit"
     cls=EpicCommand,
     epilog=example(
         "epic-slurm pipeline --videos $VSC_DATA/EPIC-KITCHENS --annotations "
-        "$VSC_DATA/epic-kitchens-100-annotations --run-dir $VSC_DATA/runs/r18-seed\n"
-        "  epic-slurm pipeline --videos $VSC_DATA/EPIC-KITCHENS --flow $VSC_DATA/EPIC-KITCHENS "
-        "--annotations $VSC_DATA/epic-kitchens-100-annotations --run-dir "
-        "$VSC_DATA/runs/tsn-two-stream -- --recipe tsn-r50"
+        "$VSC_DATA/epic-kitchens-100-annotations --run-dir $VSC_DATA/runs/r18-seed"
     ),
 )
 @_SITE
@@ -410,7 +407,8 @@ def pipeline(
     checked before the first is submitted. Rerun after a failure or a stop: it submits only
     what is missing. Arguments after `--` go to epic-train. With --flow, two streams: the
     same for the flow store into RUN/flow (epic-train --modality flow, the recipe's flow
-    variant) beside RUN/rgb, then the fusion of both into RUN/fused (docs/cluster.md)."""
+    variant) beside RUN/rgb, then the fusion of both into RUN/fused (docs/cluster.md), e.g.
+    `--videos V --flow V --annotations A --run-dir RUN -- --recipe tsn-r50`."""
     start_command()
     ctx = click.get_current_context()
     _refuse_own_options(ctx, train_args, "epic-train")
@@ -566,7 +564,7 @@ def _manifest(
     if not planning.dry_run:
         require_paths(site, store)
     lengths = planning.num_frames or _training_clip_length(tuple(train_args))
-    keep = _keep_for(planning.keep_default, planning.keep is not None, tuple(train_args))
+    keep = _keep_for(planning.keep_default, planning.keep is not None, tuple(train_args), store)
     return planner(store, keep, lengths, planning)
 
 
@@ -587,13 +585,16 @@ def _training_clip_length(train_args: tuple[str, ...]) -> tuple[int, ...]:
     return (int(resolve_options({}, train_options(train_args)).get("num_frames", 8)),)
 
 
-def _keep_for(keep: str, given: bool, train_args: tuple[str, ...]) -> str:
+def _keep_for(
+    keep: str, given: bool, train_args: tuple[str, ...], store: Path | None = None
+) -> str:
     """``--keep`` as given, else sampled, or segments where the training samples with TSN's
     random offsets (``-- --sampling tsn``, or a recipe that does), which a sampled store
     cannot serve."""
     if given or resolve_options({}, train_options(train_args)).get("sampling") != "tsn":
         return keep
-    log.info("planning --keep segments: the training samples with tsn (random offsets)")
+    where = f" {store}" if store else ""
+    log.info("planning%s with --keep segments: its training samples with tsn", where)
     return "segments"
 
 

@@ -579,22 +579,29 @@ def _chain(
 def _refuse_a_queued_chain(key: str, site: Site, where: str, dry_run: bool) -> None:
     """No second chain while one of this store and run (``where``) is queued; a dry run
     that cannot ask squeue says so and goes on."""
-    try:
-        waiting = queued_jobs(key, site)
-    except EnvironmentProblem as exc:
-        if not dry_run:
-            raise
-        log.warning("dry run without SLURM: a chain already queued is not ruled out (%s)", exc)
-        return
-    if waiting:
-        raise EpicInputError(
-            f"a chain for this store and run is still queued or running (jobs "
-            f"{', '.join(waiting)})",
-            where=where,
-            fix="wait for it (squeue --me), or cancel those jobs first (`scancel "
-            f"{' '.join(waiting)}`: a training job saves last.pt and stops); rerun this "
-            "command afterwards and it submits only what is still missing",
-        )
+    _refuse_queued_chains([(key, where)], site, dry_run)
+
+
+def _refuse_queued_chains(chains: Sequence[tuple[str, str]], site: Site, dry_run: bool) -> None:
+    """No second chain while one of ``chains`` ((comment, what it is for) each) is queued;
+    a dry run that cannot ask squeue says so once and goes on."""
+    for key, where in chains:
+        try:
+            waiting = queued_jobs(key, site)
+        except EnvironmentProblem as exc:
+            if not dry_run:
+                raise
+            log.warning("dry run without SLURM: a chain already queued is not ruled out (%s)", exc)
+            return
+        if waiting:
+            raise EpicInputError(
+                f"a chain for this store and run is still queued or running (jobs "
+                f"{', '.join(waiting)})",
+                where=where,
+                fix="wait for it (squeue --me), or cancel those jobs first (`scancel "
+                f"{' '.join(waiting)}`: a training job saves last.pt and stops); rerun this "
+                "command afterwards and it submits only what is still missing",
+            )
 
 
 def _after(job: Job, ids: dict[str, str]) -> Job:
@@ -927,12 +934,12 @@ def run_two_streams(
         manifest = _planned(stream.store, stream.manifest)
         _require_serves(stream.store, manifest, stream.train_args, f"the {stream.name} stream")
         streams.append((stream, manifest))
-    for stream, _manifest in streams:
-        stream_dir = run_dir / stream.name
-        key = chain_key(stream.store, stream_dir)
-        _refuse_a_queued_chain(key, site, f"{stream.store} -> {stream_dir}", dry_run)
     fused = run_dir / FUSED_DIR
-    _refuse_a_queued_chain(fusion_key(run_dir), site, str(fused), dry_run)
+    chains = [
+        (chain_key(s.store, run_dir / s.name), f"{s.store} -> {run_dir / s.name}")
+        for s, _manifest in streams
+    ]
+    _refuse_queued_chains([*chains, (fusion_key(run_dir), str(fused))], site, dry_run)
     jobs: list[tuple[str, Job]] = []
     validated = []
     for stream, manifest in streams:

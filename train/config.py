@@ -168,7 +168,8 @@ class TrainConfig:
     train_crop: str = _option(
         "seed",
         "seed: RandomResizedCrop(scale 0.85-1) + flip; multiscale: TSN's multi-scale crop "
-        "(scales 1, .875, .75, .66 of the short side, 13 fixed places) + flip (C1).",
+        "(scales 1, .875, .75, .66 of the short side for RGB, 1, .875, .75 for flow; 13 fixed "
+        "places) + flip (C1).",
         TRAIN_CROPS,
     )
     photometric: bool = _option(
@@ -246,6 +247,11 @@ class TrainConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise EpicInputError(f"config dropout={self.dropout}: must be in [0, 1)")
         self.milestones()  # refuses a malformed --lr-steps now, not at the first epoch
+        if self.modality == "flow" and self.decoder == "nvjpeg":
+            raise EpicInputError(
+                "--decoder nvjpeg with --modality flow: nvjpeg decodes colour frames only",
+                fix="use --decoder torchvision (or pil) for a flow run",
+            )
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise EpicInputError(f"config grad_clip={self.grad_clip}: must be > 0 (or none)")
 

@@ -61,7 +61,7 @@ from train.device import (
 )
 from train.distributed import DistInfo
 from train.engine import EpochStats, evaluate, train_one_epoch
-from train.input_spec import InputSpec, run_input_spec
+from train.input_spec import InputSpec, check_store_modality, run_input_spec
 from train.metrics import compute_metrics
 from train.model import ActionModel, build_model, compile_failures_named, compile_model
 from train.nvjpeg import check_nvjpeg
@@ -369,9 +369,9 @@ def _setup(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
-        augment=DeviceAugment(input_spec.mean, input_spec.std, photometric=cfg.photometric).to(
-            device
-        ),
+        augment=DeviceAugment(
+            input_spec.mean, input_spec.std, photometric=cfg.photometric, modality=cfg.modality
+        ).to(device),
         input_spec=input_spec,
         generator=torch.Generator(),
         run_dir=run_dir,
@@ -430,6 +430,8 @@ def _model_and_input(
         crop_size=cfg.crop_size,
         clip_length=cfg.num_frames,
         sampler=cfg.sampling,
+        modality=cfg.modality,
+        flow_stack=cfg.flow_stack,
     )
     if weights is not None:
         load_weights(model, weights, fed=input_spec, accept_mismatch=accept_input_mismatch)
@@ -479,8 +481,11 @@ def _build_data(
         staged_from = Path(cfg.store)  # damage found in the copy is the copy's
     # Only the reader sees the staged copy: cfg (config.yaml, checkpoints) keeps --store.
     store = FrameStore(store_root, staged_from=staged_from)
+    check_store_modality(store.modality, cfg.modality, store=store_root, source="this run")
     clips = dict(
         num_frames=cfg.num_frames,
+        modality=cfg.modality,
+        flow_stack=cfg.flow_stack,
         sampling=cfg.sampling,
         crop_size=cfg.crop_size,
         decoder=cfg.decoder,

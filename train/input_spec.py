@@ -70,12 +70,51 @@ class InputSpec:
         )
 
 
+#: Flow input (C1 configs/ts?_flow.yaml): grey levels scaled to [0, 1], then mean 0.5 and
+#: std 0.226 ("Mean of imagenet std") on every channel.
+FLOW_NORM: tuple[tuple[float, ...], tuple[float, ...]] = ((0.5,), (0.226,))
+
+
+def flow_channels(stack: int) -> str:
+    """The channel order of a flow clip's snippet: u1 v1 u2 v2 ... (C1's ``_intersperse``)."""
+    return "uv" * stack
+
+
 def run_input_spec(
-    *, norm: str, frame_size: int, crop_size: int, clip_length: int, sampler: str
+    *,
+    norm: str,
+    frame_size: int,
+    crop_size: int,
+    clip_length: int,
+    sampler: str,
+    modality: str = "rgb",
+    flow_stack: int = 5,
 ) -> InputSpec:
-    """What a run of this release feeds: RGB in [0, 1] normalised with ``NORMS[norm]``."""
-    mean, std = NORMS[norm]
-    return InputSpec("rgb", "RGB", mean, std, frame_size, crop_size, clip_length, sampler)
+    """What a run of this release feeds: RGB in [0, 1] normalised with ``NORMS[norm]``, or
+    ``flow_stack`` (u, v) pairs per snippet normalised with :data:`FLOW_NORM` (``norm``
+    applies to RGB only)."""
+    if modality == "flow":
+        mean, std = FLOW_NORM
+        channels = flow_channels(flow_stack)
+    else:
+        (mean, std), channels = NORMS[norm], "RGB"
+    return InputSpec(modality, channels, mean, std, frame_size, crop_size, clip_length, sampler)
+
+
+def check_store_modality(store_modality: str, modality: str, *, store: object, source: str) -> None:
+    """Refuse (exit 2) reading a store of another modality than the model's: a flow store
+    holds u and v grayscale pairs, an RGB one colour frames; no option feeds one as the
+    other."""
+    if store_modality == modality:
+        return
+    option = "--modality flow" if store_modality == "flow" else "--modality rgb (the default)"
+    raise EpicInputError(
+        f"{source} is for {modality} input, but {store} is a{'n' * (store_modality == 'rgb')} "
+        f"{store_modality.upper()} store",
+        where=store,
+        fix=f"give the {modality} store (epic-extract plan "
+        f"{'--flow' if modality == 'flow' else '--frames/--videos'}), or train with {option}",
+    )
 
 
 def _floats(values: tuple[float, ...]) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from epicdata.annotations import AnnotationDir
 from epicdata.dataset import EpicActionDataset
+from epicdata.errors import EpicInputError
 from epicdata.store import FrameStore
 from train.config import TrainConfig
 from train.input_spec import NORMS
@@ -31,6 +32,11 @@ PREVIEW_NAME = "preview.png"
 def preview_rows(cfg: TrainConfig, count: int) -> list[dict]:
     """For ``count`` training segments: narration id, labels, the frame numbers the sampler
     picks, the frames as stored (T, H, W, 3) and after the training augmentation."""
+    if cfg.modality != "rgb":
+        raise EpicInputError(
+            "--preview shows RGB clips; a flow run has no preview",
+            fix="drop --preview (the flow clips are checked by tests/train/test_flow_data.py)",
+        )
     annotations = AnnotationDir(cfg.annotations)
     table = annotations.table(cfg.train_split)
     store = FrameStore(cfg.store)

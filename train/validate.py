@@ -31,7 +31,7 @@ from train.data import build_eval_data, clip_loader, metric_sets
 from train.device import check_workers, resolve_device, resolve_precision
 from train.engine import evaluate
 from train.fusion import fuse_predictions, parse_fuse_weights
-from train.input_spec import STRICT_FIELDS, InputSpec, check_input, norm_name
+from train.input_spec import STRICT_FIELDS, InputSpec, check_input, check_store_modality, norm_name
 from train.metrics import compute_metrics
 from train.model import ActionModel
 from train.nvjpeg import check_nvjpeg
@@ -77,7 +77,7 @@ def predict(
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    augment = DeviceAugment(spec.mean, spec.std).to(device)
+    augment = DeviceAugment(spec.mean, spec.std, modality=spec.modality).to(device)
     table = annotations.table(split)
     decoder = cfg.decoder
     if decoder == "nvjpeg" and device.type == "cuda":
@@ -95,6 +95,8 @@ def predict(
         frame_store,
         table,
         num_frames=cfg.num_frames,
+        modality=cfg.modality,
+        flow_stack=cfg.flow_stack,
         sampling=cfg.sampling,
         crop_size=cfg.crop_size,
         decoder=decoder,
@@ -125,7 +127,11 @@ def predict(
 
 
 def _check_store_input(spec: InputSpec, store: FrameStore, *, source: object, accept: bool) -> None:
-    """Refuse scoring a model on frames other than those it was trained on (their size)."""
+    """Refuse scoring a model on frames other than those it was trained on (their modality,
+    always; their size unless accepted)."""
+    check_store_modality(
+        store.modality, spec.modality, store=store.root, source=f"checkpoint {source}"
+    )
     fed = dataclasses.replace(spec, frame_size=store.manifest.params.short_side)
     check_input(
         spec,

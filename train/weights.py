@@ -52,11 +52,13 @@ import torchvision
 from epicdata.errors import EpicInputError
 from train import safe_pickle
 from train.input_spec import (
+    FLOW_NORM,
     NORMS,
     STRICT_FIELDS,
     InputSpec,
     check_input,
     differences,
+    flow_channels,
     norm_name,
 )
 from train.model import ActionModel
@@ -88,10 +90,6 @@ KINETICS_TSM_FLOW_URL = (
 )
 #: The input channels of the Kinetics flow file's conv1 (``2 * new_length``, new_length 5).
 KINETICS_FLOW_CHANNELS = 10
-#: What C1 and the TSM authors normalise flow with after scaling it to [0, 1]
-#: (configs/ts?_flow.yaml ``mean: [0.5]``, ``std: [0.226]``: the mean of ImageNet's std),
-#: the input spec of their flow files.
-FLOW_MEAN, FLOW_STD = (0.5,), (0.226,)
 
 
 def _fetch_command(url: str) -> str:
@@ -296,19 +294,14 @@ def read_weights(
 def _published_spec(conv1: Any, rgb_norm: str, clip_length: int) -> InputSpec:
     """The input a TSM or C1 file was trained on, told by its conv1: 3 channels are RGB
     normalised with ``NORMS[rgb_norm]`` (C1's RGB models: the ImageNet mean as std too);
-    more are flow stacks of (u, v) pairs, which both normalise with mean 0.5, std 0.226."""
+    more are flow stacks of (u, v) pairs, which both normalise with :data:`FLOW_NORM` (the
+    TSM authors' ops/models.py: mean [0.5], std the mean of ImageNet's; C1's flow YAMLs)."""
     channels = conv1.shape[1] if isinstance(conv1, torch.Tensor) and conv1.dim() == 4 else 3
     if channels == 3:
         mean, std = NORMS[rgb_norm]
         return InputSpec("rgb", "RGB", mean, std, 0, 224, clip_length, "tsn")
-    names = flow_channel_names(channels)
-    return InputSpec("flow", names, FLOW_MEAN, FLOW_STD, 0, 224, clip_length, "tsn")
-
-
-def flow_channel_names(in_channels: int) -> str:
-    """The input spec's ``channels`` of a flow model: its conv1's inputs in order, u1 v1 u2
-    v2 ... (C1's ``_intersperse``), written ``"uv" * stack``."""
-    return "uv" * (in_channels // 2)
+    mean, std = FLOW_NORM
+    return InputSpec("flow", flow_channels(channels // 2), mean, std, 0, 224, clip_length, "tsn")
 
 
 def _describe(data: Any) -> str:

@@ -137,6 +137,9 @@ def test_interleaved_order_and_dot_slash_prefix(
     assert list(members) == [f"./{c}/frame_{k:010d}.jpg" for k in range(1, count + 1) for c in "uv"]
     plain = _members(made.tar)
     assert all(members[f"./{name}"] == data for name, data in plain.items())
+    again = tmp_path / "again.tar"
+    write_flow_tar(made.video, again)
+    assert again.read_bytes() == made.tar.read_bytes()  # deterministic, byte for byte
 
 
 def test_every_member_is_a_grayscale_jpeg_at_the_video_size(

@@ -194,11 +194,12 @@ def test_stray_keys_are_named(store: dict[str, Path]) -> None:
                 "shards": [
                     {
                         **m["shards"][0],
-                        "videos": [{**m["shards"][0]["videos"][0], "source_kind": "flow"}],
+                        "videos": [{**m["shards"][0]["videos"][0], "source_kind": "depth"}],
                     }
                 ],
             },
-            "shards[0].videos[0] field 'source_kind' is \"flow\", not one of ('video', 'frames')",
+            "shards[0].videos[0] field 'source_kind' is \"depth\", not one of ('video', "
+            "'frames', 'flow')",
         ),
     ],
 )

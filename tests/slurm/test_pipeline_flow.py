@@ -1,21 +1,26 @@
 """`epic-slurm pipeline --flow`: two streams (RGB and flow, each from its own store into
 RUN/rgb and RUN/flow) and their fusion into RUN/fused, planned as dry runs without a SLURM
-(squeue faked), and the fusion job script run with a stand-in epic-validate."""
+(squeue faked), the fusion job script run with a stand-in epic-validate, and the whole
+two-stream chain on the real SLURM fixture (tests/slurm/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import epicslurm.pipeline as pipeline_module
 from epicdata.errors import EpicInputError
+from epicdata.synthetic import MiniEpic, make_mini_epic
 from epicslurm.cli import main as slurm
 from epicslurm.pipeline import (
     Stream,
@@ -354,3 +359,69 @@ def test_the_fusion_job_runs_epic_validate_fuse_and_records_its_arguments(tmp_pa
     (bin_dir / "epic-validate").write_text("#!/bin/sh\nexit 2\n")
     done = subprocess.run(["bash", script, *words], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and not (out / "fuse_args").exists()
+
+
+# ----------------------------------------------------------------------------- on SLURM
+
+BIN = Path(sys.executable).parent
+#: Tiny CPU trainings (as tests/slurm/test_pipeline_on_slurm.py): 64-px crops, 2 snippets.
+TINY = ["--crop-size", "64", "--num-frames", "2", "--batch-size", "8", "--lr", "1e-3"]
+TINY += ["--weights", "none", "--deterministic", "--epochs", "1"]
+JOB_LINE = re.compile(r"^(\S+)\s+job (\S+)\s+log (\S+)$", re.MULTILINE)
+CHAIN = [f"{s}-{k}" for s in ("rgb", "flow") for k in ("extract", "check", "train", "validate")]
+
+
+@pytest.fixture(scope="module")
+def mini_epic_flow(tmp_path_factory) -> MiniEpic:
+    """A mini-EPIC of 3 videos (train, validation, test) with its flow tars."""
+    return make_mini_epic(tmp_path_factory.mktemp("mini_epic_flow"), num_videos=3, flow=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_two_stream_pipeline_on_slurm_fuses_after_both_streams(
+    slurm, mini_epic_flow: MiniEpic, tmp_path
+) -> None:
+    from train.submission import load_predictions
+
+    site = tmp_path / "site.env"
+    site.write_text(
+        f"source {SCRIPTS / 'sites' / 'cpu.env'}\n"
+        f"EPIC_PARTITION_CPU={slurm.partition}\nEPIC_PARTITION_GPU={slurm.partition}\n"
+        f"EPIC_VENV={sys.prefix}\nEPIC_LOGS={tmp_path / 'logs'}\n"
+        f"EPIC_TRAIN_CPUS={min(2, slurm.cpus)}\nEPIC_FLOW_STORE={tmp_path / 'flow-store'}\n"
+    )
+    run = tmp_path / "run"
+    args = [
+        BIN / "epic-slurm", "pipeline", "--videos", mini_epic_flow.videos_dir, "--flow",
+        mini_epic_flow.flow_dir, "--annotations", mini_epic_flow.annotations_dir, "--store",
+        tmp_path / "store", "--run-dir", run, "--num-frames", "2", "--shards", "1",
+        "--fuse-weights", "1,1.5", "--", *TINY,
+    ]  # fmt: skip
+    env = {"EPIC_SITE": str(site)}
+    first = slurm.run(args, env=env, check=False, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    jobs = {kind: job_id for kind, job_id, _log in JOB_LINE.findall(first.stdout)}
+    assert list(jobs) == [*CHAIN, "fuse"], first.stdout
+    ends = slurm.wait(list(jobs.values()), timeout=1500)
+    assert all(end.state == "COMPLETED" for end in ends.values()), ends
+    fuse = ends[jobs["fuse"]]
+    for stream in ("rgb", "flow"):
+        validated = ends[jobs[f"{stream}-validate"]]
+        assert fuse.record["StartTime"] >= validated.record["EndTime"], (fuse, validated)
+    # The fused file is the weighted mean of the streams' scores, in the RGB file's order.
+    rgb_verb, rgb_noun, ids = load_predictions(run / "rgb" / "val" / "predictions.pkl")
+    flow_verb, flow_noun, flow_ids = load_predictions(run / "flow" / "val" / "predictions.pkl")
+    verb, noun, fused_ids = load_predictions(run / "fused" / "predictions.pkl")
+    order = [list(flow_ids).index(i) for i in ids]
+    assert list(fused_ids) == list(ids)
+    expected_verb = (np.asarray(rgb_verb, np.float64) + 1.5 * np.asarray(flow_verb)[order]) / 2.5
+    expected_noun = (np.asarray(rgb_noun, np.float64) + 1.5 * np.asarray(flow_noun)[order]) / 2.5
+    np.testing.assert_allclose(verb, expected_verb, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(noun, expected_noun, rtol=1e-6, atol=1e-6)
+    assert (run / "fused" / "metrics.json").exists()
+    flow_config = (run / "flow" / "config.yaml").read_text()
+    assert "modality: flow" in flow_config, flow_config
+    # Everything done: the same command submits nothing.
+    again = slurm.run(args, env=env, check=False, timeout=600)
+    assert again.returncode == 0 and JOB_LINE.findall(again.stdout) == [], again.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,10 +23,14 @@ import pytest
 import torch
 from PIL import Image
 
-from epicdata.annotations import SegmentTable
-from epicdata.dataset import EpicActionDataset
+from epicdata.annotations import AnnotationDir, SegmentTable
+from epicdata.dataset import EpicActionDataset, check_readable
 from epicdata.errors import EpicInputError
 from epicdata.frames import FlowParams
+from epicdata.store import FrameStore
+from epicdata.synthetic import MiniEpic, flow_tar_path, make_mini_epic
+from preprocess.extract import run_shard
+from preprocess.plan import plan_store
 from train.data import build_eval_data, build_train_data
 from train.distributed import DistInfo
 from train.transforms import CropFlip, DeviceAugment, EvalClipTransform, TrainClipTransform
@@ -282,16 +287,15 @@ def test_channels_are_u_v_pairs_in_order_and_share_one_crop(crop):
 
 
 def expected_flow_frames(
-    start: int, stop: int, params: FlowParams, rgb_frames: int, num: int, sampler: str
+    start: int, stop: int, stride: int, count: int, num: int, sampler: str
 ) -> list[int]:
-    """The frames a deterministic flow clip must read, from the rules written out here:
-    C1's index rule for both ends, the stop cut at the video's last flow frame (55-lib
-    count); snippet starts from ``first`` to the last start whose ``STACK`` frames fit,
-    ``linspace`` (both ends, floor) or TSN's part centres; each snippet ``STACK``
-    consecutive frames, clamped to the video's last flow frame."""
-    count = lib_flow_frame_count(rgb_frames, params.stride, params.dilation)
-    first = c1_flow_index(start, params.stride)
-    last = min(c1_flow_index(stop, params.stride), count)
+    """The frames a deterministic flow clip must read from a video of ``count`` flow
+    frames, from the rules written out here: C1's index rule for both ends, the stop cut at
+    the video's last flow frame; snippet starts from ``first`` to the last start whose
+    ``STACK`` frames fit, ``linspace`` (both ends, floor) or TSN's part centres; each
+    snippet ``STACK`` consecutive frames, clamped to the video's last flow frame."""
+    first = c1_flow_index(start, stride)
+    last = min(c1_flow_index(stop, stride), count)
     first = min(first, last)
     last_start = max(first, last - STACK + 1)
     span = last_start - first  # starts available: span + 1
@@ -336,7 +340,8 @@ def test_the_flow_frames_read_follow_the_index_rules(sampler, num):
         params, rgb_frames = VIDEOS[video]
         clip = dataset[index]["frames"]
         read_video, frames = store.reads[-1]
-        wanted = expected_flow_frames(start, stop, params, rgb_frames, num, sampler)
+        count = lib_flow_frame_count(rgb_frames, params.stride, params.dilation)
+        wanted = expected_flow_frames(start, stop, params.stride, count, num, sampler)
         assert (read_video, frames) == (video, wanted), (video, start, stop)
         assert dataset.frame_numbers(index).tolist() == wanted
         # The pixels are those of the frames read, u before v, snippet after snippet.
@@ -344,7 +349,6 @@ def test_the_flow_frames_read_follow_the_index_rules(sampler, num):
         assert levels == [[f % 100, f % 100 + 120] for f in wanted]
         # Inside the segment's flow range; past its stop only where the range is shorter
         # than a stack (then up to the video's last flow frame).
-        count = lib_flow_frame_count(rgb_frames, params.stride, params.dilation)
         first = min(c1_flow_index(start, params.stride), count)
         last = min(c1_flow_index(stop, params.stride), count)
         assert first <= min(frames) and max(frames) <= count
@@ -443,3 +447,75 @@ def test_nvjpeg_and_a_store_of_the_other_modality_are_refused():
         EpicActionDataset(store, table, num_frames=2, decoder="nvjpeg", modality="flow")
     with pytest.raises(EpicInputError, match="holds flow frames.*reads rgb.*--modality flow"):
         EpicActionDataset(store, table, num_frames=2)
+
+
+# ----------------------------------------------------------------------------- a real store
+
+
+@pytest.fixture(scope="module")
+def flow_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[MiniEpic, FrameStore]:
+    """A 3-video mini-EPIC (both flow groups) with official-style flow tars, extracted into
+    a flow store as `epic-extract plan --flow` and `run` do (about 15 s)."""
+    root = tmp_path_factory.mktemp("flow_store")
+    mini = make_mini_epic(root / "mini", num_videos=3, size=(160, 90), flow=True)
+    manifest = plan_store(
+        store_root=root / "store",
+        annotations_dir=mini.annotations_dir,
+        flow_root=mini.flow_dir,
+        official=False,
+        shards=1,
+    )
+    for shard in manifest.shards:
+        run_shard(store_root=root / "store", shard_index=shard.index, workers=1)
+    return mini, FrameStore(root / "store")
+
+
+def tar_pictures(path: Path) -> dict[tuple[str, int], np.ndarray]:
+    """(axis, flow frame) -> the (H, W) picture of member ``[./]axis/frame_%010d.jpg``."""
+    out = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                axis, name = member.name.removeprefix("./").split("/")
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                with Image.open(io.BytesIO(data)) as picture:
+                    out[(axis, int(name[len("frame_") : -len(".jpg")]))] = np.array(picture)
+    return out
+
+
+@pytest.mark.slow
+def test_clips_of_a_flow_store_are_the_tars_pictures_at_the_rules_frames(flow_store):
+    mini, store = flow_store
+    annotations = AnnotationDir(mini.annotations_dir)
+    for split in ("train", "validation", "test"):
+        table = annotations.table(split)
+        dataset = EpicActionDataset(
+            store, table, num_frames=3, decoder="pil", modality="flow", flow_stack=STACK
+        )
+        check_readable(dataset)
+        training = EpicActionDataset(
+            store, table, num_frames=3, sampling="tsn", training=True, modality="flow"
+        )
+        check_readable(training)  # every frame TSN's random starts may reach is stored
+        pictures = {}
+        for index in range(len(table)):
+            video = table.video_ids[index]
+            if video not in pictures:
+                pictures[video] = tar_pictures(flow_tar_path(mini.flow_dir, video))
+            count = max(k for axis, k in pictures[video] if axis == "u")
+            stride = 1 if len(video.split("_")[1]) == 3 else 2  # C1 STRIDES: 2020 1, 2018 2
+            wanted = expected_flow_frames(
+                int(table.start_frames[index]),
+                int(table.stop_frames[index]),
+                stride,
+                count,
+                3,
+                "linspace",
+            )
+            clip = dataset[index]["frames"]  # (3, 10, H, W)
+            assert clip.shape == (3, 2 * STACK, 90, 160)
+            for t in range(3):
+                for i in range(STACK):
+                    frame = wanted[t * STACK + i]
+                    assert np.array_equal(clip[t, 2 * i].numpy(), pictures[video][("u", frame)])
+                    assert np.array_equal(clip[t, 2 * i + 1].numpy(), pictures[video][("v", frame)])

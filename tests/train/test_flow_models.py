@@ -24,18 +24,15 @@ from torch import nn
 from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.errors import EpicInputError
 from train.config import TrainConfig
-from train.input_spec import InputSpec
+from train.input_spec import FLOW_NORM, InputSpec, flow_channels
 from train.model import ActionModel, build_model
 from train.recipes import RECIPES, resolve_options
 from train.weights import (
     FETCH_KINETICS_COMMAND,
     FETCH_KINETICS_FLOW_COMMAND,
-    FLOW_MEAN,
-    FLOW_STD,
     KINETICS_TSM_FLOW_URL,
     KINETICS_TSM_URL,
     cross_modality_conv1,
-    flow_channel_names,
     imagenet_weights_path,
     kinetics_weights_path,
     load_weights,
@@ -54,8 +51,8 @@ C1_MIRROR = (
 
 def _flow_fed(stack: int = 5, clip_length: int = 8) -> InputSpec:
     """What a flow run feeds: ``stack`` (u, v) pairs scaled to [0, 1], mean 0.5, std 0.226."""
-    names = flow_channel_names(2 * stack)
-    return InputSpec("flow", names, FLOW_MEAN, FLOW_STD, 256, 224, clip_length, "tsn")
+    mean, std = FLOW_NORM
+    return InputSpec("flow", flow_channels(stack), mean, std, 256, 224, clip_length, "tsn")
 
 
 def _rgb_fed(clip_length: int = 8) -> InputSpec:
@@ -181,7 +178,7 @@ def test_rgb_imagenet_weights_initialise_a_flow_conv1_by_the_cross_modality_rule
         if temporal == "tsm":
             key = key.replace(".conv1.", ".conv1.net.") if key.startswith("layer") else key
         assert torch.equal(own[f"backbone.{key}"], value), key
-    assert report.spec.modality == "flow" and report.spec.channels == flow_channel_names(channels)
+    assert report.spec.modality == "flow" and report.spec.channels == flow_channels(stack)
 
 
 def test_cross_modality_conv1_by_hand():
@@ -193,7 +190,7 @@ def test_cross_modality_conv1_by_hand():
     assert out[:, :, 0, 0].tolist() == [[3.0] * 4, [-1.0] * 4]
 
 
-# ----------------------------------------------------------------------------- the Kinetics flow model
+# ----------------------------------------------------------------------------- Kinetics flow
 
 
 class _AuthorsTemporalShift(nn.Module):
@@ -387,7 +384,7 @@ def test_a_c1_flow_file_sets_the_flow_input_spec_and_refuses_an_rgb_model(tmp_pa
     model = ActionModel(in_channels=10)
     report = _load(model, path, _flow_fed())
     assert report.layout == "c1" and report.missing == []
-    assert report.spec == InputSpec("flow", "uv" * 5, FLOW_MEAN, FLOW_STD, 0, 224, 8, "tsn")
+    assert report.spec == InputSpec("flow", "uv" * 5, (0.5,), (0.226,), 0, 224, 8, "tsn")
     assert torch.equal(model.backbone.conv1.weight, base["model.base_model.conv1.weight"])
     with pytest.raises(EpicInputError, match="conv1 takes 10 input channels"):
         _load(ActionModel(), path, _rgb_fed())
@@ -486,9 +483,8 @@ def test_the_flow_recipes_equal_c1_s_yaml(recipe):
     assert {k: options[k] for k in from_yaml} == from_yaml
     assert learning["lr_scheduler"]["type"] == "StepLR" and options["scheduler"] == "step"
     assert (data["preprocessing"]["mean"], data["preprocessing"]["std"]) == ([0.5], [0.226])
-    assert (tuple(data["preprocessing"]["mean"]), tuple(data["preprocessing"]["std"])) == (
-        FLOW_MEAN,
-        FLOW_STD,
+    assert tuple(map(tuple, (data["preprocessing"]["mean"], data["preprocessing"]["std"]))) == (
+        FLOW_NORM
     )
     assert data["train_augmentation"]["multiscale_crop_scales"] == [1, 0.875, 0.75]
     assert options["train_crop"] == "multiscale"  # whose flow scales are those
