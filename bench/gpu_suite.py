@@ -75,7 +75,7 @@ from train.device import (
 from train.distributed import DistInfo
 from train.engine import STOP_SYNC_STEPS, EpochStats, evaluate, train_one_epoch
 from train.fit import build_optimizer, optimization
-from train.input_spec import NORMS
+from train.input_spec import run_input_spec
 from train.model import build_model, compile_model
 from train.nvjpeg import check_nvjpeg, collate_jpeg_clips
 from train.recipes import RECIPES, resolve_options
@@ -185,9 +185,10 @@ class _Batches:
         size: int,
         pin: bool,
         device: torch.device | None = None,
+        channels: int = 3,
     ) -> None:
         gen = torch.Generator().manual_seed(0)
-        clips = torch.randint(0, 256, (batch, frames, 3, size, size), generator=gen)
+        clips = torch.randint(0, 256, (batch, frames, channels, size, size), generator=gen)
         self.batch = {
             "frames": clips.to(torch.uint8),
             "verb": torch.randint(0, 97, (batch,), generator=gen),
@@ -341,15 +342,27 @@ def _recipe_rate(cfg: TrainConfig, device: torch.device, *, steps: int) -> float
     precision = (
         resolve_precision(cfg.amp, device) if cuda else Precision("cpu", torch.bfloat16, False)
     )
-    mean, std = NORMS[cfg.norm]
+    spec = run_input_spec(
+        norm=cfg.norm,
+        frame_size=0,
+        crop_size=cfg.crop_size,
+        clip_length=cfg.num_frames,
+        sampler=cfg.sampling,
+        modality=cfg.modality,
+        flow_stack=cfg.flow_stack,
+    )
+    augment = DeviceAugment(
+        spec.mean, spec.std, photometric=cfg.photometric, modality=cfg.modality
+    ).to(device)
+    shape = (cfg.batch_size, cfg.num_frames, cfg.crop_size, cuda, device, cfg.input_channels)
 
     def run(count: int) -> EpochStats:
         return train_one_epoch(
             model,
-            _Batches(count, cfg.batch_size, cfg.num_frames, cfg.crop_size, cuda, device),
+            _Batches(count, *shape),
             optimizer=optimizer,
             scaler=make_scaler(precision.enabled and precision.dtype == torch.float16),
-            augment=DeviceAugment(mean, std, photometric=cfg.photometric).to(device),
+            augment=augment,
             generator=torch.Generator().manual_seed(0),
             precision=precision,
             device=device,

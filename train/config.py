@@ -107,7 +107,8 @@ class TrainConfig:
     recipe: str = _option(
         "seed-r18",
         "Preset of the options below (docs/training.md): seed-r18 (the seed's ResNet-18), "
-        "tsn-r50, tsm-r50 (C1's TSN and TSM); --config and command-line options override it.",
+        "tsn-r50, tsm-r50 (C1's TSN and TSM), tsn-r50-flow, tsm-r50-flow (their flow "
+        "streams); --config and command-line options override it.",
         RECIPE_NAMES,
     )
     arch: str = _option("resnet18", "Backbone (torchvision ResNet).", ARCHS)
@@ -183,9 +184,10 @@ class TrainConfig:
     )
     weights: str = _option(
         "imagenet",
-        "imagenet (torchvision V1 weights in $TORCH_HOME), kinetics (the TSM authors' "
-        "Kinetics ResNet-50 TSM, there too), none, or a file: a torchvision state dict, an "
-        "epic-train checkpoint, a TSM or C1 model-zoo checkpoint.",
+        "imagenet (torchvision V1 weights in $TORCH_HOME; a flow model's conv1 by TSN's "
+        "cross-modality rule), kinetics (the TSM authors' Kinetics ResNet-50 TSM, RGB or flow, "
+        "there too), none, or a file: a torchvision state dict, an epic-train checkpoint, a "
+        "TSM or C1 model-zoo checkpoint.",
     )
     workers: int = _option(
         default_workers(),
@@ -281,6 +283,7 @@ class TrainConfig:
             "num_frames": self.num_frames,
             "partial_bn": self.partial_bn,
             "dropout": self.dropout,
+            "in_channels": self.input_channels,
         }
 
     def to_dict(self) -> dict[str, Any]:

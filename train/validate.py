@@ -170,6 +170,8 @@ def _model_of(path: Path, *, store: str | Path) -> tuple[ActionModel, TrainConfi
         crop_size=spec.crop_size,
         sampling=spec.sampler or "tsn",
         norm=norm_name(spec.mean, spec.std) or "imagenet",
+        modality=spec.modality,
+        **({"flow_stack": model.in_channels // 2} if spec.modality == "flow" else {}),
     )
     return model, cfg, spec
 
