@@ -362,6 +362,12 @@ submit_command.name = "submit"
     help="Two streams: the flow store (planned with the planning options above).",
 )
 @click.option(
+    "--not-official",
+    is_flag=True,
+    help="Two streams: the --flow tars are your own (flow you computed, epic-synth's), not "
+    "official downloads: do not compare their md5 with the official ones.",
+)
+@click.option(
     "--rgb-args",
     default="",
     show_default="none",
@@ -396,6 +402,7 @@ def pipeline(
     allow_missing: bool,
     flow: Path | None,
     flow_store: Path | None,
+    not_official: bool,
     rgb_args: str,
     flow_args: str,
     fuse_weights: str | None,
@@ -434,6 +441,7 @@ def pipeline(
         jobs = _two_streams(
             ctx, the_site, store, flow, flow_store, planning, resolved, videos=videos,
             train_args=train_args, per_stream=(rgb_args, flow_args), fuse_weights=fuse_weights,
+            official=not not_official,
         )  # fmt: skip
     width = max((len(job.kind) for job in jobs), default=0)
     for job in jobs:
@@ -468,6 +476,7 @@ def _two_streams(
     train_args: tuple[str, ...],
     per_stream: tuple[str, str],
     fuse_weights: str | None,
+    official: bool,
 ) -> list[Submitted]:
     """The two-stream pipeline: each stream's options and store (planned here if need be),
     then :func:`run_two_streams`."""
@@ -484,7 +493,7 @@ def _two_streams(
             fix="give the flow store its own folder",
         )
     rgb_plan = _manifest(store, site, planning, rgb_words, _video_plan(videos, resolved))
-    flow_planner = _flow_plan(flow, flow_words, resolved)
+    flow_planner = _flow_plan(flow, flow_words, resolved, official=official)
     flow_plan = _manifest(flow_store, site, planning, flow_words, flow_planner)
     return run_two_streams(
         site,
@@ -530,7 +539,7 @@ def _store_path(given: Path | None, site: Site, variable: str, option: str) -> P
 
 def _refuse_two_stream_options(ctx: click.Context) -> None:
     """The two-stream options mean nothing without --flow: refused, not ignored."""
-    for name in ("flow_store", "rgb_args", "flow_args", "fuse_weights"):
+    for name in ("flow_store", "not_official", "rgb_args", "flow_args", "fuse_weights"):
         if _given(ctx, name):
             flag = "--" + name.replace("_", "-")
             raise EpicInputError(
@@ -624,9 +633,12 @@ def _video_plan(videos: Path | None, resolved: dict[str, Path]) -> _Planner:
     return plan
 
 
-def _flow_plan(flow: Path, flow_args: Sequence[str], resolved: dict[str, Path]) -> _Planner:
-    """Plans a flow store from EPIC's flow tars (``epic-extract plan --flow``), for the
-    flow stream's --flow-stack (the snippets a sampled store keeps)."""
+def _flow_plan(
+    flow: Path, flow_args: Sequence[str], resolved: dict[str, Path], *, official: bool
+) -> _Planner:
+    """Plans a flow store from EPIC's flow tars (``epic-extract plan --flow``; ``official``
+    False: ``--not-official``), for the flow stream's --flow-stack (the snippets a sampled
+    store keeps)."""
     stack = int(resolve_options({}, train_options(flow_args)).get("flow_stack", 5))
 
     def plan(store: Path, keep: str, lengths: tuple[int, ...], planning: _Planning) -> Manifest:
@@ -635,6 +647,7 @@ def _flow_plan(flow: Path, flow_args: Sequence[str], resolved: dict[str, Path]) 
             annotations_dir=resolved["annotations"],
             flow_root=flow,
             flow_stack=stack,
+            official=official,
             shards=planning.shards,
             keep=keep,
             num_frames=lengths,

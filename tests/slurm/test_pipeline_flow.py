@@ -377,6 +377,21 @@ def mini_epic_flow(tmp_path_factory) -> MiniEpic:
     return make_mini_epic(tmp_path_factory.mktemp("mini_epic_flow"), num_videos=3, flow=True)
 
 
+def _failures(jobs: dict[str, str], logs: dict[str, str], ends: dict) -> str:
+    """How each job ended, and the last lines of the logs of those that did not complete."""
+    lines = []
+    for kind, job_id in jobs.items():
+        mine = {k: e for k, e in ends.items() if k == job_id or k.startswith(f"{job_id}_")}
+        states = sorted({(e.state, e.exit_code) for e in mine.values()})
+        lines.append(f"{kind} {job_id}: {states}")
+        if any(state != "COMPLETED" for state, _code in states):
+            for path in Path(logs[kind].replace("<task>", "*")).parent.glob(
+                Path(logs[kind].replace("<task>", "*")).name
+            ):
+                lines += ["  " + x for x in path.read_text().splitlines()[-12:]]
+    return "\n".join(lines)
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_two_stream_pipeline_on_slurm_fuses_after_both_streams(
@@ -396,15 +411,16 @@ def test_a_two_stream_pipeline_on_slurm_fuses_after_both_streams(
         BIN / "epic-slurm", "pipeline", "--videos", mini_epic_flow.videos_dir, "--flow",
         mini_epic_flow.flow_dir, "--annotations", mini_epic_flow.annotations_dir, "--store",
         tmp_path / "store", "--run-dir", run, "--num-frames", "2", "--shards", "1",
-        "--fuse-weights", "1,1.5", "--", *TINY,
+        "--not-official", "--fuse-weights", "1,1.5", "--", *TINY,
     ]  # fmt: skip
     env = {"EPIC_SITE": str(site)}
     first = slurm.run(args, env=env, check=False, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     jobs = {kind: job_id for kind, job_id, _log in JOB_LINE.findall(first.stdout)}
+    logs = {kind: log for kind, _job_id, log in JOB_LINE.findall(first.stdout)}
     assert list(jobs) == [*CHAIN, "fuse"], first.stdout
     ends = slurm.wait(list(jobs.values()), timeout=1500)
-    assert all(end.state == "COMPLETED" for end in ends.values()), ends
+    assert all(end.state == "COMPLETED" for end in ends.values()), _failures(jobs, logs, ends)
     fuse = ends[jobs["fuse"]]
     for stream in ("rgb", "flow"):
         validated = ends[jobs[f"{stream}-validate"]]
