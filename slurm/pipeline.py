@@ -36,7 +36,7 @@ from epicslurm.site import Site, path_problems, require_paths
 from epicslurm.submit import Job, cancel, check_accepted, submit
 from preprocess.check import check_store
 from train.config import PATH_FIELDS, TrainConfig, field_types, free_on_resume, load_yaml_defaults
-from train.recipes import resolve_options
+from train.recipes import RECIPES, resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -815,10 +815,8 @@ def _recipe_words(words: Sequence[str]) -> tuple[list[str], str | None]:
 
 
 def flow_recipe(rgb_recipe: str) -> str | None:
-    """The flow variant of an RGB recipe (``tsn-r50`` -> ``tsn-r50-flow``), None when
-    train.recipes has none. Looked up when asked: the variants are recipes like any other."""
-    from train.recipes import RECIPES
-
+    """The flow variant of an RGB recipe (``tsn-r50`` -> ``tsn-r50-flow``: C1's ``tsn_flow``
+    config), None when train.recipes has none."""
     name = f"{rgb_recipe}-flow"
     return name if name in RECIPES else None
 

@@ -319,6 +319,7 @@ def test_pipeline_flow_dry_run_on_the_command_line(two_stores, tmp_path, quiet_q
 FAKE_VALIDATE = """#!/bin/sh
 # Records its arguments one a line, as the fusion job ran it.
 printf '%s\\n' "$@" > "${FAKE_RECORD:?}"
+echo "${EPIC_STORE-unset}" > "${FAKE_RECORD}.store"
 """
 
 
@@ -354,6 +355,8 @@ def test_the_fusion_job_runs_epic_validate_fuse_and_records_its_arguments(tmp_pa
         "--output-dir", str(out), "--fuse", *words,
     ]  # fmt: skip
     assert (out / "fuse_args").read_text().splitlines() == words
+    # Regression: the site's EPIC_STORE reached epic-validate, whose --store must exist.
+    assert (tmp_path / "record.store").read_text() == "unset\n"
     # A failed fusion records nothing: the pipeline fuses again.
     (out / "fuse_args").unlink()
     (bin_dir / "epic-validate").write_text("#!/bin/sh\nexit 2\n")
@@ -441,3 +444,18 @@ def test_a_two_stream_pipeline_on_slurm_fuses_after_both_streams(
     # Everything done: the same command submits nothing.
     again = slurm.run(args, env=env, check=False, timeout=600)
     assert again.returncode == 0 and JOB_LINE.findall(again.stdout) == [], again.stdout
+
+
+def test_a_sweep_grid_takes_the_modality_like_any_option(tmp_path) -> None:
+    from epicslurm.sweep import load_grid
+
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text("lr: [0.001, 0.002]\nfixed: {modality: flow, flow_stack: 3}\n")
+    grid = load_grid(grid_file)
+    assert (grid.modalities, grid.flow_stacks) == (["flow"], [3])
+    assert "--modality=flow" in grid.runs[0].train_args()
+    # A flow recipe trains flow: the store check sees it through the recipe.
+    grid_file.write_text("lr: [0.001]\nfixed: {recipe: tsm-r50-flow}\n")
+    assert (load_grid(grid_file).modalities, load_grid(grid_file).flow_stacks) == (["flow"], [5])
+    grid_file.write_text("modality: [rgb, flow]\n")
+    assert load_grid(grid_file).modalities == ["flow", "rgb"]  # refused by the store check
