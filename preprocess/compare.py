@@ -210,6 +210,8 @@ def compare_frames(
                 report.not_compared[video_id] = "no official frames"
             elif store.manifest.planned_video(video_id).source_kind == SOURCE_FRAMES:
                 report.not_compared[video_id] = "the store copied its official frames"
+            elif store.modality == "flow":
+                report.not_compared[video_id] = "a flow store: its official flow was copied"
             else:
                 report.videos.append(
                     compare_video(
