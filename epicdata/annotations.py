@@ -150,6 +150,24 @@ class SegmentTable:
     def __len__(self) -> int:
         return len(self.narration_ids)
 
+    @classmethod
+    def joined(cls, tables: Sequence[SegmentTable]) -> SegmentTable:
+        """The rows of ``tables`` one after the other (e.g. train then validation, for a
+        final training on both); ``split`` names them all (``train+validation``)."""
+        if len(tables) == 1:
+            return tables[0]
+        return cls(
+            split="+".join(t.split for t in tables),
+            narration_ids=[n for t in tables for n in t.narration_ids],
+            participant_ids=[p for t in tables for p in t.participant_ids],
+            video_ids=[v for t in tables for v in t.video_ids],
+            start_frames=np.concatenate([t.start_frames for t in tables]),
+            stop_frames=np.concatenate([t.stop_frames for t in tables]),
+            verb_classes=np.concatenate([t.verb_classes for t in tables]),
+            noun_classes=np.concatenate([t.noun_classes for t in tables]),
+            labelled=all(t.labelled for t in tables),
+        )
+
 
 # ----------------------------------------------------------------------------- reading
 

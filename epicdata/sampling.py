@@ -185,3 +185,99 @@ def sampled_flow_frames_to_keep(
             starts = flow_snippet_starts(first, last, num, stack, sampler=sampler)
             parts.append(flow_snippet_frames(starts, stack, flow_frames))
     return np.unique(np.concatenate(parts))
+
+
+# ----------------------------------------------------------------------------- test views
+# Multi-view testing (``epic-validate --views CxK``): C temporal views of a segment, each a
+# clip of the model's T frames. View 0 of C = 1 is always the evaluation rule above, so
+# that ``--views 1x1`` reads exactly the frames of a plain evaluation.
+
+
+def _check_view(view: int, num_views: int) -> None:
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if not 0 <= view < num_views:
+        raise ValueError(f"view must be in [0, {num_views}), got {view}")
+
+
+def tsn_view_frames(
+    start_frame: int, stop_frame: int, num_frames: int, *, view: int, num_views: int
+) -> np.ndarray:
+    """Temporal view ``view`` of ``num_views`` under TSN sampling: in each of the
+    ``num_frames`` equal parts of ``[start_frame, stop_frame]``, the frame at fraction
+    ``(view + 0.5) / num_views`` of the part (one view: the part's centre, exactly
+    :func:`tsn_frames`' evaluation rule). The views tile each part evenly, as C1's TSN
+    test takes several evenly spaced frames per part. Returns (num_frames,) int64."""
+    _check_view(view, num_views)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    length = stop_frame - start_frame + 1
+    if length < 1:
+        raise ValueError(f"empty segment [{start_frame}, {stop_frame}]")
+    part = length / num_frames
+    index = np.arange(num_frames, dtype=np.int64)
+    # (view + 0.5) / 1 == 0.5 exactly: one view computes tsn_frames' ``part / 2``.
+    offsets = index * part + part * ((view + 0.5) / num_views)
+    # Bounded by the part's first and last frame, as in tsn_frames.
+    first = index * length // num_frames
+    last = np.maximum(first, -(-(index + 1) * length // num_frames) - 1)
+    return start_frame + np.clip(np.floor(offsets).astype(np.int64), first, last)
+
+
+def interleaved_linspace(first: int, last: int, num: int, *, view: int, num_views: int) -> np.ndarray:
+    """View ``view`` of ``num_views`` of a linspace grid over ``[first, last]``: the points
+    ``view, view + C, view + 2C, ...`` of ``np.linspace(first, last, num * C, dtype=int)``.
+
+    Each view is a grid of ``num`` points shifted by ``view / C`` of its spacing; together
+    the views are one evenly spaced grid of ``num * C`` points, both ends included, so no
+    view leaves the range. One view is ``np.linspace(first, last, num, dtype=int)``
+    itself. Returns (num,) int64."""
+    _check_view(view, num_views)
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    grid = np.linspace(first, last, num * num_views, dtype=int).astype(np.int64)
+    return grid[view::num_views]
+
+
+def linspace_view_frames(
+    start_frame: int, stop_frame: int, num_frames: int, *, view: int, num_views: int
+) -> np.ndarray:
+    """Temporal view ``view`` of ``num_views`` under linspace sampling: the seed's grid
+    ``[start_frame, stop_frame - 1]`` made ``num_frames * num_views`` points fine and dealt
+    out view by view (:func:`interleaved_linspace`); clipped into the segment as
+    :func:`linspace_frames` is. One view is exactly :func:`linspace_frames`.
+    Returns (num_frames,) int64."""
+    if stop_frame < start_frame:
+        raise ValueError(f"empty segment [{start_frame}, {stop_frame}]")
+    frames = interleaved_linspace(
+        start_frame, stop_frame - 1, num_frames, view=view, num_views=num_views
+    )
+    return np.clip(frames, start_frame, stop_frame)
+
+
+def flow_view_starts(
+    first: int,
+    last: int,
+    num_snippets: int,
+    stack: int,
+    *,
+    sampler: str,
+    view: int,
+    num_views: int,
+) -> np.ndarray:
+    """Snippet starts of temporal view ``view`` of ``num_views`` in the flow range
+    ``[first, last]``: the view rules above over the valid starts
+    ``[first, max(first, last - stack + 1)]`` (``tsn``: :func:`tsn_view_frames`;
+    ``linspace``: :func:`interleaved_linspace`, both ends included as in
+    :func:`flow_snippet_starts`). One view is exactly :func:`flow_snippet_starts`'
+    evaluation rule. Returns (num_snippets,) int64."""
+    if stack < 1:
+        raise ValueError(f"stack must be >= 1, got {stack}")
+    last_start = max(first, last - stack + 1)
+    if sampler == "linspace":
+        return interleaved_linspace(
+            first, last_start, num_snippets, view=view, num_views=num_views
+        )
+    if sampler == "tsn":
+        return tsn_view_frames(first, last_start, num_snippets, view=view, num_views=num_views)
+    raise ValueError(f"sampler {sampler!r}: expected linspace or tsn")

@@ -102,6 +102,10 @@ def _click_type(spec: FieldType) -> click.ParamType:
     return {str: _Text, int: _Integer, float: _Number}[spec.kind](spec)
 
 
+#: Other spellings of an option: ``--train-splits train,validation`` reads as it is meant.
+_ALIASES = {"train_split": ("--train-splits",)}
+
+
 def _config_options(command: click.Command) -> click.Command:
     """One option per TrainConfig field: type, default, help and choices come from the field
     itself. Only options given on the command line or in the environment override
@@ -119,7 +123,7 @@ def _config_options(command: click.Command) -> click.Command:
         if spec.kind is bool:
             decls = [f"{name}/--no-{name[2:]}"]
         else:
-            decls = [name]
+            decls = [name, *_ALIASES.get(field.name, ())]
             extra["type"] = _click_type(spec)
         option = click.option(*decls, default=field.default, help=field.metadata["help"], **extra)
         command = option(command)

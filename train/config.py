@@ -213,8 +213,14 @@ class TrainConfig:
     )
     device: str = _option("auto", "auto (cuda if available), cpu, cuda, cuda:N.")
     seed: int = _option(0, "Seed of initialisation, data order and augmentation.")
-    train_split: str = _option("train", "Split to train on.")
-    val_split: str = _option("validation", "Split to validate on each epoch.")
+    train_split: str = _option(
+        "train",
+        "Split(s) to train on (also --train-splits): train, or train,validation for the final "
+        "test-server submission, which has no validation epochs (docs/training.md).",
+    )
+    val_split: str = _option(
+        "validation", "Split to validate on each epoch (none when it is also trained on)."
+    )
     checkpoint_every: int = _option(5, "Keep epoch_NNN.pt every N epochs.", minimum=1)
     log_every: int = _option(
         50,
@@ -249,6 +255,7 @@ class TrainConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise EpicInputError(f"config dropout={self.dropout}: must be in [0, 1)")
         self.milestones()  # refuses a malformed --lr-steps now, not at the first epoch
+        self._check_splits()
         if self.modality == "flow" and self.decoder == "nvjpeg":
             raise EpicInputError(
                 "--decoder nvjpeg with --modality flow: nvjpeg decodes colour frames only",
@@ -256,6 +263,39 @@ class TrainConfig:
             )
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise EpicInputError(f"config grad_clip={self.grad_clip}: must be > 0 (or none)")
+
+    def train_splits(self) -> tuple[str, ...]:
+        """The splits trained on (``train_split``, comma-separated), in their order."""
+        return tuple(part.strip() for part in self.train_split.split(","))
+
+    @property
+    def validates(self) -> bool:
+        """Whether epochs are validated: not when the validation split is trained on."""
+        return self.val_split not in self.train_splits()
+
+    def _check_splits(self) -> None:
+        splits = self.train_splits()
+        if "test" in splits:
+            raise EpicInputError(
+                f"--train-splits {self.train_split}: the test split has no labels and is what "
+                "the challenge server scores: it can never be trained on",
+                fix="train on train, or train,validation for the final submission",
+            )
+        unknown = [s for s in splits if s not in ("train", "validation")] or (
+            ["(twice)"] if len(set(splits)) != len(splits) else []
+        )
+        if unknown:
+            raise EpicInputError(
+                f"--train-splits {self.train_split}: {', '.join(unknown)} is not a training "
+                "split; expected train or train,validation"
+            )
+        if not self.validates and self.scheduler == "plateau":
+            raise EpicInputError(
+                f"--train-splits {self.train_split} trains on the validation split, so no "
+                "epoch is validated, and --scheduler plateau steps on validation accuracy",
+                fix="use --scheduler step (the C1 recipes' MultiStepLR at --lr-steps) or "
+                "--scheduler cosine, e.g. with the epochs and schedule of the run you validated",
+            )
 
     def milestones(self) -> list[int]:
         """``lr_steps`` as increasing epoch numbers (``"20,40"`` -> [20, 40])."""

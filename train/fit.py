@@ -178,12 +178,13 @@ class _RunData:
 
     store: FrameStore  # the staged copy with --stage-dir
     train: TrainData
-    val_table: SegmentTable
-    val_set: EpicActionDataset
-    val_loader: DataLoader
+    # None: no validation epochs (the validation split is trained on: --train-splits).
+    val_table: SegmentTable | None
+    val_set: EpicActionDataset | None
+    val_loader: DataLoader | None
     metric_sets: dict[str, frozenset]
     train_clips: ClipLoader  # a batch -> its uint8 clips on the device
-    val_clips: ClipLoader
+    val_clips: ClipLoader | None
 
 
 @dataclass
@@ -319,7 +320,14 @@ def _fit(
             return EXIT_REQUEUE
     if run.runlog is not None:
         run.runlog.close()
-    log.info("done: best validation action top-1 %.2f%%; run folder %s", run.best, run.run_dir)
+    if run.cfg.validates:
+        log.info("done: best validation action top-1 %.2f%%; run folder %s", run.best, run.run_dir)
+    else:
+        log.info(
+            "done: trained on %s without validation: last.pt is the model to submit; run folder %s",
+            run.cfg.train_split,
+            run.run_dir,
+        )
     return 0
 
 
@@ -470,13 +478,13 @@ def _build_data(
     """The store (staged to ``--stage-dir`` unless a dry run), the training and validation
     datasets and loaders, and how their batches reach the device."""
     annotations = AnnotationDir(cfg.annotations)
-    train_table = annotations.table(cfg.train_split)
-    val_table = annotations.table(cfg.val_split)
+    train_table = SegmentTable.joined([annotations.table(s) for s in cfg.train_splits()])
+    val_table = annotations.table(cfg.val_split) if cfg.validates else None
     store_root, staged_from = Path(cfg.store), None
     if cfg.stage_dir and dry_run:
         log.info("dry run: --stage-dir %s not used, the store is read in place", cfg.stage_dir)
     elif cfg.stage_dir:
-        videos = {*train_table.video_ids, *val_table.video_ids}
+        videos = {*train_table.video_ids, *(val_table.video_ids if val_table else ())}
         store_root = _stage(cfg.store, cfg.stage_dir, videos, info=info, device=device)
         staged_from = Path(cfg.store)  # damage found in the copy is the copy's
     # Only the reader sees the staged copy: cfg (config.yaml, checkpoints) keeps --store.
@@ -502,21 +510,24 @@ def _build_data(
         train_crop=cfg.train_crop,
         **clips,
     )
-    val_set, val_loader = build_eval_data(store, val_table, **clips)
+    val_set, val_loader = (
+        build_eval_data(store, val_table, **clips) if val_table is not None else (None, None)
+    )
     check_store_serves(recipe=cfg.recipe, sampling=cfg.sampling, keep=store.manifest.params.keep)
     # Every frame the samplers can ask for, from the metadata: a missing one fails here,
     # not as a worker traceback mid-epoch.
     check_readable(train.dataset)
-    check_readable(val_set)
+    if val_set is not None:
+        check_readable(val_set)
     return _RunData(
         store=store,
         train=train,
         val_table=val_table,
         val_set=val_set,
         val_loader=val_loader,
-        metric_sets=metric_sets(annotations, cfg.val_split),
+        metric_sets=metric_sets(annotations, cfg.val_split) if val_set is not None else {},
         train_clips=clip_loader(train.dataset, device),
-        val_clips=clip_loader(val_set, device),
+        val_clips=clip_loader(val_set, device) if val_set is not None else None,
     )
 
 
@@ -551,8 +562,8 @@ def _log_start(run: _Run) -> None:
         "train %d segments, %s %d segments; %d steps/epoch x %d process(es); device %s, amp %s, "
         "decoder %s%s",
         len(run.data.train.dataset),
-        cfg.val_split,
-        len(run.data.val_set),
+        cfg.val_split if run.data.val_set is not None else "no validation:",
+        len(run.data.val_set) if run.data.val_set is not None else 0,
         run.data.train.steps_per_epoch,
         run.info.world_size,
         run.device,
@@ -695,7 +706,11 @@ def _train_epoch(run: _Run, epoch: int, step0: int, stop: StopFlag) -> EpochStat
 
 def _validate_epoch(run: _Run) -> tuple[dict[str, float], float]:
     """Official metrics of the validation split (rank 0; {} elsewhere) and its loss; every
-    rank steps its scheduler on rank 0's selection metric."""
+    rank steps its scheduler on rank 0's selection metric. Without validation epochs
+    (``--train-splits train,validation``): no metrics, and the (epoch-based) scheduler steps."""
+    if run.data.val_loader is None:
+        run.scheduler.step()
+        return {}, float("nan")
     if run.info.enabled:
         # Each rank's last training forward updated its own BatchNorm running stats: all
         # ranks validate with rank 0's, which are the ones saved.
@@ -747,20 +762,23 @@ def _end_epoch(
     """Rank 0: the epoch's log line, summary row and checkpoints."""
     if not run.info.is_main:
         return
-    value = metrics[SELECTION_METRIC]
-    is_best = value > run.best
-    run.best = max(run.best, value)
+    value = metrics.get(SELECTION_METRIC)
+    is_best = value is not None and value > run.best
+    run.best = max(run.best, value if value is not None else run.best)
+    if value is None:
+        val = "no validation (its split is trained on)"
+    else:
+        val = (
+            f"val loss {val_loss:.4f} verb@1 {metrics['all_verb_accuracy_at_1']:.2f} noun@1 "
+            f"{metrics['all_noun_accuracy_at_1']:.2f} action@1 {value:.2f}"
+        )
     log.info(
-        "epoch %d/%d: train loss %.4f action@1 %.2f | val loss %.4f verb@1 %.2f noun@1 %.2f "
-        "action@1 %.2f | %.1f clips/s, data wait %.0f%%",
+        "epoch %d/%d: train loss %.4f action@1 %.2f | %s | %.1f clips/s, data wait %.0f%%",
         epoch + 1,
         run.cfg.epochs,
         stats.loss,
         stats.action_top1,
-        val_loss,
-        metrics["all_verb_accuracy_at_1"],
-        metrics["all_noun_accuracy_at_1"],
-        value,
+        val,
         stats.clips / stats.seconds,
         100 * stats.data_wait,
     )

@@ -176,14 +176,44 @@ class TrainClipTransform:
         return self.apply(frames, crop)  # (T, C, size, size) uint8
 
 
+def uniform_crop_offset(height: int, width: int, size: int, spatial_idx: int) -> tuple[int, int]:
+    """(top, left) of test crop ``spatial_idx`` (0, 1, 2) of a ``size`` square in a
+    ``height`` x ``width`` frame, as SlowFast's ``uniform_crop``
+    (github facebookresearch/SlowFast, slowfast/datasets/transform.py): left, centre,
+    right along the long side (top, centre, bottom when the frame is taller than wide),
+    centred on the short side; centres are ``ceil(margin / 2)``."""
+    if spatial_idx not in (0, 1, 2):
+        raise ValueError(f"spatial_idx must be 0, 1 or 2, got {spatial_idx}")
+    top = math.ceil((height - size) / 2)
+    left = math.ceil((width - size) / 2)
+    along = {0: 0, 1: None, 2: None}
+    if height > width:
+        along[2] = height - size
+        top = top if along[spatial_idx] is None else along[spatial_idx]
+    else:
+        along[2] = width - size
+        left = left if along[spatial_idx] is None else along[spatial_idx]
+    return top, left
+
+
+#: ``--views CxK``: the crop counts a test view may have (centre; or SlowFast's three).
+VIEW_CROPS = (1, 3)
+
+
 class EvalClipTransform:
     """Evaluation transform: short side to size*256/224, centre crop ``size``. It draws
     nothing: :meth:`draw` gives the whole frame, unflipped, and :meth:`apply` ignores it.
     The same for flow clips (every channel alike, nothing to invert: C1's test transform
-    is GroupScale + GroupCenterCrop for both modalities)."""
+    is GroupScale + GroupCenterCrop for both modalities).
 
-    def __init__(self, size: int) -> None:
+    ``crops`` (multi-view testing): :meth:`views` gives 1 crop (:meth:`apply`'s) or 3
+    (:func:`uniform_crop_offset`'s, from the same resized frames)."""
+
+    def __init__(self, size: int, crops: int = 1) -> None:
+        if crops not in VIEW_CROPS:
+            raise ValueError(f"crops must be one of {VIEW_CROPS}, got {crops}")
         self.size = size
+        self.crops = crops
 
     def draw(self, height: int, width: int, rng: np.random.Generator | None = None) -> CropFlip:
         return CropFlip(0, 0, height, width, False)
@@ -198,6 +228,21 @@ class EvalClipTransform:
         self, frames: torch.Tensor, rng: np.random.Generator | None = None
     ) -> torch.Tensor:
         return self.apply(frames)  # (T, C, size, size) uint8
+
+    def views(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, C, H, W) uint8 -> (crops, T, C, size, size) uint8: the centre crop of
+        :meth:`apply`, or the three crops along the long side of the resized frames."""
+        if self.crops == 1:
+            return self.apply(frames).unsqueeze(0)
+        short = round(self.size * EVAL_RESIZE_RATIO)
+        if min(frames.shape[-2:]) != short:
+            frames = TF.resize(frames, [short], antialias=True)
+        height, width = frames.shape[-2:]
+        out = []
+        for idx in range(self.crops):
+            top, left = uniform_crop_offset(height, width, self.size, idx)
+            out.append(frames[..., top : top + self.size, left : left + self.size])
+        return torch.stack(out)  # (3, T, C, size, size) uint8
 
 
 class DeviceAugment(torch.nn.Module):
