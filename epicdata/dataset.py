@@ -19,6 +19,14 @@ With ``decoder="nvjpeg"`` the workers decode nothing: ``frames`` is replaced by
 and the main process decodes and crops on the GPU (train/nvjpeg.py), with the crop drawn
 here from the same per-clip generator as the CPU path's.
 
+Multi-view testing (``num_clips`` temporal views, a transform with ``crops`` > 1, e.g.
+train.transforms.EvalClipTransform(size, crops=3)) makes ``frames`` a stack of views
+
+    frames        uint8 tensor (V, T, C, S, S), V = num_clips * crops, view c * crops + k
+                  the k-th crop of temporal view c
+
+each frame decoded once per segment however many views share it.
+
 A frame that cannot be read or decoded is an error naming the narration id, the video, the
 frame and the shard: never a substitute sample.
 """
@@ -46,8 +54,11 @@ from epicdata.sampling import (
     flow_segment_range,
     flow_snippet_frames,
     flow_snippet_starts,
+    flow_view_starts,
     linspace_frames,
+    linspace_view_frames,
     tsn_frames,
+    tsn_view_frames,
 )
 from epicdata.store import FrameStore
 
@@ -115,6 +126,10 @@ class EpicActionDataset(Dataset):
     consecutive flow frames, their starts picked by the same ``sampling`` in flow-index
     space, every snippet inside the segment's flow range (epicdata.sampling's flow
     functions, with the stride and frame count of the video's metadata).
+
+    ``num_clips`` > 1 (evaluation only, CPU decoders): ``num_clips`` temporal views per
+    segment (epicdata.sampling's view functions; :meth:`view_frames`), each cut into the
+    transform's ``crops`` by its ``views`` method: see the module docstring.
     """
 
     def __init__(
@@ -130,6 +145,7 @@ class EpicActionDataset(Dataset):
         seed: int = 0,
         modality: str = "rgb",
         flow_stack: int = 5,
+        num_clips: int = 1,
     ) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling={sampling!r}: expected one of {', '.join(SAMPLINGS)}")
@@ -139,6 +155,12 @@ class EpicActionDataset(Dataset):
             raise ValueError(f"modality={modality!r}: expected one of {', '.join(MODALITIES)}")
         if flow_stack < 1:
             raise ValueError(f"flow_stack must be >= 1, got {flow_stack}")
+        crops = getattr(transform, "crops", 1)
+        if (num_clips, crops) != (1, 1) and (training or decoder == "nvjpeg" or num_clips < 1):
+            raise ValueError(
+                f"{num_clips}x{crops} test views need num_clips >= 1, an evaluation "
+                f"dataset and a CPU decoder (training={training}, decoder={decoder!r})"
+            )
         _check_modality(store, modality, decoder)
         missing = sorted(set(table.video_ids) - set(store.video_ids))
         if missing:
@@ -159,6 +181,8 @@ class EpicActionDataset(Dataset):
         self.flow_stack = flow_stack
         self.seed = seed
         self.epoch = 0
+        self.num_clips = num_clips
+        self.multi_view = (num_clips, crops) != (1, 1)
         self._shard_of = store.manifest.video_to_shard()
 
     def __len__(self) -> int:
@@ -169,7 +193,11 @@ class EpicActionDataset(Dataset):
 
     def frame_numbers(self, index: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """(T,) int64 frame numbers the clip of segment ``index`` reads; for flow the
-        (T * flow_stack,) flow frames, snippet after snippet."""
+        (T * flow_stack,) flow frames, snippet after snippet. With several temporal views:
+        every frame of every view, sorted and unique (what the sample reads)."""
+        if self.num_clips > 1:
+            views = [self.view_frames(index, c) for c in range(self.num_clips)]
+            return np.unique(np.concatenate(views))
         if self.modality == "flow":
             first, last, count = self._flow_range(index)
             starts = flow_snippet_starts(
@@ -187,6 +215,26 @@ class EpicActionDataset(Dataset):
         if self.sampling == "linspace":
             return linspace_frames(start, stop, self.num_frames)
         return tsn_frames(start, stop, self.num_frames, training=self.training, rng=rng)
+
+    def view_frames(self, index: int, view: int) -> np.ndarray:
+        """The frame numbers of temporal view ``view`` of ``num_clips`` of segment ``index``
+        (as :meth:`frame_numbers`; one view is the evaluation clip itself)."""
+        if self.modality == "flow":
+            first, last, count = self._flow_range(index)
+            starts = flow_view_starts(
+                first,
+                last,
+                self.num_frames,
+                self.flow_stack,
+                sampler=self.sampling,
+                view=view,
+                num_views=self.num_clips,
+            )
+            return flow_snippet_frames(starts, self.flow_stack, count)
+        start = int(self.table.start_frames[index])
+        stop = int(self.table.stop_frames[index])
+        rule = linspace_view_frames if self.sampling == "linspace" else tsn_view_frames
+        return rule(start, stop, self.num_frames, view=view, num_views=self.num_clips)
 
     def _flow_range(self, index: int) -> tuple[int, int, int]:
         """(first, last, flow frame count): the inclusive flow-index range of segment
@@ -217,7 +265,7 @@ class EpicActionDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         narration_id = self.table.narration_ids[index]
         video_id = self.table.video_ids[index]
-        frames = self.frame_numbers(index, rng)
+        frames = self.frame_numbers(index, rng)  # several views: each frame once
         try:
             jpegs = self.store.read_frames(video_id, frames)
         except StoreError as exc:
@@ -225,6 +273,10 @@ class EpicActionDataset(Dataset):
             raise kind(f"segment {narration_id}: {exc}") from None
         if self.decoder == "nvjpeg":
             sample = self._jpeg_sample(video_id, frames, jpegs, rng)
+        elif self.multi_view:
+            decoded = self._decoded_frames(index, video_id, frames, jpegs)
+            views = [self.view_frames(index, c) for c in range(self.num_clips)]
+            sample = {"frames": self._view_clips(decoded, frames, views)}
         else:
             sample = {"frames": self._decoded_clip(index, video_id, frames, jpegs, rng)}
         sample.update(narration_id=narration_id, index=index)
@@ -241,6 +293,34 @@ class EpicActionDataset(Dataset):
         jpegs: list[bytes],
         rng: np.random.Generator,
     ) -> torch.Tensor:
+        clip = self._decoded_frames(index, video_id, frames, jpegs)
+        if self.modality == "flow":
+            # Snippet after snippet, pair after pair, u before v: channel 2i is u of the
+            # snippet's i-th pair, 2i + 1 its v.
+            clip = clip.view(self.num_frames, 2 * self.flow_stack, *clip.shape[-2:])
+        if self.transform is not None:
+            clip = self.transform(clip, rng)
+        return clip
+
+    def _view_clips(
+        self, decoded: torch.Tensor, frames: np.ndarray, views: list[np.ndarray]
+    ) -> torch.Tensor:
+        """The (V, T, C, S, S) uint8 view clips of one segment from its ``decoded`` frames
+        (sorted unique ``frames``: (N, C, H, W) RGB, (2N, 1, H, W) flow u, v)."""
+        if self.modality == "flow":
+            decoded = decoded.view(len(frames), 2, *decoded.shape[-2:])  # (N, 2, H, W)
+        clips = []
+        for view in views:
+            clip = decoded[torch.from_numpy(np.searchsorted(frames, view))]  # (T or T*stack, ...)
+            if self.modality == "flow":
+                clip = clip.reshape(self.num_frames, 2 * self.flow_stack, *clip.shape[-2:])
+            clips.append(self.transform.views(clip))  # type: ignore[union-attr]  # (K, T, C, S, S)
+        return torch.cat(clips)  # (C * K, T, C, S, S): view c * K + k
+
+    def _decoded_frames(
+        self, index: int, video_id: str, frames: np.ndarray, jpegs: list[bytes]
+    ) -> torch.Tensor:
+        """The decoded images, stacked: (N, C, H, W) uint8, or for flow (2N, 1, H, W)."""
         narration_id = self.table.narration_ids[index]
         if self.modality == "flow":
             # Two blobs per flow frame, u then v (the store's order, C1's _intersperse).
@@ -260,14 +340,7 @@ class EpicActionDataset(Dataset):
                     f"({exc}); run `epic-check --store {store} --deep` and re-extract "
                     f"that shard with `epic-extract run --force`"
                 ) from None
-        clip = torch.stack(decoded)  # (T, C, H, W) uint8; flow: (T * stack * 2, 1, H, W)
-        if self.modality == "flow":
-            # Snippet after snippet, pair after pair, u before v: channel 2i is u of the
-            # snippet's i-th pair, 2i + 1 its v.
-            clip = clip.view(self.num_frames, 2 * self.flow_stack, *clip.shape[-2:])
-        if self.transform is not None:
-            clip = self.transform(clip, rng)
-        return clip
+        return torch.stack(decoded)  # (T, C, H, W) uint8; flow: (T * stack * 2, 1, H, W)
 
     def _jpeg_sample(
         self,
@@ -366,7 +439,8 @@ def check_readable(dataset: EpicActionDataset, *, limit: int = 5) -> None:
     may ask for any frame of a segment; the deterministic ones for their exact frames.
 
     Raises :class:`StoreError` (or :class:`StoreIncompleteError` for a missing shard)
-    summarising the segments that would fail, by video."""
+    summarising the segments that would fail, by video; with several temporal test views,
+    naming the first segment and frame a view needs that the store lacks."""
     table, store = dataset.table, dataset.store
     any_frame = dataset.sampling == "tsn" and dataset.training
     bad: dict[str, list[str]] = {}
@@ -377,6 +451,8 @@ def check_readable(dataset: EpicActionDataset, *, limit: int = 5) -> None:
             if any_frame
             else store.holds(video_id, dataset.frame_numbers(i))
         )
+        if not readable and dataset.num_clips > 1:
+            raise _view_frame_missing(dataset, i)
         if not readable:
             bad.setdefault(video_id, []).append(table.narration_ids[i])
     if bad:
@@ -402,3 +478,32 @@ def check_readable(dataset: EpicActionDataset, *, limit: int = 5) -> None:
             "store that keeps these frames (--keep segments, or --keep sampled --num-frames N)",
             details="\n".join(lines),
         )
+
+
+def _view_frame_missing(dataset: EpicActionDataset, index: int) -> StoreError:
+    """The first frame of segment ``index``'s temporal test views that the store lacks,
+    named with its view and what to do (a ``--keep sampled`` store holds the one-view
+    frames of its clip lengths only)."""
+    table, store = dataset.table, dataset.store
+    video_id = table.video_ids[index]
+    missing = [
+        (view, int(frame))
+        for view in range(dataset.num_clips)
+        for frame in dataset.view_frames(index, view)
+        if not store.holds(video_id, [int(frame)])
+    ]
+    view, frame = missing[0]
+    keep = store.manifest.params
+    kept = f"{keep.keep}" + (
+        f" for clip lengths {','.join(map(str, keep.num_frames))}" if keep.keep == "sampled" else ""
+    )
+    kind = "flow frame" if dataset.modality == "flow" else "frame"
+    return StoreError(
+        f"segment {table.narration_ids[index]} of the {table.split} split: temporal view "
+        f"{view + 1} of {dataset.num_clips} ({_clip_words(dataset)}, {dataset.sampling} "
+        f"sampling) needs {video_id} {kind} {frame}, which the store does not hold (it "
+        f"keeps {kept})",
+        where=store.root,
+        fix="test these views on a store that keeps every frame of the segments "
+        "(epic-extract plan --keep segments), or test one view (--views 1x1)",
+    )

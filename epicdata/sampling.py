@@ -205,38 +205,45 @@ def tsn_view_frames(
 ) -> np.ndarray:
     """Temporal view ``view`` of ``num_views`` under TSN sampling: in each of the
     ``num_frames`` equal parts of ``[start_frame, stop_frame]``, the frame at fraction
-    ``(view + 0.5) / num_views`` of the part (one view: the part's centre, exactly
-    :func:`tsn_frames`' evaluation rule). The views tile each part evenly, as C1's TSN
-    test takes several evenly spaced frames per part. Returns (num_frames,) int64."""
+    ``(view + 0.5) / num_views`` of the part; the views tile each part evenly.
+
+    One view is :func:`tsn_frames`' evaluation rule itself (the part's centre, in its float
+    arithmetic, so that one view reads exactly a plain evaluation's frames); several are
+    computed exactly in integers: ``floor((2Ci + 2c + 1) L / 2TC)`` for part i of T, view
+    c of C, a segment of L frames, which always lies inside part i.
+    Returns (num_frames,) int64."""
     _check_view(view, num_views)
+    if num_views == 1:
+        return tsn_frames(start_frame, stop_frame, num_frames, training=False)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     length = stop_frame - start_frame + 1
     if length < 1:
         raise ValueError(f"empty segment [{start_frame}, {stop_frame}]")
-    part = length / num_frames
     index = np.arange(num_frames, dtype=np.int64)
-    # (view + 0.5) / 1 == 0.5 exactly: one view computes tsn_frames' ``part / 2``.
-    offsets = index * part + part * ((view + 0.5) / num_views)
-    # Bounded by the part's first and last frame, as in tsn_frames.
-    first = index * length // num_frames
-    last = np.maximum(first, -(-(index + 1) * length // num_frames) - 1)
-    return start_frame + np.clip(np.floor(offsets).astype(np.int64), first, last)
+    twice = 2 * num_frames * num_views
+    return start_frame + ((2 * num_views * index + 2 * view + 1) * length) // twice
 
 
-def interleaved_linspace(first: int, last: int, num: int, *, view: int, num_views: int) -> np.ndarray:
+def interleaved_linspace(
+    first: int, last: int, num: int, *, view: int, num_views: int
+) -> np.ndarray:
     """View ``view`` of ``num_views`` of a linspace grid over ``[first, last]``: the points
     ``view, view + C, view + 2C, ...`` of ``np.linspace(first, last, num * C, dtype=int)``.
 
     Each view is a grid of ``num`` points shifted by ``view / C`` of its spacing; together
     the views are one evenly spaced grid of ``num * C`` points, both ends included, so no
     view leaves the range. One view is ``np.linspace(first, last, num, dtype=int)``
-    itself. Returns (num,) int64."""
+    itself (its float arithmetic: a plain evaluation's frames); several are computed
+    exactly, point k at ``first + floor(k (last - first) / (num C - 1))``.
+    Returns (num,) int64."""
     _check_view(view, num_views)
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
-    grid = np.linspace(first, last, num * num_views, dtype=int).astype(np.int64)
-    return grid[view::num_views]
+    if num_views == 1:
+        return np.linspace(first, last, num, dtype=int).astype(np.int64)
+    points = view + num_views * np.arange(num, dtype=np.int64)  # k of the fine grid
+    return first + (points * (last - first)) // (num * num_views - 1)
 
 
 def linspace_view_frames(
@@ -275,9 +282,7 @@ def flow_view_starts(
         raise ValueError(f"stack must be >= 1, got {stack}")
     last_start = max(first, last - stack + 1)
     if sampler == "linspace":
-        return interleaved_linspace(
-            first, last_start, num_snippets, view=view, num_views=num_views
-        )
+        return interleaved_linspace(first, last_start, num_snippets, view=view, num_views=num_views)
     if sampler == "tsn":
         return tsn_view_frames(first, last_start, num_snippets, view=view, num_views=num_views)
     raise ValueError(f"sampler {sampler!r}: expected linspace or tsn")

@@ -120,7 +120,7 @@ def args_writing_to(name: str, planned: dict[str, Path], folder: Path) -> list[s
         "epic-extract run": ["--store", planned["store"], "--shard-index", "0", "--tmp-dir", folder],
         "epic-train": [
             "--store", planned["store"], "--annotations", planned["annotations"],
-            "--output-dir", folder / "run", "--train-split", "test", "--val-split", "test",
+            "--output-dir", folder / "run", "--train-split", "train", "--val-split", "validation",
         ],
         "epic-validate": [
             "--predictions", planned["predictions"], "--annotations", planned["annotations"],

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # the module builds the wheel first (about 2 s)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "epicdata", "preprocess", "train", "slurm")
-JOB_SCRIPTS = ("extract", "check", "train", "train_multi", "validate", "sweep")
+JOB_SCRIPTS = ("extract", "check", "train", "train_multi", "validate", "sweep", "fuse")
 
 
 def _pip(*args: str | Path, cwd: Path) -> None:

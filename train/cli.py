@@ -353,6 +353,21 @@ def train_main(
     show_default="1 for each file",
     help="One weight per --fuse file, e.g. 1,1.5: sum(w_i * s_i) / sum(w_i).",
 )
+@click.option(
+    "--views",
+    default="1x1",
+    help="Test views CLIPSxCROPS per segment, logits averaged before the softmax: CLIPS "
+    "temporal clips, CROPS 1 (centre) or 3 (along the long side), e.g. 10x3. A batch holds "
+    "--batch-size // (CLIPS * CROPS) segments.",
+)
+@click.option(
+    "--test-frames",
+    type=int,
+    default=None,
+    show_default="the checkpoint's --num-frames",
+    help="Frames per test clip for a temporal-average model (C1 tests TSN with 25); a TSM "
+    "model keeps its own.",
+)
 @click.argument(
     "more_fused", nargs=-1, type=click.Path(exists=True, dir_okay=False), metavar="[FUSE_FILE]..."
 )
@@ -374,6 +389,8 @@ def validate_main(
     accept_input_mismatch: bool,
     fuse: tuple[str, ...],
     fuse_weights: str | None,
+    views: str,
+    test_frames: int | None,
     more_fused: tuple[str, ...],
 ) -> None:
     """Official EPIC-100 metrics of a checkpoint (epic-train's or a C1 model-zoo file), a
@@ -397,6 +414,8 @@ def validate_main(
         accept_input_mismatch=accept_input_mismatch,
         fuse=[*fuse, *more_fused],
         fuse_weights=fuse_weights,
+        views=views,
+        test_frames=test_frames,
     )
     if result is not None and result.metrics is not None:
         click.echo(

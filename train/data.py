@@ -164,22 +164,30 @@ def build_eval_data(
     pin_memory: bool,
     modality: str = "rgb",
     flow_stack: int = 5,
+    views: tuple[int, int] = (1, 1),
 ) -> tuple[EpicActionDataset, DataLoader]:
     """Every segment of ``table`` once, centre crops, split over the ranks without padding
-    (``modality``, ``flow_stack``: as :func:`build_train_data`)."""
+    (``modality``, ``flow_stack``: as :func:`build_train_data`).
+
+    ``views`` (clips, crops) other than (1, 1): each sample is (clips * crops, T, C, S, S)
+    test views (epicdata.dataset), and a batch holds ``batch_size // (clips * crops)``
+    segments (at least one), so that a batch never holds more than ``batch_size`` clips
+    unless one segment's views alone do."""
+    clips, crops = views
     dataset = EpicActionDataset(
         store,
         table,
         num_frames=num_frames,
         sampling=sampling,
-        transform=EvalClipTransform(crop_size),
+        transform=EvalClipTransform(crop_size, crops=crops),
         decoder=decoder,
         modality=modality,
         flow_stack=flow_stack,
+        num_clips=clips,
     )
     loader = build_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=max(1, batch_size // (clips * crops)),
         workers=workers,
         sampler=distributed.ShardSampler(len(dataset), rank=info.rank, world_size=info.world_size),
         drop_last=False,

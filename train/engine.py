@@ -293,6 +293,11 @@ def evaluate(
     ``model`` must be the bare model, not the DDP wrapper: ranks may run different numbers
     of batches, and DDP's per-forward buffer broadcast would then deadlock. ``load_clips``
     as in :func:`train_one_epoch`.
+
+    Multi-view batches (B, V, T, C, H, W) (train.data.build_eval_data's ``views``): the
+    logits of a segment's V views are averaged, before any softmax as SlowFast's and C1's
+    multi-view tests average scores, into the segment's one row; the loss is the averaged
+    logits'.
     """
     load_clips = load_clips or frames_to(device)
     model.eval()
@@ -304,12 +309,18 @@ def evaluate(
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
-        frames = load_clips(batch)  # (B, T, C, H, W) uint8
+        frames = load_clips(batch)  # (B, T, C, H, W) uint8, or (B, V, T, C, H, W)
+        views = frames.shape[1] if frames.dim() == 6 else 0
+        if views:
+            frames = frames.flatten(0, 1)  # (B * V, T, C, H, W)
         with precision.autocast():
-            features = model.features(augment(frames, train=False))  # (B, 512)
+            features = model.features(augment(frames, train=False))  # (B or B * V, 512)
         # The heads in float32, outside autocast: bf16 logits (8 bits of mantissa) would tie
         # scores that the official ranking then orders arbitrarily.
         verb_logits, noun_logits = model.heads(features.float())
+        if views:
+            verb_logits = verb_logits.unflatten(0, (-1, views)).mean(1)  # (B, 97)
+            noun_logits = noun_logits.unflatten(0, (-1, views)).mean(1)  # (B, 300)
         labelled = "verb" in batch
         if labelled:
             verbs = batch["verb"].to(device, non_blocking=True)

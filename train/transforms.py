@@ -186,13 +186,10 @@ def uniform_crop_offset(height: int, width: int, size: int, spatial_idx: int) ->
         raise ValueError(f"spatial_idx must be 0, 1 or 2, got {spatial_idx}")
     top = math.ceil((height - size) / 2)
     left = math.ceil((width - size) / 2)
-    along = {0: 0, 1: None, 2: None}
-    if height > width:
-        along[2] = height - size
-        top = top if along[spatial_idx] is None else along[spatial_idx]
-    else:
-        along[2] = width - size
-        left = left if along[spatial_idx] is None else along[spatial_idx]
+    if spatial_idx != 1 and height > width:
+        top = 0 if spatial_idx == 0 else height - size
+    elif spatial_idx != 1:
+        left = 0 if spatial_idx == 0 else width - size
     return top, left
 
 

@@ -4,6 +4,11 @@ into a challenge submission (``--split test``).
 Writes into the output folder: ``predictions.pkl`` (from a checkpoint; the official
 evaluator's input format), ``metrics.json`` (labelled splits: official key names, percent),
 ``submission.zip`` (test split: ``test.json``).
+
+Multi-view testing (``--views CxK``, ``--test-frames N``): C temporal views x K crops per
+segment, their logits averaged before any softmax (:func:`parse_views`, train.engine's
+``evaluate``); everything after (predictions.pkl, metrics, submission, ``--fuse``) sees one
+averaged row per segment.
 """
 
 from __future__ import annotations
@@ -43,10 +48,47 @@ from train.submission import (
     save_predictions,
     write_submission_zip,
 )
-from train.transforms import DeviceAugment
+from train.transforms import VIEW_CROPS, DeviceAugment
 from train.weights import is_published_checkpoint, model_for_file, read_file
 
 log = logging.getLogger(__name__)
+
+#: ``--views``: CLIPSxCROPS, e.g. 1x1 (one centre clip), 2x3, 10x3.
+_VIEWS_FORMAT = "CLIPSxCROPS with CLIPS >= 1 and CROPS 1 or 3, e.g. 1x1, 2x3, 10x3"
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    """``--views`` "CxK" -> (C temporal clips, K crops). K is 1 (the centre crop) or 3
+    (SlowFast's left/top, centre, right/bottom: train.transforms.uniform_crop_offset)."""
+    clips, sep, crops = text.strip().lower().partition("x")
+    if not (sep and clips.isdigit() and crops.isdigit()) or int(clips) < 1:
+        raise EpicInputError(
+            f"--views {text!r} is not {_VIEWS_FORMAT}", where="--views", fix="e.g. --views 10x3"
+        )
+    if int(crops) not in VIEW_CROPS:
+        raise EpicInputError(
+            f"--views {text}: {crops} crops; a view has 1 crop (the centre) or 3 (along "
+            "the long side of the frame)",
+            where="--views",
+            fix=f"--views {int(clips)}x1 or {int(clips)}x3",
+        )
+    return int(clips), int(crops)
+
+
+def testing_clip_length(cfg: TrainConfig, test_frames: int | None, source: object) -> int:
+    """The T of the test clips: the checkpoint's, or ``--test-frames`` for a model that
+    averages over time (C1 tests TSN with 25 frames); a TSM model's shift is built for its T,
+    so another is refused."""
+    if test_frames is None or test_frames == cfg.num_frames:
+        return cfg.num_frames
+    if cfg.temporal == "tsm":
+        raise EpicInputError(
+            f"--test-frames {test_frames}: the TSM model of {source} shifts features over "
+            f"clips of {cfg.num_frames} frames and is tested with {cfg.num_frames}",
+            where="--test-frames",
+            fix=f"leave --test-frames out (or give {cfg.num_frames}); more views come from --views",
+        )
+    return test_frames
 
 
 def predict(
@@ -60,14 +102,18 @@ def predict(
     device_name: str,
     limit_batches: int | None = None,
     accept_input_mismatch: bool = False,
+    views: tuple[int, int] = (1, 1),
+    test_frames: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
     """Logits of a checkpoint's model for every segment of ``split`` (rank 0; None elsewhere).
 
     The model, clip length, sampling, crop size and normalisation come from the checkpoint
     (its input spec); a store whose frames differ from those it was trained on (modality,
-    frame size) is refused unless ``accept_input_mismatch``.
+    frame size) is refused unless ``accept_input_mismatch``. ``views`` (clips, crops) and
+    ``test_frames``: multi-view testing (module docstring); ``batch_size`` counts clips.
     """
     model, cfg, spec = _model_of(Path(checkpoint), store=store)
+    num_frames = testing_clip_length(cfg, test_frames, checkpoint)
     frame_store = FrameStore(store)
     _check_store_input(spec, frame_store, source=checkpoint, accept=accept_input_mismatch)
     device = resolve_device(device_name, distributed.discover(), work="scoring")
@@ -80,21 +126,22 @@ def predict(
     augment = DeviceAugment(spec.mean, spec.std, modality=spec.modality).to(device)
     table = annotations.table(split)
     decoder = cfg.decoder
-    if decoder == "nvjpeg" and device.type == "cuda":
-        check_nvjpeg(device)
-    elif decoder == "nvjpeg":
-        # Scoring a GPU-trained model on the CPU is legitimate: said, not silent.
+    if decoder == "nvjpeg" and (device.type != "cuda" or views != (1, 1)):
+        # Scoring a GPU-trained model on the CPU, or with test views (train/nvjpeg.py crops
+        # one clip per segment), is legitimate: said, not silent.
         decoder = "torchvision"
         log.warning(
-            "%s was trained with --decoder nvjpeg; on %s the loader workers decode with "
+            "%s was trained with --decoder nvjpeg; %s the loader workers decode with "
             "torchvision instead (the same images up to decoder rounding)",
             checkpoint,
-            device,
+            f"on {device}" if device.type != "cuda" else "for several test views",
         )
+    elif decoder == "nvjpeg":
+        check_nvjpeg(device)
     dataset, loader = build_eval_data(
         frame_store,
         table,
-        num_frames=cfg.num_frames,
+        num_frames=num_frames,
         modality=cfg.modality,
         flow_stack=cfg.flow_stack,
         sampling=cfg.sampling,
@@ -104,9 +151,19 @@ def predict(
         workers=check_workers(workers),
         info=info,
         pin_memory=device.type == "cuda",
+        views=views,
     )
     check_readable(dataset)
-    log.info("%s: %d segments of %s with %s", checkpoint, len(dataset), split, device)
+    log.info(
+        "%s: %d segments of %s with %s, %d frames, views %dx%d (%d segments a batch)",
+        checkpoint,
+        len(dataset),
+        split,
+        device,
+        num_frames,
+        *views,
+        loader.batch_size,
+    )
     with worker_deaths_named(dataset.store):
         preds = evaluate(
             model,
@@ -174,6 +231,29 @@ def _model_of(path: Path, *, store: str | Path) -> tuple[ActionModel, TrainConfi
         **({"flow_stack": model.in_channels // 2} if spec.modality == "flow" else {}),
     )
     return model, cfg, spec
+
+
+def _check_view_options(
+    views: str, test_frames: int | None, *, checkpoint: object
+) -> tuple[int, int]:
+    """``--views`` parsed and ``--test-frames`` checked before anything is read: both
+    make a checkpoint's clips (a predictions file's scores are already made)."""
+    counts = parse_views(views)
+    if test_frames is not None and test_frames < 1:
+        raise EpicInputError(
+            f"--test-frames {test_frames}: a clip has at least 1 frame",
+            where="--test-frames",
+            fix="give N >= 1, or leave it out for the checkpoint's clip length",
+        )
+    if checkpoint is None and (counts != (1, 1) or test_frames is not None):
+        raise EpicInputError(
+            "--views and --test-frames make a checkpoint's test clips; --predictions and "
+            "--fuse read scores already made",
+            where="epic-validate",
+            fix="score the checkpoint with --views (its predictions.pkl holds the averaged "
+            "scores, ready for --fuse)",
+        )
+    return counts
 
 
 def _sls_missing() -> EpicInputError:
@@ -261,15 +341,19 @@ def validate(
     accept_input_mismatch: bool = False,
     fuse: Sequence[str | Path] = (),
     fuse_weights: str | None = None,
+    views: str = "1x1",
+    test_frames: int | None = None,
 ) -> ValidationResult | None:
     """Run a checkpoint over ``split`` (or read ``predictions``, or fuse the files of
-    ``fuse``: train.fusion) and score or submit it. Returns None on ranks other than 0."""
+    ``fuse``: train.fusion) and score or submit it. Returns None on ranks other than 0.
+    ``views`` ("CxK") and ``test_frames``: multi-view testing of a checkpoint."""
     if sum(x is not None for x in (checkpoint, predictions, fuse or None)) != 1:
         raise EpicInputError(
             "nothing to score" if not (checkpoint or predictions or fuse) else "two inputs",
             where="epic-validate",
             fix="pass exactly one of --checkpoint, --predictions and --fuse",
         )
+    view_counts = _check_view_options(views, test_frames, checkpoint=checkpoint)
     weights = parse_fuse_weights(fuse_weights, len(fuse)) if fuse else []
     annotation_dir = AnnotationDir(annotations)
     output_dir = Path(output_dir)
@@ -299,6 +383,8 @@ def validate(
             device_name=device_name,
             limit_batches=limit_batches,
             accept_input_mismatch=accept_input_mismatch,
+            views=view_counts,
+            test_frames=test_frames,
         )
         if out is None:  # not rank 0
             return None
