@@ -273,6 +273,10 @@ def combined_status(folder: RunStatus, queued: str | None, known: bool) -> tuple
 # ----------------------------------------------------------------------------- options
 
 
+#: epic-train's other spellings of an option (train/cli.py).
+TRAIN_OPTION_ALIASES = {"train-splits": "train-split"}
+
+
 def train_options(words: Sequence[str]) -> dict[str, Any]:
     """The TrainConfig values that epic-train options ``words`` (what follows ``--``) set,
     typed as epic-train types them (``--config FILE`` first, the command line over it);
@@ -285,7 +289,7 @@ def train_options(words: Sequence[str]) -> dict[str, Any]:
         word = words[position]
         position += 1
         name, has_value, text = word.removeprefix("--").partition("=")
-        key = name.replace("-", "_")
+        key = TRAIN_OPTION_ALIASES.get(name, name).replace("-", "_")
         negated = key.removeprefix("no_")
         if not word.startswith("--") or key in PATH_FIELDS:
             continue
@@ -310,11 +314,21 @@ def train_options(words: Sequence[str]) -> dict[str, Any]:
             ) from None
     values = from_file | given
     try:  # the values epic-train would refuse, refused before anything is submitted
-        TrainConfig(store="-", annotations="-", output_dir="-", **resolve_options(from_file, given))
+        cfg = TrainConfig(
+            store="-", annotations="-", output_dir="-", **resolve_options(from_file, given)
+        )
     except EpicInputError as exc:
         raise EpicInputError(
             str(exc), where="epic-train options after --", fix="correct it"
         ) from None
+    if not cfg.validates:
+        raise EpicInputError(
+            f"--train-splits {cfg.train_split}: a pipeline validates its run's best.pt on the "
+            f"{cfg.val_split} split, which this run trains on (it saves no best.pt)",
+            where="epic-train options after --",
+            fix="train the final model with `epic-slurm submit train -- --train-splits "
+            "train,validation ...` and score its last.pt with `epic-slurm submit validate`",
+        )
     return values
 
 

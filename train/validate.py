@@ -75,7 +75,7 @@ def parse_views(text: str) -> tuple[int, int]:
     return int(clips), int(crops)
 
 
-def testing_clip_length(cfg: TrainConfig, test_frames: int | None, source: object) -> int:
+def clip_length_to_test(cfg: TrainConfig, test_frames: int | None, source: object) -> int:
     """The T of the test clips: the checkpoint's, or ``--test-frames`` for a model that
     averages over time (C1 tests TSN with 25 frames); a TSM model's shift is built for its T,
     so another is refused."""
@@ -113,7 +113,7 @@ def predict(
     ``test_frames``: multi-view testing (module docstring); ``batch_size`` counts clips.
     """
     model, cfg, spec = _model_of(Path(checkpoint), store=store)
-    num_frames = testing_clip_length(cfg, test_frames, checkpoint)
+    num_frames = clip_length_to_test(cfg, test_frames, checkpoint)
     frame_store = FrameStore(store)
     _check_store_input(spec, frame_store, source=checkpoint, accept=accept_input_mismatch)
     device = resolve_device(device_name, distributed.discover(), work="scoring")

@@ -94,3 +94,14 @@ def test_a_train_plus_validation_run_trains_on_both_and_saves_no_best(
     assert len(rows) == 2 and not any(k.startswith("val_all") for k in rows[0])
     # The step schedule still steps once per epoch: lr x0.1 after epoch 1.
     assert float(rows[1]["lr"]) == pytest.approx(float(rows[0]["lr"]) * 0.1)
+
+
+def test_a_pipeline_refuses_a_train_plus_validation_run_it_could_not_validate() -> None:
+    from epicslurm.pipeline import train_options
+
+    with pytest.raises(EpicInputError) as caught:
+        train_options(["--train-splits", "train,validation", "--scheduler", "step"])
+    assert "saves no best.pt" in str(caught.value) and "epic-slurm submit train" in str(
+        caught.value
+    )
+    assert train_options(["--train-splits", "train"]) == {"train_split": "train"}
