@@ -6,6 +6,7 @@ the shard, never a wrong frame, another exception or a hang."""
 from __future__ import annotations
 
 import bisect
+import csv
 import os
 import pickle
 import random
@@ -19,6 +20,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
+from epicdata.annotations import LABELLED_COLUMNS, SPLIT_FILES
 from epicdata.errors import ExitCode, StoreIncompleteError
 from epicdata.layout import shard_path, video_meta_key
 from epicdata.lmdb_pages import (
@@ -563,8 +565,9 @@ def test_a_damaged_node_offset_in_the_root_page_is_exit_5_not_sigbus(
     assert "metadata cannot be read" in message and path.name in message, done.stdout
     # epic-train stops at its start-up check of the store: exit 5 and one error line.
     epic_train = str(Path(sys.executable).parent / "epic-train")
-    args = [epic_train, "--store", store_root, "--annotations", small_store["annotations"]]
-    args += ["--output-dir", tmp_path / "run", "--train-split", "test", "--val-split", "test"]
+    annotations = _labelled_copy(small_store["annotations"], tmp_path / "labelled")
+    args = [epic_train, "--store", store_root, "--annotations", annotations]
+    args += ["--output-dir", tmp_path / "run"]
     args += ["--workers", "0", "--weights", "none", "--device", "cpu", "--epochs", "1"]
     args += ["--num-frames", "2", "--crop-size", "32", "--batch-size", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -573,6 +576,24 @@ def test_a_damaged_node_offset_in_the_root_page_is_exit_5_not_sigbus(
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and path.name in errors[0], done.stderr[-3000:]
     assert "the shard is damaged" in errors[0] and "Traceback" not in done.stderr
+
+
+def _labelled_copy(annotations: Path, out: Path) -> Path:
+    """``annotations`` (a test split only) with its rows also as a labelled train and
+    validation split (verb 0, noun 0): epic-train never trains on the test split."""
+    shutil.copytree(annotations, out)
+    with (annotations / SPLIT_FILES["test"]).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = dict(narration="v n", verb="v", verb_class="0", noun="n", noun_class="0")
+    labels |= dict(all_nouns="['n']", all_noun_classes="[0]")
+    for split in ("train", "validation"):
+        with (out / SPLIT_FILES[split]).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LABELLED_COLUMNS)
+            writer.writeheader()
+            writer.writerows(
+                {k: row.get(k, labels.get(k)) for k in LABELLED_COLUMNS} for row in rows
+            )
+    return out
 
 
 # ----------------------------------------------------------------- other page sizes

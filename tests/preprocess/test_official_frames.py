@@ -346,8 +346,9 @@ def test_erratum_video_without_its_video_is_copied_with_a_warning(
         "--splits", SPLITS, "--frames", official_frames,
     )  # fmt: skip
     assert code == 0, output
-    assert f"{wrong}: its official frames are wrong" in output
-    assert "give its video with --videos to decode it" in output
+    assert f"{wrong}: its original official frames are wrong" in output
+    assert "only if its md5 is the replacement's" in output
+    assert "give its video with --videos to decode it instead" in output
     assert "sources: 0 videos decoded from MP4, 3 copied from official frames" in output
     assert "decoding: 0.0 core-hours" in output
 
