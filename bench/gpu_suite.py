@@ -30,7 +30,14 @@ docs/benchmarks.md)::
    clips/s, per worker, GPU utilisation (``torch.cuda.utilization``, needs pynvml),
    data-wait fraction, the fraction of the compute bound (target >= 95%), and the
    projected time of one EPIC-100 epoch (67,217 clips) and of 30; and the mean absolute
-   pixel difference of the nvjpeg clips from the CPU path's (target < 2 levels).
+   pixel difference of the nvjpeg clips from the CPU path's (target < 2 levels);
+7. evaluation throughput (unless ``--skip-pipeline``) on the same store, for
+   ``epic-validate --views 1x1`` and ``--views 10x3`` (:func:`evaluation_rows`): the
+   real evaluation loop from the store with TSN sampling, the most loader workers of
+   ``--pipeline-workers``, ``--pipeline-steps`` batches of ``--batch-size`` clips after 2
+   warm-up ones: clips/s, segments/s and the projected EPIC-100 validation pass (9,668
+   segments); each row states its seconds (a few each on an H100, estimated: 1,920 clips
+   for 1x1, 60 segments of 30 views for 10x3).
 
 On a machine without CUDA it runs what it can (the loop bodies on the CPU, where there is no
 sync to see) at toy sizes (``TOY_SIZES``: under a minute, where the GPU sizes take many
@@ -64,7 +71,7 @@ from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
 from epicdata.ffmpeg_bin import ffmpeg_path
 from epicdata.store import FrameStore
 from train.config import TrainConfig
-from train.data import build_train_data, clip_loader
+from train.data import build_eval_data, build_train_data, clip_loader
 from train.device import (
     BF16_MIN_CAPABILITY,
     Precision,
@@ -85,6 +92,10 @@ Row = tuple[str, str, str]  # check, result, verdict
 
 #: Training clips of EPIC-100 (one per segment of EPIC_100_train.csv) and the seed's epochs.
 EPIC_TRAIN_CLIPS = 67_217
+#: Segments of EPIC_100_validation.csv (an epic-validate pass).
+EPIC_VALIDATION_SEGMENTS = 9_668
+#: The test views of the evaluation rows: one centre clip, and SlowFast's 10 clips x 3 crops.
+EVAL_VIEWS = ((1, 1), (10, 3))
 EPOCHS = 30
 #: The full pipeline must reach this fraction of the compute bound.
 PIPELINE_TARGET = 0.95
@@ -682,6 +693,7 @@ def throughput(args: argparse.Namespace) -> list[Row]:
                 rows.append(
                     _pipeline_row(reader, table, args, trainer, decoder, workers, bound, cores)
                 )
+        rows += evaluation_rows(reader, table, args, trainer, max(counts))
         reader.close()
     return rows
 
@@ -717,6 +729,60 @@ def _pipeline_row(reader, table, args, trainer, decoder, workers, bound, cores) 
         f"{100 * share:.0f}% of the bound; {_projection(rate)}",
         "ok" if share >= PIPELINE_TARGET else f"below the {PIPELINE_TARGET:.0%} target",
     )
+
+
+def evaluation_rows(reader, table, args, trainer: _Trainer, workers: int) -> list[Row]:
+    """``epic-validate``'s evaluation loop from the store for each of EVAL_VIEWS: clips/s,
+    segments/s, the projected EPIC-100 validation pass, and the seconds the row took."""
+    rows: list[Row] = []
+    for views in EVAL_VIEWS:
+        name = f"evaluation --views {views[0]}x{views[1]}, {workers} workers"
+        _say(f"{name}, {args.pipeline_steps} batches")
+        started = time.perf_counter()
+        dataset, loader = build_eval_data(
+            reader,
+            table,
+            num_frames=args.num_frames,
+            sampling="tsn",
+            crop_size=args.crop_size,
+            decoder="torchvision",
+            batch_size=args.batch_size,
+            workers=workers,
+            info=DistInfo(),
+            pin_memory=trainer.device.type == "cuda",
+            views=views,
+        )
+        warmup = min(2, len(loader) // 2)
+        steps = min(args.pipeline_steps, len(loader) - warmup)
+        if steps < 1:
+            rows.append((name, "store too small", "not checked"))
+            continue
+        measured = _Measured(loader, warmup)
+        preds = evaluate(
+            trainer.model,
+            measured,
+            augment=trainer.augment,
+            precision=trainer.precision,
+            device=trainer.device,
+            info=DistInfo(),
+            max_steps=warmup + steps,
+            load_clips=clip_loader(dataset, trainer.device),
+        )
+        seconds = time.perf_counter() - measured.started
+        segments = len(preds.indices) - warmup * loader.batch_size
+        rate = segments / seconds
+        whole = EPIC_VALIDATION_SEGMENTS / rate / 60
+        rows.append(
+            (
+                name,
+                f"{rate * views[0] * views[1]:.4g} clips/s, {rate:.4g} segments/s "
+                f"({loader.batch_size} segments a batch, {args.num_frames} frames a clip); "
+                f"EPIC-100 validation {whole:.1f} min; "
+                f"{time.perf_counter() - started:.1f} s",
+                "info",
+            )
+        )
+    return rows
 
 
 def _nvjpeg_difference(reader, table, args, device: torch.device) -> Row:

@@ -451,18 +451,11 @@ def _facts_from_frames(
                     f"{frames_root}/{video_id[:3]}/rgb_frames{also}"
                 )
             continue
-        why = frames_problem(frames)
-        if why is None and video_id not in info:
-            why = f"missing: not in {info_name} (its frame count is estimated from it)"
-        if why is not None:
-            problems[video_id] = why
-            continue
-        facts[video_id] = VideoFacts.from_info(
-            info[video_id],
-            path=str(frames),
-            fingerprint=fingerprint(frames) if frames.is_file() else None,
-            source_kind=SOURCE_FRAMES,
-        )
+        fact = _copied_fact(frames, info.get(video_id), info_name, SOURCE_FRAMES)
+        if isinstance(fact, str):
+            problems[video_id] = fact
+        else:
+            facts[video_id] = fact
     decoded, errors = _probe_facts(found_videos[v] for v in decode)
     return facts | decoded, problems | errors
 
@@ -492,12 +485,11 @@ def _facts_from_flow(
                 f"{flow_root}/{video_id[:3]}/{FLOW_DIR}"
             )
             continue
-        why = frames_problem(flow)
-        if why is None and video_id not in info:
-            why = f"missing: not in {info_name} (its frame count is estimated from it)"
-        if why is not None:
-            problems[video_id] = why
+        fact = _copied_fact(flow, info.get(video_id), info_name, SOURCE_FLOW)
+        if isinstance(fact, str):
+            problems[video_id] = fact
             continue
+        facts[video_id] = fact
         if video_id in ERRATUM_VIDEO_IDS and flow.is_dir():
             log.warning(
                 "%s: its original flow is wrong (erratum, epic-kitchens-100-annotations "
@@ -506,13 +498,23 @@ def _facts_from_flow(
                 video_id,
                 flow,
             )
-        facts[video_id] = VideoFacts.from_info(
-            info[video_id],
-            path=str(flow),
-            fingerprint=fingerprint(flow) if flow.is_file() else None,
-            source_kind=SOURCE_FLOW,
-        )
     return facts, problems
+
+
+def _copied_fact(path: Path, info: VideoInfo | None, info_name: str, kind: str) -> VideoFacts | str:
+    """The facts of a video whose official frames (or flow, ``kind``) at ``path`` are
+    copied, its duration from its ``info`` row; or why it cannot be planned."""
+    why = frames_problem(path)
+    if why is None and info is None:
+        why = f"missing: not in {info_name} (its frame count is estimated from it)"
+    if why is not None:
+        return why
+    return VideoFacts.from_info(
+        info,
+        path=str(path),
+        fingerprint=fingerprint(path) if path.is_file() else None,
+        source_kind=kind,
+    )
 
 
 def _usable_frames(
