@@ -19,8 +19,8 @@ With ``decoder="nvjpeg"`` the workers decode nothing: ``frames`` is replaced by
 and the main process decodes and crops on the GPU (train/nvjpeg.py), with the crop drawn
 here from the same per-clip generator as the CPU path's.
 
-Multi-view testing (``num_clips`` temporal views, a transform with ``crops`` > 1, e.g.
-train.transforms.EvalClipTransform(size, crops=3)) makes ``frames`` a stack of views
+Multi-view testing (``num_clips`` temporal views, a transform whose ``view_crops`` > 1,
+e.g. train.transforms.EvalClipTransform(size, crops=3)) makes ``frames`` a stack of views
 
     frames        uint8 tensor (V, T, C, S, S), V = num_clips * crops, view c * crops + k
                   the k-th crop of temporal view c
@@ -129,7 +129,7 @@ class EpicActionDataset(Dataset):
 
     ``num_clips`` > 1 (evaluation only, CPU decoders): ``num_clips`` temporal views per
     segment (epicdata.sampling's view functions; :meth:`view_frames`), each cut into the
-    transform's ``crops`` by its ``views`` method: see the module docstring.
+    transform's ``view_crops`` by its ``views`` method: see the module docstring.
     """
 
     def __init__(
@@ -155,7 +155,7 @@ class EpicActionDataset(Dataset):
             raise ValueError(f"modality={modality!r}: expected one of {', '.join(MODALITIES)}")
         if flow_stack < 1:
             raise ValueError(f"flow_stack must be >= 1, got {flow_stack}")
-        crops = getattr(transform, "crops", 1)
+        crops = getattr(transform, "view_crops", 1)
         if (num_clips, crops) != (1, 1) and (training or decoder == "nvjpeg" or num_clips < 1):
             raise ValueError(
                 f"{num_clips}x{crops} test views need num_clips >= 1, an evaluation "
@@ -195,7 +195,7 @@ class EpicActionDataset(Dataset):
         """(T,) int64 frame numbers the clip of segment ``index`` reads; for flow the
         (T * flow_stack,) flow frames, snippet after snippet. With several temporal views:
         every frame of every view, sorted and unique (what the sample reads)."""
-        if self.num_clips > 1:
+        if self.multi_view:
             views = [self.view_frames(index, c) for c in range(self.num_clips)]
             return np.unique(np.concatenate(views))
         if self.modality == "flow":
@@ -306,7 +306,8 @@ class EpicActionDataset(Dataset):
         self, decoded: torch.Tensor, frames: np.ndarray, views: list[np.ndarray]
     ) -> torch.Tensor:
         """The (V, T, C, S, S) uint8 view clips of one segment from its ``decoded`` frames
-        (sorted unique ``frames``: (N, C, H, W) RGB, (2N, 1, H, W) flow u, v)."""
+        (of ``frames``, sorted and unique: snippets of flow views overlap out of order;
+        (N, C, H, W) RGB, (2N, 1, H, W) flow u, v)."""
         if self.modality == "flow":
             decoded = decoded.view(len(frames), 2, *decoded.shape[-2:])  # (N, 2, H, W)
         clips = []

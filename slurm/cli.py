@@ -83,6 +83,7 @@ KIND_OPTIONS = {
     "train": {"store", "annotations", "run_dir"},
     "train-multi": {"store", "annotations", "run_dir", "nodes", "gpus_per_node"},
     "validate": {"store", "annotations", "checkpoint", "out", "split"},
+    "features": {"store", "annotations", "checkpoint", "out"},
     "fuse": {"annotations", "out", "split"},
 }
 #: Where the words after `--` go, per command or kind of job.
@@ -93,6 +94,7 @@ AFTER_DASHES = {
     "train": "epic-train",
     "train-multi": "epic-train",
     "validate": "epic-validate",
+    "features": "epic-features",
     "fuse": "epic-validate --fuse",
 }
 

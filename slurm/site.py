@@ -31,6 +31,7 @@ JOBS: dict[str, tuple[str, bool, str]] = {
     "train": ("train.sbatch", True, "TRAIN"),
     "train-multi": ("train_multi.sbatch", True, "TRAIN"),
     "validate": ("validate.sbatch", True, "VALIDATE"),
+    "features": ("features.sbatch", True, "VALIDATE"),
     "sweep": ("sweep.sbatch", True, "TRAIN"),
     # Fusion reads two predictions files on the CPU: the check job's resources serve it.
     "fuse": ("fuse.sbatch", False, "CHECK"),

@@ -27,7 +27,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -43,9 +42,10 @@ import torch
 from torch.utils.data import Dataset
 
 from epicdata.annotations import AnnotationDir, Segment
-from epicdata.console import EpicCommand, Progress, example, start_command
+from epicdata.console import EpicCommand, Progress, example, preflight_output, start_command
 from epicdata.dataset import check_readable, decode_torchvision, worker_deaths_named
 from epicdata.errors import EpicInputError
+from epicdata.frames import start_frame_at
 from epicdata.store import FrameStore
 from train import distributed
 from train.config import DEFAULT_WORKERS, TrainConfig, default_workers
@@ -81,10 +81,11 @@ CHUNKS = "chunks"
 
 
 def rulstm_start_frame(start_seconds: float) -> int:
-    """A segment's start as RULSTM's CSVs give it: ``floor(seconds * 30)`` (in floats, as
-    the official frame numbers; e.g. P01_101_0 at 00:00:02.86 is 85 in its
-    ``data/ek100/test_timestamps.csv``)."""
-    return math.floor(float(start_seconds) * RULSTM_FPS)
+    """A segment's start as RULSTM's CSVs give it: ``max(1, floor(seconds * 30))``, the
+    official rule at 30 fps (epicdata.frames.start_frame_at, float arithmetic). It gives
+    the start of every row of rulstm's ``data/ek100/validation.csv`` (9,668) and
+    ``test_timestamps.csv`` (13,092) from EPIC-100's timestamps (docs/features.md)."""
+    return start_frame_at(start_seconds, RULSTM_FPS)
 
 
 def rulstm_past_frames(
@@ -184,9 +185,9 @@ class FrameClips(Dataset):
 
 
 def margin_needed(segments: Sequence[Segment], rates: dict[str, int], clip_length: int) -> int:
-    """The fewest ``--margin-frames`` (frames kept before each segment) that hold every
-    per-frame clip of ``segments``: the most frames any clip reads before the start of the
-    segment that asks for it."""
+    """The ``--margin-frames`` (frames kept before each segment) whose ranges alone hold
+    every per-frame clip of ``segments``: the most frames any clip reads before the start
+    of the segment that asks for it (neighbouring segments' ranges may make less do)."""
     need = 0
     for seg in segments:
         frames = rulstm_past_frames(rulstm_start_frame(seg.start_seconds))
@@ -266,7 +267,7 @@ def open_output(out: Path, job: dict[str, Any], *, resume: bool) -> int:
             where=str(out),
             fix="pass --resume to continue it, or choose a new --out",
         )
-    if out.exists() and not progress.exists() and any(out.iterdir()):
+    if out.exists() and not progress.exists() and _foreign_files(out):
         raise EpicInputError(
             "the output folder holds files but no progress.json: not an epic-features folder",
             where=str(out),
@@ -286,6 +287,14 @@ def open_output(out: Path, job: dict[str, Any], *, resume: bool) -> int:
                 fix="run with the options it was started with, or choose a new --out",
             )
     return int(record["chunks_done"])
+
+
+#: What the job script (slurm/lib.sh) may leave in the folder before progress.json exists.
+JOB_MARKERS = ("job_end.json", "FAILED")
+
+
+def _foreign_files(out: Path) -> list[str]:
+    return [p.name for p in out.iterdir() if p.name not in JOB_MARKERS and p.name[0] != "."]
 
 
 def _chunk_path(out: Path, index: int) -> Path:
@@ -537,6 +546,50 @@ def finish_frames(
     shutil.rmtree(out / CHUNKS)
 
 
+def _job_record(
+    mode: str,
+    digest: str,
+    split: str,
+    batch_size: int,
+    rows: int,
+    model: ActionModel,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (progress.json)."""
+    job = {
+        "format_version": FORMAT_VERSION,
+        "mode": mode,
+        "checkpoint_sha256": digest,
+        "split": split,
+        "batch_size": batch_size,
+        "rows": rows,
+    }
+    if mode == "per-frame":
+        job["clip_length"] = model.num_frames if model.temporal == "tsm" else 1
+    else:
+        job["sampling"] = cfg.sampling
+    return job
+
+
+def _run_until_done_or_stopped(extraction: Extraction, store: FrameStore, **run: Any) -> bool:
+    """:func:`run_chunks` with SIGUSR1/SIGTERM recorded (train.fit.StopFlag, as epic-train):
+    False when one stopped it after a chunk, said in the log."""
+    stop = StopFlag()
+    # Said once the handlers are in place: from here a signal stops the run after a chunk.
+    log.info("extracting from chunk %d; SIGUSR1/SIGTERM stop after a chunk", run["first_chunk"])
+    try:
+        with worker_deaths_named(store):
+            finished = run_chunks(extraction, stop=stop, **run)
+    finally:
+        stop.restore()
+    if not finished:
+        log.info(
+            "%s: stopped after a chunk; exiting with %d (run again with --resume to continue)",
+            signal.Signals(stop.signum or signal.SIGUSR1).name, EXIT_REQUEUE,
+        )  # fmt: skip
+    return finished
+
+
 def extract_features(
     *,
     checkpoint: str | Path,
@@ -572,18 +625,10 @@ def extract_features(
         )
     digest = file_sha256(checkpoint)
     mode = "per-frame" if per_frame else "segment"
-    job = {
-        "format_version": FORMAT_VERSION,
-        "mode": mode,
-        "checkpoint_sha256": digest,
-        "split": split,
-        "batch_size": batch_size,
-        "rows": extraction.rows,
-        **(
-            {"clip_length": model.num_frames if model.temporal == "tsm" else 1} if per_frame else {}
-        ),
-        **({} if per_frame else {"sampling": cfg.sampling}),
-    }
+    job = _job_record(mode, digest, split, batch_size, extraction.rows, model, cfg)
+    # The chunks and the assembled file (or LMDB) coexist until the end: twice the features.
+    preflight_output(out, need_bytes=2 * extraction.rows * model.feature_dim * 4 + (1 << 20),
+                     option="--out")  # fmt: skip
     first = open_output(out, job, resume=resume)
     if (out / META).exists():
         log.info("%s is complete already: nothing to do", out)
@@ -592,32 +637,13 @@ def extract_features(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     log.info(
-        "%s: %s features of %d %s of %s on %s, from chunk %d",
+        "%s: %s features of %d %s of %s on %s",
         checkpoint, mode, extraction.rows, "frames" if per_frame else "segments", split, device,
-        first,
     )  # fmt: skip
-    stop = StopFlag()
-    try:
-        with worker_deaths_named(frame_store):
-            finished = run_chunks(
-                extraction,
-                out=out,
-                job=job,
-                first_chunk=first,
-                batch_size=batch_size,
-                workers=workers,
-                device=device,
-                augment=DeviceAugment(spec.mean, spec.std, modality=spec.modality).to(device),
-                precision=resolve_precision(cfg.amp, device),
-                stop=stop,
-            )
-    finally:
-        stop.restore()
-    if not finished:
-        log.info(
-            "%s: stopped after a chunk; exiting with %d (run again with --resume to continue)",
-            signal.Signals(stop.signum or signal.SIGUSR1).name, EXIT_REQUEUE,
-        )  # fmt: skip
+    augment = DeviceAugment(spec.mean, spec.std, modality=spec.modality).to(device)
+    run = dict(out=out, job=job, first_chunk=first, batch_size=batch_size, workers=workers)
+    run |= dict(device=device, augment=augment, precision=resolve_precision(cfg.amp, device))
+    if not _run_until_done_or_stopped(extraction, frame_store, **run):
         return EXIT_REQUEUE
     meta = _meta(mode, checkpoint, digest, split, extraction.rows, spec, model)
     if per_frame:

@@ -203,14 +203,15 @@ class EvalClipTransform:
     The same for flow clips (every channel alike, nothing to invert: C1's test transform
     is GroupScale + GroupCenterCrop for both modalities).
 
-    ``crops`` (multi-view testing): :meth:`views` gives 1 crop (:meth:`apply`'s) or 3
-    (:func:`uniform_crop_offset`'s, from the same resized frames)."""
+    ``crops`` (multi-view testing; the ``view_crops`` attribute the dataset reads):
+    :meth:`views` gives 1 crop (:meth:`apply`'s) or 3 (:func:`uniform_crop_offset`'s,
+    from the same resized frames)."""
 
     def __init__(self, size: int, crops: int = 1) -> None:
         if crops not in VIEW_CROPS:
             raise ValueError(f"crops must be one of {VIEW_CROPS}, got {crops}")
         self.size = size
-        self.crops = crops
+        self.view_crops = crops
 
     def draw(self, height: int, width: int, rng: np.random.Generator | None = None) -> CropFlip:
         return CropFlip(0, 0, height, width, False)
@@ -229,14 +230,14 @@ class EvalClipTransform:
     def views(self, frames: torch.Tensor) -> torch.Tensor:
         """(T, C, H, W) uint8 -> (crops, T, C, size, size) uint8: the centre crop of
         :meth:`apply`, or the three crops along the long side of the resized frames."""
-        if self.crops == 1:
+        if self.view_crops == 1:
             return self.apply(frames).unsqueeze(0)
         short = round(self.size * EVAL_RESIZE_RATIO)
         if min(frames.shape[-2:]) != short:
             frames = TF.resize(frames, [short], antialias=True)
         height, width = frames.shape[-2:]
         out = []
-        for idx in range(self.crops):
+        for idx in range(self.view_crops):
             top, left = uniform_crop_offset(height, width, self.size, idx)
             out.append(frames[..., top : top + self.size, left : left + self.size])
         return torch.stack(out)  # (3, T, C, size, size) uint8

@@ -125,19 +125,7 @@ def predict(
         model = model.to(memory_format=torch.channels_last)
     augment = DeviceAugment(spec.mean, spec.std, modality=spec.modality).to(device)
     table = annotations.table(split)
-    decoder = cfg.decoder
-    if decoder == "nvjpeg" and (device.type != "cuda" or views != (1, 1)):
-        # Scoring a GPU-trained model on the CPU, or with test views (train/nvjpeg.py crops
-        # one clip per segment), is legitimate: said, not silent.
-        decoder = "torchvision"
-        log.warning(
-            "%s was trained with --decoder nvjpeg; %s the loader workers decode with "
-            "torchvision instead (the same images up to decoder rounding)",
-            checkpoint,
-            f"on {device}" if device.type != "cuda" else "for several test views",
-        )
-    elif decoder == "nvjpeg":
-        check_nvjpeg(device)
+    decoder = _test_decoder(cfg.decoder, device, views=views, source=checkpoint)
     dataset, loader = build_eval_data(
         frame_store,
         table,
@@ -154,16 +142,8 @@ def predict(
         views=views,
     )
     check_readable(dataset)
-    log.info(
-        "%s: %d segments of %s with %s, %d frames, views %dx%d (%d segments a batch)",
-        checkpoint,
-        len(dataset),
-        split,
-        device,
-        num_frames,
-        *views,
-        loader.batch_size,
-    )
+    what = f"{num_frames} frames, views {views[0]}x{views[1]}, {loader.batch_size} segments a batch"
+    log.info("%s: %d segments of %s with %s, %s", checkpoint, len(dataset), split, device, what)
     with worker_deaths_named(dataset.store):
         preds = evaluate(
             model,
@@ -181,6 +161,25 @@ def predict(
         return None
     ids = [table.narration_ids[i] for i in preds.indices]
     return preds.verb_logits, preds.noun_logits, ids
+
+
+def _test_decoder(
+    decoder: str, device: torch.device, *, views: tuple[int, int], source: object
+) -> str:
+    """The checkpoint's decoder, or the CPU's where nvJPEG cannot serve: scoring a
+    GPU-trained model on the CPU, or on test views (train/nvjpeg.py crops one clip per
+    segment), is legitimate, and said, not silent."""
+    if decoder == "nvjpeg" and (device.type != "cuda" or views != (1, 1)):
+        log.warning(
+            "%s was trained with --decoder nvjpeg; %s the loader workers decode with "
+            "torchvision instead (the same images up to decoder rounding)",
+            source,
+            f"on {device}" if device.type != "cuda" else "for several test views",
+        )
+        return "torchvision"
+    if decoder == "nvjpeg":
+        check_nvjpeg(device)
+    return decoder
 
 
 def _check_store_input(spec: InputSpec, store: FrameStore, *, source: object, accept: bool) -> None:
@@ -233,11 +232,18 @@ def _model_of(path: Path, *, store: str | Path) -> tuple[ActionModel, TrainConfi
     return model, cfg, spec
 
 
-def _check_view_options(
-    views: str, test_frames: int | None, *, checkpoint: object
+def _check_checkpoint_options(
+    views: str, test_frames: int | None, *, checkpoint: object, store: object
 ) -> tuple[int, int]:
-    """``--views`` parsed and ``--test-frames`` checked before anything is read: both
-    make a checkpoint's clips (a predictions file's scores are already made)."""
+    """Before anything is read: a checkpoint comes with a store; ``--views`` parsed and
+    ``--test-frames`` checked, both making a checkpoint's clips (a predictions file's
+    scores are already made)."""
+    if checkpoint is not None and store is None:
+        raise EpicInputError(
+            "--checkpoint needs --store",
+            where="epic-validate",
+            fix="pass the frame store to read clips from",
+        )
     counts = parse_views(views)
     if test_frames is not None and test_frames < 1:
         raise EpicInputError(
@@ -353,7 +359,7 @@ def validate(
             where="epic-validate",
             fix="pass exactly one of --checkpoint, --predictions and --fuse",
         )
-    view_counts = _check_view_options(views, test_frames, checkpoint=checkpoint)
+    view_counts = _check_checkpoint_options(views, test_frames, checkpoint=checkpoint, store=store)
     weights = parse_fuse_weights(fuse_weights, len(fuse)) if fuse else []
     annotation_dir = AnnotationDir(annotations)
     output_dir = Path(output_dir)
@@ -367,12 +373,6 @@ def validate(
         need = segments * (NUM_VERB_CLASSES + NUM_NOUN_CLASSES) * 4 * 2 + (1 << 20)
         preflight_output(output_dir, need_bytes=need, option="--output-dir")
     if checkpoint is not None:
-        if store is None:
-            raise EpicInputError(
-                "--checkpoint needs --store",
-                where="epic-validate",
-                fix="pass the frame store to read clips from",
-            )
         out = predict(
             checkpoint,
             store=store,

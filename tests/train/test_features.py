@@ -88,6 +88,7 @@ def test_rulstm_start_frames_match_its_ek100_csv():
     assert rulstm_start_frame(2.86) == 85  # P01_101_0 00:00:02.86
     assert rulstm_start_frame(4.97) == 149  # P01_101_1 00:00:04.97
     assert rulstm_start_frame(22.31) == 669  # P01_101_10 00:00:22.31
+    assert rulstm_start_frame(0.0) == 1  # P01_11_0 00:00:00.00 (validation.csv)
 
 
 def test_frame_mapping_is_the_last_frame_of_ours_at_or_before_rulstm_s_time():
@@ -190,7 +191,9 @@ def test_per_frame_lmdb_reads_back_as_rulstm_reads_it(mini_epic, full_store, che
     segments = AnnotationDir(annotations).segments("validation")
     checked = 0
     for seg in segments[:6]:
-        frames = rulstm_sample_frames_past(math.floor(seg.start_seconds * 30))
+        # RULSTM's CSV start: the official rule at 30 fps
+        frames = rulstm_sample_frames_past(max(1, math.floor(seg.start_seconds * 30)))
+        assert frames.min() >= 1  # a segment RULSTM keeps
         got = rulstm_read(env, seg.video_id, frames)  # (14, D)
         assert got.shape == (14, model.feature_dim)
         rate = store.video_meta(seg.video_id).rate
@@ -273,3 +276,72 @@ def test_an_existing_output_folder_is_refused_without_resume(mini_store, checkpo
     assert _run(out, checkpoint, mini_store.store, mini_store.annotations, resume=True) == 0
     with pytest.raises(features.EpicInputError, match="batch_size 2, not 3"):
         _run(out, checkpoint, mini_store.store, mini_store.annotations, resume=True, batch_size=3)
+
+
+@pytest.mark.slow
+def test_the_gpu_suite_s_feature_rows_run_the_extraction_loop(mini_store, tmp_path):
+    from bench.bench_features import feature_rows
+    from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
+    from train.device import Precision
+
+    table = AnnotationDir(mini_store.annotations).table("validation")
+    rows = feature_rows(
+        FrameStore(mini_store.store),
+        table,
+        model=ActionModel(num_frames=2),
+        augment=DeviceAugment(IMAGENET_MEAN, IMAGENET_STD),
+        precision=Precision("cpu", torch.bfloat16, False),
+        device=torch.device("cpu"),
+        num_frames=2,
+        crop_size=32,
+        batch_size=2,
+        workers=0,
+        batches=2,
+        work_dir=tmp_path,
+    )
+    assert [r[0] for r in rows] == [
+        "epic-features per segment, 0 workers",
+        "epic-features per frame, 0 workers",
+    ]
+    assert " segments/s " in rows[0][1] and " frames/s " in rows[1][1]
+    assert list(tmp_path.iterdir()) == []  # the temp output folders are gone
+
+
+@pytest.mark.slow
+def test_a_tsm_frame_s_feature_is_its_own_inside_a_clip_centred_on_it(
+    mini_epic, full_store, tmp_path
+):
+    """TSM mixes neighbours: the feature is the backbone's output at the centre of T
+    consecutive frames around the frame (clamped at the video's start), not the mean."""
+    from types import SimpleNamespace
+
+    from epicdata.constants import IMAGENET_MEAN, IMAGENET_STD
+    from train.device import Precision
+
+    torch.manual_seed(0)
+    model = ActionModel(num_frames=4, temporal="tsm").eval()
+    cfg = SimpleNamespace(modality="rgb", crop_size=32)
+    store = FrameStore(full_store)
+    segments = AnnotationDir(mini_epic.annotations_dir).segments("validation")[:2]
+    cpu = torch.device("cpu")
+    extraction, requests = features.frame_extraction(model, cfg, store, segments, device=cpu)
+    augment = DeviceAugment(IMAGENET_MEAN, IMAGENET_STD)
+    out, job = tmp_path / "out", {"batch_size": 4, "rows": extraction.rows}
+    features.open_output(out, job, resume=False)
+    done = features.run_chunks(
+        extraction, out=out, job=job, first_chunk=0, batch_size=4, workers=0, device=cpu,
+        augment=augment, precision=Precision("cpu", torch.bfloat16, False), stop=lambda: False,
+    )  # fmt: skip
+    assert done
+    got = np.concatenate([np.load(p) for p in sorted((out / "chunks").iterdir())])
+    assert got.shape == (len(requests), model.feature_dim)
+    for row, req in [(0, requests[0]), (len(requests) - 1, requests[-1])]:
+        n = req.frame
+        frames = [min(max(f, 1), store.video_meta(req.video_id).decoded_frames) for f in
+                  (n - 2, n - 1, n, n + 1)]  # fmt: skip
+        jpegs = store.read_frames(req.video_id, frames)
+        clip = EvalClipTransform(32)(torch.stack([decode_torchvision(j) for j in jpegs]))
+        with torch.no_grad():
+            each = model.backbone(augment(clip[None], train=False)[0])  # (4, D)
+        np.testing.assert_allclose(got[row], each[2].numpy(), rtol=1e-4, atol=1e-5)
+        assert not np.allclose(got[row], each.mean(0).numpy(), rtol=1e-3, atol=1e-4)

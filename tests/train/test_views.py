@@ -181,30 +181,37 @@ class FlatFlowStore:
 
 
 @pytest.mark.parametrize("sampling", ["tsn", "linspace"])
-def test_flow_views_are_snippets_of_the_view_starts_each_frame_read_once(sampling) -> None:
+@pytest.mark.parametrize("clips, stack, stop", [(2, 2, 140), (1, 3, 30)])
+def test_flow_views_are_snippets_of_the_view_starts_each_frame_read_once(
+    sampling, clips, stack, stop
+) -> None:
+    # (1, 3, 30): a short segment whose snippets overlap, out of order ([11, 12, 13],
+    # [12, 13, 14], ...): one clip, three crops.
     store = FlatFlowStore(flow_frames=200, stride=2)
     table = SegmentTable(
         split="validation", narration_ids=["P01_01_0"], participant_ids=["P01"],
-        video_ids=["P01_01"], start_frames=np.array([21]), stop_frames=np.array([140]),
+        video_ids=["P01_01"], start_frames=np.array([21]), stop_frames=np.array([stop]),
         verb_classes=np.zeros(1, np.int64), noun_classes=np.zeros(1, np.int64), labelled=True,
     )  # fmt: skip
     dataset = EpicActionDataset(
-        store, table, num_frames=3, sampling=sampling, modality="flow", flow_stack=2,
-        transform=EvalClipTransform(14, crops=3), num_clips=2,
+        store, table, num_frames=3, sampling=sampling, modality="flow", flow_stack=stack,
+        transform=EvalClipTransform(14, crops=3), num_clips=clips,
     )  # fmt: skip
-    clips = dataset[0]["frames"]
-    assert clips.shape == (6, 3, 4, 14, 14)  # 2 clips x 3 crops, T 3, stack 2 x (u, v)
-    # Flow range of RGB [21, 140] at stride 2: [11, 70]; starts over [11, 69].
-    for clip in range(2):
+    views = dataset[0]["frames"]
+    assert views.shape == (clips * 3, 3, 2 * stack, 14, 14)  # views, T, stack x (u, v)
+    # Flow range of RGB [21, stop] at stride 2: [11, (stop - 1) // 2 + 1]; the snippet
+    # starts run over [11, that - stack + 1].
+    last_start = (stop - 1) // 2 + 1 - stack + 1
+    for clip in range(clips):
         if sampling == "tsn":
-            starts = _tsn_oracle(11, 69, 3, clip, 2)
+            starts = _tsn_oracle(11, last_start, 3, clip, clips)
         else:
-            starts = _linspace_oracle(11, 69, 6)[clip::2]
+            starts = _linspace_oracle(11, last_start, 3 * clips)[clip::clips]
         expected = torch.tensor(
-            [[lvl for f in (s, s + 1) for lvl in (f % 100, 120 + f % 100)] for s in starts]
-        )  # (T, 4): u, v of each pair, pair after pair
+            [[lvl for f in range(s, s + stack) for lvl in (f % 100, 120 + f % 100)] for s in starts]
+        )  # (T, 2 * stack): u, v of each pair, pair after pair
         for crop in range(3):
-            got = clips[clip * 3 + crop, :, :, 0, 0].long()
+            got = views[clip * 3 + crop, :, :, 0, 0].long()
             assert torch.equal(got, expected), (clip, crop)
     read = store.reads[0]
     assert len(store.reads) == 1 and read == sorted(set(read))  # each flow frame once
@@ -319,6 +326,7 @@ def _view_logits(model, cfg, spec, store, table, index: int, clip: int, crop: in
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
 def test_two_by_three_views_average_six_single_views_of_the_same_segment(
     trained_run, mini_store
 ) -> None:
@@ -393,9 +401,12 @@ def sampled_store(mini_epic, tmp_path_factory) -> Path:
 def test_views_a_sampled_store_cannot_serve_are_refused_naming_segment_and_frame(
     trained_run, mini_store, sampled_store, tmp_path
 ) -> None:
-    # One view still works on it: the store was planned for it.
-    assert _predict(trained_run, sampled_store, mini_store.annotations, limit_batches=1)
-    distributed.shutdown()
+    # One clip still works on it, with 1 or 3 crops: the store was planned for its frames.
+    for views in ((1, 1), (1, 3)):
+        assert _predict(
+            trained_run, sampled_store, mini_store.annotations, limit_batches=1, views=views
+        )
+        distributed.shutdown()
     with pytest.raises(StoreError) as caught:
         _predict(trained_run, sampled_store, mini_store.annotations, views=(2, 1))
     distributed.shutdown()
