@@ -266,6 +266,10 @@ def test_the_gpu_suite_runs_its_loop_checks_on_the_cpu():
     assert "| step on clips already on the device | " in result.stdout
     assert "| synthetic store | 1200 frames 456x256, " in result.stdout
     assert "| pipeline torchvision, 1 of " in result.stdout
+    assert (
+        "| evaluation --views 1x1, " in result.stdout
+        and "| evaluation --views 10x3, " in result.stdout
+    )
     if not torch.cuda.is_available():
         assert "| device and precision | no CUDA on this machine | not checked |" in result.stdout
         assert "| --decoder nvjpeg | --decoder nvjpeg cannot be used: " in result.stdout
