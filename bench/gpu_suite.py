@@ -18,7 +18,8 @@ docs/benchmarks.md)::
 4. a short real run (unless ``--skip-run``): the mini-EPIC extracted, 2 epochs of
    ``epic-train --device cuda --amp auto`` with loader workers, then ``epic-validate`` of
    ``last.pt`` in a new process, which must give the metrics the run logged;
-5. the recipes (seed-r18, tsn-r50, tsm-r50): each one's training step at its settings on
+5. the recipes (seed-r18, tsn-r50, tsm-r50, tsn-r50-flow, tsm-r50-flow): each one's
+   training step at its settings on
    synthetic clips on the device, ``--batch-size`` clips: clips/s and the projected
    EPIC-100 epoch (:func:`recipe_rows`; about 10-30 s each on an H100, estimated);
 6. throughput (unless ``--skip-pipeline``), on a synthetic EPIC-like store of
@@ -38,6 +39,9 @@ docs/benchmarks.md)::
    warm-up ones: clips/s, segments/s and the projected EPIC-100 validation pass (9,668
    segments); each row states its seconds (a few each on an H100, estimated: 1,920 clips
    for 1x1, 60 segments of 30 views for 10x3).
+8. feature extraction (unless ``--skip-pipeline``; ``bench.bench_features.feature_rows``):
+   ``epic-features`` per segment and per frame from the same store, with their seconds
+   (about 10 s for both on an H100, estimated).
 
 On a machine without CUDA it runs what it can (the loop bodies on the CPU, where there is no
 sync to see) at toy sizes (``TOY_SIZES``: under a minute, where the GPU sizes take many
@@ -64,6 +68,7 @@ from pathlib import Path
 
 import torch
 
+from bench.bench_features import feature_rows
 from bench.epic_like import RATE, grain_source, write_train_csv
 from bench.report import machine_line, markdown_table, write_section
 from epicdata.annotations import AnnotationDir
@@ -697,6 +702,20 @@ def throughput(args: argparse.Namespace) -> list[Row]:
                     _pipeline_row(reader, table, args, trainer, decoder, workers, bound, cores)
                 )
         rows += evaluation_rows(reader, table, args, trainer, max(counts))
+        rows += feature_rows(
+            reader,
+            table,
+            model=trainer.model,
+            augment=trainer.augment,
+            precision=trainer.precision,
+            device=trainer.device,
+            num_frames=args.num_frames,
+            crop_size=args.crop_size,
+            batch_size=args.batch_size,
+            workers=max(counts),
+            batches=args.pipeline_steps,
+            work_dir=args.work_dir,
+        )
         reader.close()
     return rows
 

@@ -83,7 +83,7 @@ KIND_OPTIONS = {
     "train": {"store", "annotations", "run_dir"},
     "train-multi": {"store", "annotations", "run_dir", "nodes", "gpus_per_node"},
     "validate": {"store", "annotations", "checkpoint", "out", "split"},
-    "features": {"store", "annotations", "checkpoint", "out"},
+    "features": {"store", "annotations", "checkpoint", "out", "split"},
     "fuse": {"annotations", "out", "split"},
 }
 #: Where the words after `--` go, per command or kind of job.
@@ -248,7 +248,7 @@ def submit_command(
         for name, value in paths.items()
         if value is not None and name in KIND_OPTIONS[kind]
     }
-    if split and kind in ("validate", "fuse"):
+    if split and kind in ("validate", "fuse", "features"):
         env["EPIC_SPLIT"] = split
     if force:
         env["EPIC_FORCE"] = "1"

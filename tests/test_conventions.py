@@ -1,4 +1,4 @@
-"""One set of command-line conventions over all six commands (docs/conventions.md): exit
+"""One set of command-line conventions over all seven commands (docs/conventions.md): exit
 codes per class of failure, ``error:`` lines without tracebacks, the run header, dated log
 lines, progress throttling, preflight of output folders, and help."""
 
@@ -22,6 +22,7 @@ from epicdata.synthetic import main as synth
 from epicslurm.cli import main as slurm
 from preprocess.cli import check, extract
 from train.cli import train_main, validate_main
+from train.features import main as features_main
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The folders of the installed packages (the cluster layer, import name epicslurm, is slurm/).
@@ -35,6 +36,7 @@ COMMANDS = {
     "epic-check": (check, []),
     "epic-train": (train_main, []),
     "epic-validate": (validate_main, []),
+    "epic-features": (features_main, []),
     "epic-slurm submit": (slurm, ["submit"]),
     "epic-slurm pipeline": (slurm, ["pipeline"]),
     "epic-slurm sweep": (slurm, ["sweep"]),
@@ -189,6 +191,11 @@ def test_bad_input_exits_2_with_one_error_line(planned: dict[str, Path], tmp_pat
             ["--annotations", planned["annotations"], "--output-dir", tmp_path / "v"],
             ["--checkpoint, --predictions and --fuse"],
         ),
+        "epic-features": (
+            ["--checkpoint", planned["predictions"], "--store", planned["store"], "--annotations",
+             planned["annotations"], "--out", tmp_path / "f"],
+            ["preds.pkl"],
+        ),  # fmt: skip
         "epic-slurm submit": (["--site", tmp_path / "none.env", "check"], ["none.env"]),
         "epic-slurm pipeline": (
             ["--annotations", planned["annotations"], "--run-dir", tmp_path / "r"],
