@@ -48,6 +48,10 @@ from epicdata.errors import EpicInputError
 from epicdata.frames import start_frame_at
 from epicdata.store import FrameStore
 from train import distributed
+
+# Private helpers of epic-validate (its --store and --annotations options; below, how it
+# reads a checkpoint and checks its input), so that epic-features does exactly the same.
+from train.cli import _annotations_option, _store_option
 from train.config import DEFAULT_WORKERS, TrainConfig, default_workers
 from train.data import build_eval_data, build_loader, clip_loader, frames_to
 from train.device import Precision, check_workers, resolve_device, resolve_precision
@@ -56,9 +60,6 @@ from train.input_spec import InputSpec
 from train.model import ActionModel
 from train.nvjpeg import check_nvjpeg
 from train.transforms import DeviceAugment, EvalClipTransform
-
-# Private helpers of epic-validate, imported so that a checkpoint is read and its input
-# checked exactly as there (published C1 files included).
 from train.validate import _check_store_input, _model_of
 
 log = logging.getLogger(__name__)
@@ -672,22 +673,8 @@ def extract_features(
     show_envvar=True,
     help="Checkpoint (epic-train's, or a C1 model-zoo file).",
 )
-@click.option(
-    "--store",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    envvar="EPIC_STORE",
-    show_envvar=True,
-    help="Frame store folder (epic-extract).",
-)
-@click.option(
-    "--annotations",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    envvar="EPIC_ANNOTATIONS",
-    show_envvar=True,
-    help="Folder of the EPIC-100 annotation CSVs.",
-)
+@_store_option(required=True)
+@_annotations_option
 @click.option(
     "--split",
     type=click.Choice(["train", "validation", "test"]),
