@@ -706,3 +706,17 @@ def test_a_pipeline_dry_run_without_slurm_says_so_and_prints_the_chain(
     # A real submission still needs the controller.
     result = CliRunner().invoke(slurm, args)
     assert result.exit_code == 2 and expected in result.output, result.output
+
+
+def test_submit_features_takes_the_split_as_validate_does(tmp_path) -> None:
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"not read by a dry run")
+    args = ["submit", "--site", str(_site(tmp_path)), "features", "--store", str(tmp_path)]
+    args += ["--annotations", str(tmp_path), "--checkpoint", str(checkpoint)]
+    args += ["--out", str(tmp_path / "feats"), "--split", "train", "--dry-run"]
+    result = CliRunner().invoke(slurm, args)
+    assert result.exit_code == 0, result.output
+    assert f"EPIC_CHECKPOINT={checkpoint},EPIC_OUT={tmp_path / 'feats'},EPIC_SPLIT=train " in (
+        result.output
+    )
+    assert result.output.rstrip().endswith("slurm/features.sbatch")
