@@ -322,24 +322,22 @@ class EpicActionDataset(Dataset):
         self, index: int, video_id: str, frames: np.ndarray, jpegs: list[bytes]
     ) -> torch.Tensor:
         """The decoded images, stacked: (N, C, H, W) uint8, or for flow (2N, 1, H, W)."""
-        narration_id = self.table.narration_ids[index]
-        if self.modality == "flow":
-            # Two blobs per flow frame, u then v (the store's order, C1's _intersperse).
-            names = [f"flow frame {f} ({axis})" for f in frames for axis in "uv"]
-        else:
-            names = [f"frame {f}" for f in frames]
+        # Flow: two blobs per flow frame, u then v (the store's order, C1's _intersperse).
+        per_frame = 2 if self.modality == "flow" else 1
         decoded = []
-        for name, jpeg in zip(names, jpegs, strict=True):
+        for i, jpeg in enumerate(jpegs):
             try:
                 decoded.append(self.decode(jpeg))
             except (RuntimeError, OSError, ValueError) as exc:
+                frame = frames[i // per_frame]
+                name = f"flow frame {frame} ({'uv'[i % 2]})" if per_frame == 2 else f"frame {frame}"
                 shard = shard_filename(self._shard_of[video_id])
                 # The bytes passed their CRC: a staged copy holds the same as its store.
                 store = self.store.staged_from or self.store.root
                 raise StoreIncompleteError(
-                    f"segment {narration_id}: {video_id} {name} in {shard} does not decode "
-                    f"({exc}); run `epic-check --store {store} --deep` and re-extract "
-                    f"that shard with `epic-extract run --force`"
+                    f"segment {self.table.narration_ids[index]}: {video_id} {name} in {shard} "
+                    f"does not decode ({exc}); run `epic-check --store {store} --deep` and "
+                    f"re-extract that shard with `epic-extract run --force`"
                 ) from None
         return torch.stack(decoded)  # (T, C, H, W) uint8; flow: (T * stack * 2, 1, H, W)
 

@@ -611,28 +611,17 @@ def _keep_for(
 
 def _video_plan(videos: Path | None, resolved: dict[str, Path]) -> _Planner:
     """Plans an RGB store from the videos (a dry run keeps the plan in memory)."""
+    if videos is None:
 
-    def plan(store: Path, keep: str, lengths: tuple[int, ...], planning: _Planning) -> Manifest:
-        if videos is None:
+        def refuse(store: Path, *_: object) -> Manifest:
             raise EpicInputError(
                 "the store has no plan yet",
                 where=str(store),
                 fix="give --videos (the pipeline then plans it here, which only probes videos)",
             )
-        manifest = plan_store(
-            store_root=store,
-            annotations_dir=resolved["annotations"],
-            videos_root=videos,
-            shards=planning.shards,
-            keep=keep,
-            num_frames=lengths,
-            allow_missing=planning.allow_missing,
-            write=not planning.dry_run,
-        )
-        click.echo(plan_summary(manifest, store, show_next=False))
-        return manifest
 
-    return plan
+        return refuse
+    return _planner(resolved, videos_root=videos)
 
 
 def _flow_plan(
@@ -642,19 +631,23 @@ def _flow_plan(
     False: ``--not-official``), for the flow stream's --flow-stack (the snippets a sampled
     store keeps)."""
     stack = int(resolve_options({}, train_options(flow_args)).get("flow_stack", 5))
+    return _planner(resolved, flow_root=flow, flow_stack=stack, official=official)
+
+
+def _planner(resolved: dict[str, Path], **source: object) -> _Planner:
+    """A planner of a store from ``source`` (plan_store's source options), printing the
+    plan's summary."""
 
     def plan(store: Path, keep: str, lengths: tuple[int, ...], planning: _Planning) -> Manifest:
         manifest = plan_store(
             store_root=store,
             annotations_dir=resolved["annotations"],
-            flow_root=flow,
-            flow_stack=stack,
-            official=official,
             shards=planning.shards,
             keep=keep,
             num_frames=lengths,
             allow_missing=planning.allow_missing,
             write=not planning.dry_run,
+            **source,
         )
         click.echo(plan_summary(manifest, store, show_next=False))
         return manifest

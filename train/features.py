@@ -360,12 +360,14 @@ def run_chunks(
         frames = extraction.load_clips(batch)  # (B, T, C, S, S) uint8
         with torch.inference_mode(), precision.autocast():
             feats = extraction.features(augment(frames, train=False))  # (B, D)
-        parts.append(feats.float().cpu().numpy())
-        done += len(parts[-1])
+        # Kept on the device until the chunk is saved: one copy to the host (and one wait
+        # for the GPU) per chunk, not per batch.
+        parts.append(feats.float())
+        done += len(feats)
         progress.update()
         if done % rows_per_chunk and done < extraction.rows:
             continue
-        _save_chunk(out, job, chunk, np.concatenate(parts))
+        _save_chunk(out, job, chunk, torch.cat(parts).cpu().numpy())
         chunk, parts = chunk + 1, []
         if stop() and done < extraction.rows:
             progress.close()

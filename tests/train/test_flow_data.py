@@ -25,7 +25,7 @@ from PIL import Image
 
 from epicdata.annotations import AnnotationDir, SegmentTable
 from epicdata.dataset import EpicActionDataset, check_readable
-from epicdata.errors import EpicInputError
+from epicdata.errors import EpicInputError, StoreIncompleteError
 from epicdata.frames import FlowParams
 from epicdata.store import FrameStore
 from epicdata.synthetic import MiniEpic, flow_tar_path, make_mini_epic
@@ -447,6 +447,22 @@ def test_nvjpeg_and_a_store_of_the_other_modality_are_refused():
         EpicActionDataset(store, table, num_frames=2, decoder="nvjpeg", modality="flow")
     with pytest.raises(EpicInputError, match="holds flow frames.*reads rgb.*--modality flow"):
         EpicActionDataset(store, table, num_frames=2)
+
+
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_a_flow_image_that_does_not_decode_is_named_with_its_frame_and_component(decoder):
+    store = FakeFlowStore({"P01_01": (EPIC55, 40)}, tiny_levels)
+    table = table_of([("P01_01", 1, 40)])
+    dataset = EpicActionDataset(
+        store, table, num_frames=2, modality="flow", flow_stack=2, decoder=decoder
+    )
+    frame = int(dataset.frame_numbers(0)[1])
+    good = jpeg(tiny_levels("P01_01", frame, "v"))
+    store._blobs[("P01_01", frame, "v")] = good[: len(good) // 3]  # cut short: v only
+    with pytest.raises(StoreIncompleteError) as caught:
+        dataset[0]
+    message = str(caught.value)
+    assert f"P01_01 flow frame {frame} (v) in shard-00000.lmdb does not decode" in message
 
 
 # ----------------------------------------------------------------------------- a real store

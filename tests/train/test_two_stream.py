@@ -28,17 +28,8 @@ from train.fit import fit
 
 pytestmark = pytest.mark.slow
 
-FAST = dict(
-    crop_size=48,
-    num_frames=2,
-    batch_size=4,
-    lr=1e-3,
-    weights="none",
-    workers=0,
-    log_every=0,
-    deterministic=True,
-    epochs=1,
-)
+#: The trainer tests' FAST options (tests/train/conftest.py), smaller crops and one epoch.
+SMALLER = dict(crop_size=48, batch_size=4, epochs=1)
 
 
 def _extract(store: Path, **source: object) -> None:
@@ -48,7 +39,7 @@ def _extract(store: Path, **source: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def streams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def streams(tmp_path_factory: pytest.TempPathFactory, fast_options: dict) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("two_stream")
     mini = make_mini_epic(root / "mini", num_videos=3, size=(160, 90), flow=True)
     ann = mini.annotations_dir
@@ -58,7 +49,10 @@ def streams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, extra in (("rgb", {}), ("flow", {"modality": "flow", "flow_stack": 2})):
         store, run = root / f"{name}-store", root / f"{name}-run"
         cfg = TrainConfig(
-            store=str(store), annotations=str(ann), output_dir=str(run), **FAST, **extra
+            store=str(store),
+            annotations=str(ann),
+            output_dir=str(run),
+            **{**fast_options, **SMALLER, **extra},
         )
         assert fit(cfg) == 0
         code, out = _validate(
