@@ -720,3 +720,15 @@ def test_submit_features_takes_the_split_as_validate_does(tmp_path) -> None:
         result.output
     )
     assert result.output.rstrip().endswith("slurm/features.sbatch")
+
+
+def test_a_pipeline_on_an_unplanned_store_without_videos_says_to_give_them(
+    small_store_ro, tmp_path, fake_slurm
+) -> None:
+    store = tmp_path / "new-store"
+    store.mkdir()
+    args = ["pipeline", "--site", str(_site(tmp_path)), "--store", str(store)]
+    args += ["--annotations", str(small_store_ro["annotations"]), "--run-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(slurm, [*args, "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "the store has no plan yet" in result.output and "give --videos" in result.output
