@@ -383,29 +383,30 @@ def _check_video(
     ):
         unit = "frame" if len(images) == 1 else "image (u and v)"
         return meta, [*problems, f"{vid}: checksums missing or not one per stored {unit}"]
-    # (frame, image) of each entry, as "frame 12" or "frame 12 u" in messages.
-    frames = [
-        f"{frame}{' ' + image if image else ''}"
-        for frame in frames_in_ranges(meta.stored_ranges).tolist()
-        for image in images
-    ]
-    keys = entry_keys(vid, frames_in_ranges(meta.stored_ranges), images)
+    stored = frames_in_ranges(meta.stored_ranges).tolist()
+    keys = entry_keys(vid, stored, images)
     sums = unpack_checksums(bytes(sums_blob)).tolist()
     entries, bad = _video_index(shard, vid, count, len(images)) if indexed else (None, [])
+
+    def frame(i: int) -> str:
+        """Entry ``i`` in messages: "12", or "12 u" in a flow store (made only when named)."""
+        image = images[i % len(images)]
+        return f"{stored[i // len(images)]}{' ' + image if image else ''}"
+
     # One lookup per frame from the root, as FrameStore reads a shard without its index: a
     # walk follows the leaves' order and passes a shard whose branch pages route some keys
     # to the wrong leaf. The index must give what the lookup gives, as reads take it.
-    for i, (frame, key, expected) in enumerate(zip(frames, keys, sums, strict=True)):
+    for i, (key, expected) in enumerate(zip(keys, sums, strict=True)):
         where, value = shard.lookup(key)
         if value is None:
-            bad.append(f"{vid} frame {frame}: key missing")
+            bad.append(f"{vid} frame {frame(i)}: key missing")
         elif frame_checksum(value) != expected:
-            bad.append(f"{vid} frame {frame}: checksum mismatch (corrupt JPEG)")
+            bad.append(f"{vid} frame {frame(i)}: checksum mismatch (corrupt JPEG)")
         elif deep:
-            bad.extend(_decode_problem(vid, frame, value, meta))
+            bad.extend(_decode_problem(vid, frame(i), value, meta))
         if entries is not None and where is not None and entries[i] != (*where, expected):
             bad.append(
-                f"{vid} frame {frame}: its frame index entry (offset, length, CRC) "
+                f"{vid} frame {frame(i)}: its frame index entry (offset, length, CRC) "
                 f"{entries[i]} is not the shard's {(*where, expected)} ({INDEX_FIX})"
             )
     if len(bad) > MAX_PROBLEMS_PER_VIDEO:

@@ -22,9 +22,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from epicdata.errors import ExitCode
+from epicdata.errors import ExitCode, StoreIncompleteError
 from epicdata.frames import expected_frame_count, frame_rate_for
 from epicdata.layout import image_key, shard_path
+from epicdata.lmdb_pages import ShardPages
 from epicdata.manifest import Manifest
 from epicdata.store import FrameStore
 from preprocess import official_frames
@@ -324,3 +325,27 @@ def test_an_rgb_store_plan_and_its_manifest_are_unchanged_by_flow(flow_inputs) -
     # key layout: RGB keys have no image suffix.
     assert image_key("P01_01", 5, "") == b"P01_01/0000000005"
     assert image_key("P01_01", 5, "u") == b"P01_01/0000000005/u"
+
+
+def test_a_flipped_byte_in_one_v_image_is_named_by_check_and_refused_by_the_reader(
+    flow_inputs,
+) -> None:
+    assert plan(flow_inputs, "--keep", "all")[0] == 0
+    assert run(flow_inputs)[0] == 0
+    video, frame = VIDEOS[0][0], 7
+    path = shard_path(flow_inputs["store"], 0)
+    pages = ShardPages.open(path)
+    offset, length = pages.locate(image_key(video, frame, "v"))
+    pages.close()
+    with path.open("r+b") as handle:  # one byte in the middle of frame 7's v image
+        handle.seek(offset + length // 2)
+        byte = handle.read(1)
+        handle.seek(offset + length // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    report = check_store(flow_inputs["store"])
+    assert f"shard 0: {video} frame {frame} v: checksum mismatch (corrupt JPEG)" in report.problems
+    assert report.resubmit_indices == [0]
+    store = FrameStore(flow_inputs["store"])
+    assert len(store.read_frames(video, [frame - 1])) == 2  # its neighbour reads
+    with pytest.raises(StoreIncompleteError, match=f"{video} frame {frame}: checksum mismatch"):
+        store.read_frames(video, [frame])
